@@ -1,0 +1,7 @@
+"""Custom socket types shared by the pack's nodes."""
+from comfy_api.latest import io
+
+# A loaded 3D asset (rendering.Asset): geometry, UVs, textures, point-map frame.
+Asset = io.Custom("REFANY3D_ASSET")
+# The released RefAny3D files, mapped onto ComfyUI's Flux names (model_patches.RefAny3DAdapter).
+Adapter = io.Custom("REFANY3D_ADAPTER")

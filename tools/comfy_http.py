@@ -1,0 +1,238 @@
+"""A small client for ComfyUI's HTTP/WebSocket API (standard library + optional websocket-client).
+
+Used by the tests, the demo and the command-line client (tools/client.py). It speaks only the
+public API a user's script would use: POST /prompt, GET /history, GET /view, POST /upload/image,
+POST /interrupt, GET /object_info and the /ws message stream.
+"""
+from __future__ import annotations
+
+import json
+import mimetypes
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+DONE_TYPES = ("execution_success", "execution_error", "execution_interrupted")
+
+
+class ComfyError(RuntimeError):
+    """The server could not be reached or answered with an error."""
+
+
+class PromptRejected(ComfyError):
+    """POST /prompt answered 400: the graph failed validation. ``body`` is the server's JSON."""
+
+    def __init__(self, status: int, body):
+        self.status = status
+        self.body = body
+        super().__init__(f"prompt rejected (HTTP {status}): {describe_rejection(body)}")
+
+
+def describe_rejection(body) -> str:
+    """The server's own words for a rejected prompt, one line per failing node input."""
+    if not isinstance(body, dict):
+        return str(body)
+    lines = []
+    err = body.get("error") or {}
+    if isinstance(err, dict):
+        lines.append(f"{err.get('message', '')} {err.get('details', '')}".strip())
+    for node_id, node_err in (body.get("node_errors") or {}).items():
+        for e in node_err.get("errors", []):
+            lines.append(f"node {node_id} ({node_err.get('class_type')}): {e.get('message')}: {e.get('details')}")
+    return "; ".join(line for line in lines if line) or json.dumps(body)
+
+
+@dataclass
+class RunResult:
+    prompt_id: str
+    status: str                      # "success" | "error" | "interrupted"
+    outputs: dict = field(default_factory=dict)    # /history outputs, by node id
+    messages: list = field(default_factory=list)   # every JSON message seen on /ws for this prompt
+    error: dict | None = None        # the execution_error payload
+
+    def progress(self) -> list[dict]:
+        return [m["data"] for m in self.messages if m.get("type") == "progress"]
+
+    def error_text(self) -> str:
+        if not self.error:
+            return ""
+        e = self.error
+        return f"{e.get('node_type', '?')} (node {e.get('node_id', '?')}): {e.get('exception_type', '')}: {e.get('exception_message', '')}".strip()
+
+
+class ComfyClient:
+    def __init__(self, url: str = "http://127.0.0.1:8188", client_id: str | None = None, timeout: float = 30.0):
+        self.url = url.rstrip("/")
+        self.client_id = client_id or uuid.uuid4().hex
+        self.timeout = timeout
+
+    # --- plain HTTP -------------------------------------------------------------------------
+    def _request(self, method: str, path: str, data: bytes | None = None, headers: dict | None = None):
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+            raise ComfyError(f"ComfyUI at {self.url} is unreachable: {getattr(e, 'reason', e)}") from None
+
+    def _json(self, method: str, path: str, payload=None):
+        data = None if payload is None else json.dumps(payload).encode()
+        status, body = self._request(method, path, data, {"Content-Type": "application/json"})
+        try:
+            parsed = json.loads(body) if body else None
+        except json.JSONDecodeError:
+            parsed = body.decode(errors="replace")
+        return status, parsed
+
+    def object_info(self, node_class: str | None = None) -> dict:
+        status, body = self._json("GET", "/object_info" + (f"/{node_class}" if node_class else ""))
+        if status != 200:
+            raise ComfyError(f"GET /object_info answered {status}: {body}")
+        return body
+
+    def is_up(self) -> bool:
+        try:
+            status, _ = self._request("GET", "/system_stats")
+            return status == 200
+        except ComfyError:
+            return False
+
+    def upload(self, path: str | Path, subfolder: str = "3d", kind: str = "input", overwrite: bool = True) -> str:
+        """Upload a file through POST /upload/image; returns the name a combo input takes ("3d/x.glb")."""
+        path = Path(path)
+        boundary = uuid.uuid4().hex
+        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        parts = []
+        for name, value in (("subfolder", subfolder), ("type", kind), ("overwrite", "true" if overwrite else "false")):
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{path.name}"\r\n'
+            f"Content-Type: {ctype}\r\n\r\n".encode() + path.read_bytes() + b"\r\n")
+        parts.append(f"--{boundary}--\r\n".encode())
+        status, body = self._request("POST", "/upload/image", b"".join(parts),
+                                     {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        if status != 200:
+            raise ComfyError(f"upload of {path.name} failed (HTTP {status}): {body.decode(errors='replace')}")
+        info = json.loads(body)
+        return f"{info['subfolder']}/{info['name']}" if info.get("subfolder") else info["name"]
+
+    def submit(self, graph: dict) -> str:
+        status, body = self._json("POST", "/prompt", {"prompt": graph, "client_id": self.client_id})
+        if status == 400:
+            raise PromptRejected(status, body)
+        if status != 200:
+            raise ComfyError(f"POST /prompt answered {status}: {body}")
+        return body["prompt_id"]
+
+    def history(self, prompt_id: str) -> dict | None:
+        status, body = self._json("GET", f"/history/{prompt_id}")
+        if status != 200:
+            raise ComfyError(f"GET /history answered {status}: {body}")
+        return (body or {}).get(prompt_id)
+
+    def interrupt(self) -> None:
+        self._json("POST", "/interrupt", {})
+
+    def download(self, record: dict) -> bytes:
+        """Bytes of one output file record ({"filename", "subfolder", "type"}) via GET /view."""
+        query = urllib.parse.urlencode({k: record.get(k, "") for k in ("filename", "subfolder", "type")})
+        status, body = self._request("GET", f"/view?{query}")
+        if status != 200:
+            raise ComfyError(f"GET /view?{query} answered {status}")
+        return body
+
+    # --- running a graph ----------------------------------------------------------------------
+    def run(self, graph: dict, timeout: float = 600.0,
+            on_message: Callable[[dict], None] | None = None,
+            on_submitted: Callable[[str], None] | None = None) -> RunResult:
+        """Submit ``graph`` and follow it to the end over /ws (or by polling /history without
+        websocket-client). Raises PromptRejected on validation failure, TimeoutError on timeout."""
+        try:
+            import websocket  # websocket-client
+        except ImportError:
+            websocket = None
+        if websocket is None:
+            return self._run_polling(graph, timeout, on_submitted)
+
+        ws_url = self.url.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}"
+        try:
+            ws = websocket.create_connection(ws_url, timeout=timeout)
+        except OSError as e:
+            raise ComfyError(f"ComfyUI at {self.url} is unreachable: {e}") from None
+        try:
+            prompt_id = self.submit(graph)
+            if on_submitted:
+                on_submitted(prompt_id)
+            messages: list[dict] = []
+            deadline = time.monotonic() + timeout
+            status, error = None, None
+            while status is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
+                ws.settimeout(remaining)
+                try:
+                    raw = ws.recv()
+                except websocket.WebSocketTimeoutException:
+                    raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s") from None
+                if not isinstance(raw, str):
+                    continue  # binary preview frames
+                msg = json.loads(raw)
+                data = msg.get("data") or {}
+                if data.get("prompt_id") not in (None, prompt_id):
+                    continue
+                if data.get("prompt_id") == prompt_id or msg.get("type") == "status":
+                    messages.append(msg)
+                    if on_message:
+                        on_message(msg)
+                kind = msg.get("type")
+                if data.get("prompt_id") == prompt_id and kind in DONE_TYPES:
+                    status = {"execution_success": "success", "execution_error": "error",
+                              "execution_interrupted": "interrupted"}[kind]
+                    error = data if kind == "execution_error" else None
+        finally:
+            ws.close()
+        hist = self._wait_history(prompt_id, timeout=30)
+        return RunResult(prompt_id, status, (hist or {}).get("outputs", {}), messages, error)
+
+    def _wait_history(self, prompt_id: str, timeout: float) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            hist = self.history(prompt_id)
+            if hist and hist.get("status", {}).get("completed") is not None:
+                return hist
+            if time.monotonic() > deadline:
+                return hist
+            time.sleep(0.1)  # waiting on the server to write history, not timing
+
+    def _run_polling(self, graph: dict, timeout: float, on_submitted) -> RunResult:
+        prompt_id = self.submit(graph)
+        if on_submitted:
+            on_submitted(prompt_id)
+        deadline = time.monotonic() + timeout
+        while True:
+            hist = self.history(prompt_id)
+            if hist and hist.get("status", {}).get("status_str") in ("success", "error"):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
+            time.sleep(0.5)
+        messages = [{"type": m[0], "data": m[1]} for m in hist["status"].get("messages", [])]
+        status, error = "success", None
+        for m in messages:
+            if m["type"] == "execution_error":
+                status, error = "error", m["data"]
+            elif m["type"] == "execution_interrupted":
+                status = "interrupted"
+        return RunResult(prompt_id, status, hist.get("outputs", {}), messages, error)
+
+    @staticmethod
+    def output_records(result: RunResult, node_id: str, key: str = "images") -> list[dict]:
+        return list((result.outputs.get(str(node_id)) or {}).get(key, []))
