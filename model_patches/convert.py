@@ -1,0 +1,38 @@
+"""Convert the released ``domain_embedder.pth`` (a pickle) to ``.safetensors``.
+
+    python -m model_patches.convert domain_embedder.pth domain_embedder.safetensors
+
+(run from the pack's folder; ``python model_patches/convert.py IN OUT`` works too). The .pth is read
+with ``torch.load(weights_only=True)`` only, and its keys and shapes are checked.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+if __package__:
+    from .weights import AdapterError, convert_domain_embedder
+else:  # run as a script: weights.py has no pack-relative imports
+    import os
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from weights import AdapterError, convert_domain_embedder  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m model_patches.convert", description=__doc__.strip().splitlines()[0])
+    ap.add_argument("pth", help="domain_embedder.pth (pickled state dict, read with weights_only=True)")
+    ap.add_argument("out", help="output .safetensors path")
+    args = ap.parse_args(argv)
+    if not args.out.lower().endswith(".safetensors"):
+        ap.error("the output file must end with .safetensors")
+    try:
+        out = convert_domain_embedder(args.pth, args.out)
+    except AdapterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
