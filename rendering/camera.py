@@ -1,0 +1,95 @@
+"""Orbit cameras of spec §1.4-1.5: perspective, fov 45°, near 0.1, far 100, up +Y."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .errors import AssetError
+
+NEAR = 0.1
+FAR = 100.0
+RELEASE_FRAMES = 60  # the release renders a 60-frame orbit video and keeps N of its frames
+PRESETS = ("release", "even")
+MAX_VIEWS = 64
+
+
+@dataclass
+class Camera:
+    """A look-at camera; camera coordinates: x right, y up, z forward (depth > 0 in front)."""
+
+    eye: torch.Tensor  # [3] float64, world position
+    rotation: torch.Tensor  # [3, 3] float64, rows = right, up, forward (world -> camera)
+    fov: float  # vertical field of view, degrees (aspect 1)
+
+    @property
+    def focal(self) -> float:
+        """1 / tan(fov / 2): NDC per unit of x/z."""
+        return 1.0 / math.tan(math.radians(self.fov) / 2)
+
+    def to_camera(self, p: torch.Tensor) -> torch.Tensor:
+        """[..., 3] world points -> camera coordinates (same dtype as p)."""
+        r = self.rotation.to(p)
+        return (p - self.eye.to(p)) @ r.T
+
+    def pixel_rays(self, resolution: int) -> torch.Tensor:
+        """[H, W, 3] float64 world ray directions through pixel centres (camera z component 1).
+
+        Pixel (i, j) centre: NDC x = (j + 0.5) / W * 2 - 1, NDC y = 1 - (i + 0.5) / H * 2
+        (row 0 is the top of the picture).
+        """
+        s = resolution
+        t = (torch.arange(s, dtype=torch.float64) + 0.5) / s * 2 - 1
+        x = t[None, :].expand(s, s) / self.focal
+        y = -t[:, None].expand(s, s) / self.focal
+        d = torch.stack([x, y, torch.ones_like(x)], dim=-1)
+        return d @ self.rotation
+
+
+def look_at(eye: torch.Tensor, fov: float, target=(0.0, 0.0, 0.0), up=(0.0, 1.0, 0.0)) -> Camera:
+    eye = eye.double()
+    forward = torch.tensor(target, dtype=torch.float64) - eye
+    forward = forward / forward.norm()
+    right = torch.linalg.cross(forward, torch.tensor(up, dtype=torch.float64))
+    if float(right.norm()) < 1e-9:
+        raise AssetError("the camera looks straight along +Y/-Y: use a pitch strictly between -90 and 90 degrees")
+    right = right / right.norm()
+    true_up = torch.linalg.cross(right, forward)
+    return Camera(eye=eye, rotation=torch.stack([right, true_up, forward]), fov=fov)
+
+
+def view_angles(num_views: int, preset: str = "release") -> list[float]:
+    """Orbit angles θ (radians) of the views.
+
+    release: frames k = i * floor(60 / N) of a 60-frame orbit (0°, 42°, … for N = 8);
+    even: θ = 2π i / N.
+    """
+    if not isinstance(num_views, int) or not 1 <= num_views <= MAX_VIEWS:
+        raise AssetError(f"number of views must be between 1 and {MAX_VIEWS}, got {num_views}")
+    if preset == "release":
+        if num_views > RELEASE_FRAMES:
+            raise AssetError(f"the release preset picks views from a {RELEASE_FRAMES}-frame orbit: "
+                             f"at most {RELEASE_FRAMES} views (got {num_views}); use the 'even' preset")
+        step = RELEASE_FRAMES // num_views
+        return [2 * math.pi * (i * step) / RELEASE_FRAMES for i in range(num_views)]
+    if preset == "even":
+        return [2 * math.pi * i / num_views for i in range(num_views)]
+    raise AssetError(f"unknown view preset '{preset}' (use one of {', '.join(PRESETS)})")
+
+
+def orbit_camera(theta: float, pitch_deg: float = 0.0, radius: float = 4.0, fov: float = 45.0) -> Camera:
+    """eye = (r cosφ cosθ, r sinφ, r cosφ sinθ), looking at the origin, up +Y."""
+    if not -90.0 < pitch_deg < 90.0:
+        raise AssetError(f"pitch must be strictly between -90 and 90 degrees, got {pitch_deg}")
+    if not 0.0 < fov < 180.0:
+        raise AssetError(f"field of view must be between 0 and 180 degrees, got {fov}")
+    phi = math.radians(pitch_deg)
+    eye = radius * torch.tensor([math.cos(phi) * math.cos(theta), math.sin(phi),
+                                 math.cos(phi) * math.sin(theta)], dtype=torch.float64)
+    return look_at(eye, fov)
+
+
+def orbit_cameras(num_views: int = 8, preset: str = "release", pitch: float = 0.0,
+                  radius: float = 4.0, fov: float = 45.0) -> list[Camera]:
+    return [orbit_camera(t, pitch, radius, fov) for t in view_angles(num_views, preset)]

@@ -1,0 +1,207 @@
+"""Loading 3D files with trimesh into an Asset, one texture per primitive kept as is.
+
+trimesh's own concatenation packs textured parts into an atlas and, with a baseColorFactor,
+overflows uint8 in its material packing (trimesh 4.5-5.2); so each scene node's geometry is read
+on its own here and only the geometry is concatenated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .asset import MID_GREY, Asset, Texture
+from .colors import linear_to_srgb
+from .errors import AssetError
+
+SUPPORTED_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
+UNSUPPORTED_HINT = {".fbx": "FBX is not supported: export the asset as GLB (e.g. from Blender)"}
+
+
+def import_trimesh():
+    try:
+        import trimesh
+    except ImportError as e:
+        raise AssetError("loading 3D files needs the Python package trimesh: pip install trimesh") from e
+    return trimesh
+
+
+@dataclass
+class Part:
+    """One primitive of the scene, transformed into the asset frame."""
+
+    vertices: np.ndarray  # [v, 3] float64
+    faces: np.ndarray  # [f, 3] int64
+    colors: np.ndarray  # [v, 3] float32 display colour (used when texture is None)
+    uv: np.ndarray | None = None  # [v, 2] float32 (v up), set when texture is set
+    texture: object = None  # PIL image of the base colour
+    factor: tuple = (1.0, 1.0, 1.0)  # linear base-colour factor applied to the texture
+
+
+def load_asset(path) -> Asset:
+    """Read a GLB/glTF/OBJ(+MTL)/PLY/STL/OFF file into one Asset (scene transforms applied)."""
+    path = Path(path)
+    name = path.name
+    if not path.exists():
+        raise AssetError(f"3D file not found: {name}")
+    if not path.is_file():
+        raise AssetError(f"not a file: {name}")
+    ext = path.suffix.lower()
+    if ext in UNSUPPORTED_HINT:
+        raise AssetError(f"{name}: {UNSUPPORTED_HINT[ext]}")
+    if ext not in SUPPORTED_EXTENSIONS:
+        raise AssetError(f"{name}: unsupported 3D file type '{ext}' (use one of {', '.join(SUPPORTED_EXTENSIONS)})")
+    if path.stat().st_size == 0:
+        raise AssetError(f"{name} is empty (0 bytes): the upload or export did not finish")
+    trimesh = import_trimesh()
+    try:
+        scene = trimesh.load_scene(str(path), process=False)
+    except Exception as e:  # trimesh raises many types for damaged files
+        raise AssetError(f"could not read {name}: not a valid {ext[1:].upper()} file, damaged or "
+                         f"truncated ({type(e).__name__}: {e})") from e
+    try:
+        parts = list(scene_parts(scene))
+    except AssetError:
+        raise
+    except Exception as e:
+        raise AssetError(f"could not read the meshes of {name} ({type(e).__name__}: {e})") from e
+    if not parts:
+        raise AssetError(f"{name} contains no triangle faces: nothing to render "
+                         "(point clouds and lines are not supported)")
+    return combine_parts(parts, name)
+
+
+def scene_parts(scene):
+    """Yield a Part for every (node, triangle geometry) of a trimesh Scene."""
+    trimesh = import_trimesh()
+    for node in scene.graph.nodes_geometry:
+        transform, geom_name = scene.graph[node]
+        geom = scene.geometry.get(geom_name)
+        if not isinstance(geom, trimesh.Trimesh) or len(geom.faces) == 0:
+            continue
+        vertices = trimesh.transformations.transform_points(
+            np.asarray(geom.vertices, dtype=np.float64), np.asarray(transform, dtype=np.float64))
+        yield make_part(vertices, np.asarray(geom.faces, dtype=np.int64), geom.visual)
+
+
+def make_part(vertices: np.ndarray, faces: np.ndarray, visual) -> Part:
+    """Base colour of one primitive: texture x factor, else vertex colours, else factor, else grey."""
+    n = len(vertices)
+    grey = np.full((n, 3), MID_GREY, dtype=np.float32)
+    kind = getattr(visual, "kind", None)
+    if kind == "texture":
+        material = visual.material
+        uv = getattr(visual, "uv", None)
+        image, factor, flat = material_colour(material)
+        if image is not None and uv is not None and len(uv) == n:
+            return Part(vertices, faces, grey, np.asarray(uv, dtype=np.float32)[:, :2], image, factor)
+        colors = vertex_colours(visual, n)
+        if colors is not None:
+            return Part(vertices, faces, colors)
+        return Part(vertices, faces, np.broadcast_to(flat, (n, 3)).astype(np.float32))
+    if kind == "vertex":
+        colors = vertex_colours(visual, n)
+        return Part(vertices, faces, colors if colors is not None else grey)
+    if kind == "face":
+        fc = np.asarray(visual.face_colors, dtype=np.float32)[:, :3] / 255.0  # [f, 3]
+        # one vertex per face corner so that every face keeps its own colour
+        return Part(vertices[faces.reshape(-1)], np.arange(3 * len(faces)).reshape(-1, 3),
+                    np.repeat(fc, 3, axis=0))
+    return Part(vertices, faces, grey)
+
+
+def material_colour(material):
+    """(texture PIL image or None, linear factor (r,g,b), flat display colour [3] float32)."""
+    factor = None
+    image = None
+    if hasattr(material, "baseColorTexture"):  # PBRMaterial (glTF)
+        image = material.baseColorTexture
+        if material.baseColorFactor is not None:
+            factor = np.asarray(material.baseColorFactor, dtype=np.float64)[:3] / 255.0
+        lin = factor if factor is not None else None
+        if lin is None:
+            flat = np.full(3, MID_GREY, dtype=np.float32)
+        else:  # a factor-only material is shown as the sRGB encoding of its factor
+            flat = linear_to_srgb(torch.from_numpy(lin)).numpy().astype(np.float32)
+        return image, tuple(factor) if factor is not None else (1.0, 1.0, 1.0), flat
+    # SimpleMaterial (OBJ/MTL): diffuse colour used as stored; map_Kd used as is
+    image = getattr(material, "image", None)
+    diffuse = getattr(material, "diffuse", None)
+    if diffuse is not None:
+        flat = np.asarray(diffuse, dtype=np.float32)[:3] / 255.0
+    else:
+        flat = np.full(3, MID_GREY, dtype=np.float32)
+    return image, (1.0, 1.0, 1.0), flat
+
+
+def vertex_colours(visual, n: int) -> np.ndarray | None:
+    """[n, 3] float32 vertex colours in 0..1 if the visual carries real ones, else None."""
+    colors = None
+    if getattr(visual, "kind", None) == "vertex":
+        colors = visual.vertex_colors
+    else:
+        attrs = getattr(visual, "vertex_attributes", None) or {}
+        colors = attrs.get("color")
+    if colors is None:
+        return None
+    colors = np.asarray(colors)
+    if colors.ndim != 2 or len(colors) != n or colors.shape[1] < 3:
+        return None
+    if colors.dtype.kind == "f":
+        return np.clip(colors[:, :3], 0, 1).astype(np.float32)
+    return colors[:, :3].astype(np.float32) / 255.0
+
+
+def texture_to_uint8(image) -> np.ndarray:
+    """[H, W, 3] uint8 RGB texels from a PIL image of any mode (grey, RGBA, palette, 16-bit…).
+
+    Alpha is ignored (the base colour is opaque); 16-bit values are rounded to 8 bits.
+    """
+    if image.width == 0 or image.height == 0:
+        raise AssetError("a base-colour texture has zero size")
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(image).astype(np.float64) / 65535.0  # PNG 16-bit greyscale
+        a = np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if mode == "F":
+        a = np.round(np.clip(np.asarray(image, dtype=np.float64), 0, 1) * 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
+def combine_parts(parts: list[Part], name: str) -> Asset:
+    """Concatenate the parts' geometry; textures are kept one per (image, factor)."""
+    vertices, faces, colors, uvs, face_tex = [], [], [], [], []
+    textures: list[Texture] = []
+    tex_index: dict[tuple, int] = {}
+    offset = 0
+    for part in parts:
+        n = len(part.vertices)
+        vertices.append(part.vertices)
+        faces.append(part.faces + offset)
+        colors.append(np.asarray(part.colors, dtype=np.float32))
+        if part.texture is not None:
+            key = (id(part.texture), tuple(float(f) for f in part.factor))
+            if key not in tex_index:
+                tex_index[key] = len(textures)
+                textures.append(Texture(torch.from_numpy(texture_to_uint8(part.texture).copy()),
+                                        torch.tensor(part.factor, dtype=torch.float32)))
+            uvs.append(part.uv)
+            face_tex.append(np.full(len(part.faces), tex_index[key], dtype=np.int64))
+        else:
+            uvs.append(np.zeros((n, 2), dtype=np.float32))
+            face_tex.append(np.full(len(part.faces), -1, dtype=np.int64))
+        offset += n
+    v = torch.from_numpy(np.concatenate(vertices)).float()
+    f = torch.from_numpy(np.concatenate(faces)).long()
+    c = torch.from_numpy(np.concatenate(colors)).float()
+    if textures:
+        uv = torch.from_numpy(np.concatenate(uvs).astype(np.float32))
+        ft = torch.from_numpy(np.concatenate(face_tex))
+        return Asset(v, f, c, uv=uv, face_texture=ft, textures=textures, name=name)
+    return Asset(v, f, c, name=name)

@@ -1,0 +1,192 @@
+"""A z-buffer triangle rasterizer in plain PyTorch (CPU or CUDA, nothing to compile).
+
+Sampling happens at pixel centres. Each face tests the pixel centres of its screen bounding box:
+faces whose box holds one centre (most faces of a dense mesh) are tested directly; the others
+are bucketed by power-of-two box sizes, so a big triangle does not make every small one
+enumerate a big grid. Inside tests use the three edge functions (a centre on an edge counts as
+inside, so shared edges leave no cracks); the depth test keeps, per pixel, the largest 1/z (the
+nearest point) with one ``scatter_reduce`` on a packed ``(1/z bits << 32) | face id`` key.
+Memory is bounded by processing faces and candidates in chunks. The result is the visible face
+per pixel; barycentrics are then computed by exact ray/triangle intersection (views.py), which
+makes them perspective-correct.
+"""
+from __future__ import annotations
+
+import torch
+
+from .camera import FAR, NEAR
+from .errors import AssetError
+
+FACE_CHUNK = 1 << 20  # faces set up at once
+MAX_CANDIDATES = 1 << 22  # (face, pixel) pairs tested at once
+
+
+def screen_coords(cam_vertices: torch.Tensor, focal: float, resolution: int):
+    """Project camera-space vertices [V,3] -> (x [V], y [V] in pixel units, 1/z [V]).
+
+    Pixel (i, j) covers x in [j, j+1), y in [i, i+1); y grows downwards (row 0 = top).
+    """
+    half = resolution / 2
+    iz = 1.0 / cam_vertices[:, 2]
+    s = iz * (focal * half)
+    x = cam_vertices[:, 0] * s + half
+    y = half - cam_vertices[:, 1] * s
+    return x, y, iz
+
+
+def split_faces(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[F, 3] int -> three contiguous [F] int32 corner index columns (fast gathers)."""
+    if faces.shape[0] and int(faces.max()) >= 2 ** 31:
+        raise AssetError("the asset has too many vertices (2^31 or more) to render")
+    cols = faces.to(torch.int32).t()
+    return cols[0].contiguous(), cols[1].contiguous(), cols[2].contiguous()
+
+
+def rasterize(cam_vertices: torch.Tensor, faces, focal: float, resolution: int,
+              cull: int = 0, face_chunk: int = FACE_CHUNK, max_candidates: int = MAX_CANDIDATES) -> torch.Tensor:
+    """Visible face per pixel: [H*W] int64 face index, -1 where no face covers the pixel centre.
+
+    cam_vertices: [V, 3] float32 camera coordinates (x right, y up, z forward); faces: [F, 3]
+    int, or the columns from split_faces. Every vertex must lie between the near and far planes
+    (render_views ensures it).
+    cull: 0 tests every face; +1 skips faces wound clockwise as seen from the camera (back faces
+    of an outward-wound closed mesh), -1 skips counter-clockwise ones (see topology.py).
+    """
+    s = resolution
+    cols = split_faces(faces) if isinstance(faces, torch.Tensor) else faces
+    z = cam_vertices[:, 2]
+    if not bool(((z > NEAR) & (z < FAR)).all()):
+        raise AssetError(f"part of the asset lies outside the camera's depth range {NEAR}..{FAR}")
+    x, y, iz = screen_coords(cam_vertices.float(), focal, s)
+    xy = torch.stack([x, y], dim=1).view(torch.float64).view(-1)  # [V] packed (x, y) pairs
+    zbuf = torch.full((s * s,), -1, dtype=torch.int64, device=cam_vertices.device)
+    for start in range(0, cols[0].shape[0], face_chunk):
+        corner = [c[start:start + face_chunk] for c in cols]  # 3 x [f] int32
+        pts = [torch.index_select(xy, 0, c).view(torch.float32).view(-1, 2) for c in corner]
+        fx = [p[:, 0] for p in pts]  # 3 x [f] corner x (strided views)
+        fy = [p[:, 1] for p in pts]
+        x_0, x_1, x_2 = fx
+        y_0, y_1, y_2 = fy
+        x0 = torch.ceil(torch.minimum(torch.minimum(x_0, x_1), x_2) - 0.5).clamp_(min=0)
+        x1 = torch.floor(torch.maximum(torch.maximum(x_0, x_1), x_2) - 0.5).clamp_(max=s - 1)
+        y0 = torch.ceil(torch.minimum(torch.minimum(y_0, y_1), y_2) - 0.5).clamp_(min=0)
+        y1 = torch.floor(torch.maximum(torch.maximum(y_0, y_1), y_2) - 0.5).clamp_(max=s - 1)
+        w = x1 - x0
+        h = y1 - y0
+        keep = (w >= 0) & (h >= 0)
+        if cull:
+            # twice the signed area in y-down pixel space: negative = counter-clockwise in y-up
+            area = (x_1 - x_0) * (y_2 - y_0) - (y_1 - y_0) * (x_2 - x_0)
+            keep &= area * cull < 0
+        small = keep & (w <= 1) & (h <= 1)
+        sel = small.nonzero().squeeze(1)  # boxes of at most 2 x 2 pixel centres: tested directly
+        if sel.numel():
+            fiz = [iz[c[sel]] for c in corner]
+            scatter_small(zbuf, sel + start, [v[sel] for v in fx], [v[sel] for v in fy], fiz,
+                          x0[sel], y0[sel], w[sel], h[sel], s)
+        many = (keep & ~small).nonzero().squeeze(1)
+        if many.numel():
+            fiz = torch.stack([iz[c[many]] for c in corner], dim=1)
+            bx, by = x0[many], y0[many]
+            coef = plane_coefficients(torch.stack([v[many] - bx for v in fx], dim=1),
+                                      torch.stack([v[many] - by for v in fy], dim=1), fiz)
+            scatter_boxes(zbuf, many + start, x0[many].long(), y0[many].long(),
+                          w[many].long() + 1, h[many].long() + 1, coef, s, max_candidates)
+    return torch.where(zbuf >= 0, zbuf & 0xFFFFFFFF, torch.full_like(zbuf, -1))
+
+
+def edge(ax, ay, bx, by, px, py):
+    """Edge function of a->b at p (positive on the left in y-down pixel space)."""
+    return (bx - ax) * (py - ay) - (by - ay) * (px - ax)
+
+
+def scatter_small(zbuf, face_ids, fx, fy, fiz, x0, y0, w, h, s: int) -> None:
+    """Faces [k] whose box holds at most 2 x 2 pixel centres: test each centre, z-test the inside ones.
+
+    fx, fy: 3 x [k] corner pixel coordinates; fiz: 3 x [k] corner 1/z; x0, y0: box origin;
+    w, h: box size minus one (0 or 1).
+    """
+    x_0, x_1, x_2 = fx
+    y_0, y_1, y_2 = fy
+    px, py = x0 + 0.5, y0 + 0.5
+    # edge functions at the first centre and their steps per pixel in x and y
+    e = [edge(x_1, y_1, x_2, y_2, px, py), edge(x_2, y_2, x_0, y_0, px, py), edge(x_0, y_0, x_1, y_1, px, py)]
+    step_x = [y_1 - y_2, y_2 - y_0, y_0 - y_1]
+    step_y = [x_2 - x_1, x_0 - x_2, x_1 - x_0]
+    area = e[0] + e[1] + e[2]  # twice the signed area (edge functions sum to it anywhere)
+    sign = torch.sign(area)  # 0 for degenerate faces: never inside
+    for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        ev = [e[i] + (dx * step_x[i] + dy * step_y[i]) if dx or dy else e[i] for i in range(3)]
+        inside = (ev[0] * sign >= 0) & (ev[1] * sign >= 0) & (ev[2] * sign >= 0) & (sign != 0)
+        if dx:
+            inside &= w >= 1
+        if dy:
+            inside &= h >= 1
+        sel = inside.nonzero().squeeze(1)
+        if sel.numel() == 0:
+            continue
+        izv = (ev[0][sel] * fiz[0][sel] + ev[1][sel] * fiz[1][sel] + ev[2][sel] * fiz[2][sel]) / area[sel]
+        pix = (y0[sel].long() + dy) * s + x0[sel].long() + dx
+        depth_test(zbuf, pix, izv, face_ids[sel])
+
+
+def depth_test(zbuf, pix, izv, face_ids) -> None:
+    """Keep the largest 1/z per pixel: zbuf[pix] = max(zbuf[pix], (bits(1/z) << 32) | face)."""
+    bits = izv.contiguous().view(torch.int32).to(torch.int64)
+    zbuf.scatter_reduce_(0, pix, (bits << 32) | face_ids, reduce="amax")
+
+
+def plane_coefficients(vx, vy, fiz):
+    """[k, 4, 3] (a, b, c) of value = a*px + b*py + c for the three barycentrics and 1/z.
+
+    vx, vy, fiz: [k, 3] vertex positions (relative to the face's box origin) and 1/z. Faces with
+    zero screen area get all-negative barycentric planes (never inside).
+    """
+    ax, ay = vx[:, [1, 2, 0]], vy[:, [1, 2, 0]]
+    bx, by = vx[:, [2, 0, 1]], vy[:, [2, 0, 1]]
+    ea = ay - by
+    eb = bx - ax
+    ec = (by - ay) * ax - (bx - ax) * ay
+    area = ec[:, 0] + ea[:, 0] * vx[:, 0] + eb[:, 0] * vy[:, 0]  # edge 1->2 at vertex 0
+    bad = area == 0
+    inv = (1.0 / torch.where(bad, torch.ones_like(area), area))[:, None]
+    bary = torch.stack([ea * inv, eb * inv, ec * inv], dim=2)  # [k, 3 planes, 3 coefficients]
+    if bool(bad.any()):
+        bary[bad] = torch.tensor([0.0, 0.0, -1.0], device=bary.device)
+    izc = (bary * fiz[:, :, None]).sum(dim=1, keepdim=True)  # [k, 1, 3]
+    return torch.cat([bary, izc], dim=1)
+
+
+def scatter_boxes(zbuf, face_ids, x0, y0, w, h, coef, s: int, max_candidates: int) -> None:
+    """Test every pixel centre in each face's w x h box and z-test the inside ones."""
+    bucket = ceil_log2(w) * 16 + ceil_log2(h)
+    order = torch.argsort(bucket)
+    keys, counts = torch.unique_consecutive(bucket[order], return_counts=True)
+    dev = zbuf.device
+    start = 0
+    for key, count in zip(keys.tolist(), counts.tolist()):
+        sel = order[start:start + count]
+        start += count
+        bw, bh = 1 << (key // 16), 1 << (key % 16)
+        k = bw * bh
+        dx = torch.arange(bw, device=dev).repeat(bh)  # [k]
+        dy = torch.arange(bh, device=dev).repeat_interleave(bw)  # [k]
+        cx = dx.float() + 0.5
+        cy = dy.float() + 0.5
+        step = max(1, max_candidates // k)
+        for i in range(0, count, step):
+            g = sel[i:i + step]
+            c = coef[g]  # [g, 4, 3]
+            vals = c[:, None, :, 0] * cx[None, :, None] + c[:, None, :, 1] * cy[None, :, None] + c[:, None, :, 2]
+            inside = (vals[..., :3] >= 0).all(dim=2)  # [g, k]
+            inside &= (dx[None, :] < w[g, None]) & (dy[None, :] < h[g, None])
+            gi, ki = inside.nonzero(as_tuple=True)
+            if gi.numel() == 0:
+                continue
+            pix = (y0[g][gi] + dy[ki]) * s + x0[g][gi] + dx[ki]
+            depth_test(zbuf, pix, vals[gi, ki, 3], face_ids[g][gi])
+
+
+def ceil_log2(n: torch.Tensor) -> torch.Tensor:
+    """Smallest e with 2**e >= n, for integer n >= 1 (frexp of n - 1 gives it exactly)."""
+    return torch.frexp((n - 1).double()).exponent.long()

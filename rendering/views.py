@@ -1,0 +1,200 @@
+"""Reference views of an asset (spec §1): unlit RGB, point map, mask and depth per orbit view."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .asset import Asset
+from .camera import FAR, NEAR, Camera, orbit_cameras
+from .colors import linear_to_srgb, srgb_to_linear
+from .errors import AssetError
+from .raster import rasterize, split_faces
+
+RESOLUTION_MULTIPLE = 16  # the Flux VAE (8x) packed in 2x2 patches
+MAX_RESOLUTION = 4096
+MAX_FACES = 50_000_000
+AUTO_CULL_FACES = 50_000
+
+
+@dataclass
+class Views:
+    """Rendered reference views; background is white (1, 1, 1) in rgb and point_map."""
+
+    rgb: torch.Tensor  # [N, H, W, 3] float32 in [0, 1]
+    point_map: torch.Tensor  # [N, H, W, 3] float32 in [0, 1]
+    mask: torch.Tensor  # [N, H, W] float32, 1 = asset
+    depth: torch.Tensor  # [N, H, W] float32 camera-space depth (distance along the view axis), 0 = background
+    cameras: list[Camera]
+
+
+def check_resolution(resolution: int) -> None:
+    if not isinstance(resolution, int) or resolution < RESOLUTION_MULTIPLE or resolution > MAX_RESOLUTION \
+            or resolution % RESOLUTION_MULTIPLE:
+        raise AssetError(f"resolution must be a multiple of {RESOLUTION_MULTIPLE} between "
+                         f"{RESOLUTION_MULTIPLE} and {MAX_RESOLUTION} (the VAE needs it), got {resolution}")
+
+
+def render_views(asset: Asset, num_views: int = 8, preset: str = "release", resolution: int = 512,
+                 pitch: float = 0.0, y_rotation: float = 0.0, radius: float = 4.0, fov: float = 45.0,
+                 device=None, progress: Callable[[int, int], None] | None = None,
+                 cull_back_faces: bool | None = None) -> Views:
+    """Render ``num_views`` orbit views of ``asset`` with the release's conventions (spec §1).
+
+    progress(done, total) is called after each view (it may raise to cancel).
+    Outputs live on the CPU; the work runs on ``device`` (default CPU).
+    cull_back_faces: None = automatic (skip back faces when the asset has at least
+    AUTO_CULL_FACES faces and is made of closed, consistently wound shells: same image, half
+    the work); False = never; True = whenever the asset is closed and consistently wound.
+    """
+    check_resolution(resolution)
+    if asset.num_faces > MAX_FACES:
+        raise AssetError(f"the asset has {asset.num_faces:,} faces; at most {MAX_FACES:,} can be rendered "
+                         "within memory: decimate it first")
+    if not math.isfinite(y_rotation):
+        raise AssetError(f"y_rotation must be a finite angle, got {y_rotation}")
+    cameras = orbit_cameras(num_views, preset, pitch, radius, fov)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    verts = asset.normalised_vertices()  # [V, 3] float64
+    reach = float(verts.norm(dim=1).max())
+    if radius - reach <= NEAR or radius + reach >= FAR:
+        raise AssetError(f"camera radius {radius} puts the asset (reaching {reach:.3f} from the centre after "
+                         f"normalisation) outside the visible depth range {NEAR}..{FAR}: use a radius "
+                         f"between {reach + NEAR:.2f} and {FAR - reach:.2f}")
+    cull = 0
+    if cull_back_faces or (cull_back_faces is None and asset.num_faces >= AUTO_CULL_FACES):
+        cull = asset.closed_orientation()
+    shader = Shader(asset, verts, y_rotation, device)
+    s = resolution
+    out_rgb, out_pm, out_mask, out_depth = [], [], [], []
+    for i, cam in enumerate(cameras):
+        cam_v = cam.to_camera(shader.verts).float()  # [V, 3]
+        face = rasterize(cam_v, shader.face_cols, cam.focal, s, cull=cull)  # [H*W]
+        rgb, pm, mask, depth = shader.shade(face, cam, s)
+        out_rgb.append(rgb.cpu())
+        out_pm.append(pm.cpu())
+        out_mask.append(mask.cpu())
+        out_depth.append(depth.cpu())
+        if progress is not None:
+            progress(i + 1, len(cameras))
+    return Views(torch.stack(out_rgb), torch.stack(out_pm), torch.stack(out_mask), torch.stack(out_depth), cameras)
+
+
+class Shader:
+    """Per-pixel attributes of the visible faces: base colour, point map, depth."""
+
+    def __init__(self, asset: Asset, verts: torch.Tensor, y_rotation: float, device: torch.device):
+        self.device = device
+        self.verts = verts.to(device)  # [V, 3] float64, rendering frame
+        self.verts_t = self.verts.t().contiguous()  # [3, V]
+        self.faces = asset.faces.to(device)  # [F, 3]
+        self.face_cols = split_faces(self.faces)  # 3 x [F] int32
+        uv = asset.uv if asset.uv is not None else torch.zeros(asset.num_vertices, 2)
+        # per-vertex attributes interpolated together: point map 0:3, colour 3:6, uv 6:8
+        self.attrs = torch.cat([asset.point_map_colors(), asset.colors.float(), uv.float()], dim=1).to(device)
+        self.face_texture = asset.face_texture.to(device) if asset.face_texture is not None else None
+        self.textures = [(t.image.to(device), t.factor.to(device), t.has_factor()) for t in asset.textures]
+        a = math.radians(y_rotation)
+        self.rot = None if y_rotation % 360 == 0 else torch.tensor(
+            [[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0], [-math.sin(a), 0.0, math.cos(a)]],
+            dtype=torch.float32, device=device)
+
+    def shade(self, face: torch.Tensor, cam: Camera, s: int):
+        """face [H*W] -> rgb [H,W,3], point map [H,W,3], mask [H,W], depth [H,W]."""
+        dev = self.device
+        hit = (face >= 0).nonzero().squeeze(1)  # [P] covered pixel indices
+        hit_face = face[hit]
+        corner = [c.index_select(0, hit_face) for c in self.face_cols]  # 3 x [P]
+        tri = [[self.verts_t[d].index_select(0, c) for d in range(3)] for c in corner]  # [corner][xyz] -> [P]
+        rays = pixel_rays(cam, hit, s)  # 3 x [P] float64
+        bary, t = ray_barycentrics([float(e) for e in cam.eye], rays, tri)  # 3 x [P], [P]
+        values = sum(b.float()[:, None] * self.attrs.index_select(0, c) for b, c in zip(bary, corner))  # [P, 8]
+        pm = values[:, 0:3].clamp(0, 1)
+        if self.rot is not None:
+            pm = (((pm * 2 - 1) @ self.rot.T + 1) / 2).clamp(0, 1)
+        rgb = values[:, 3:6]
+        if self.textures:
+            tex_id = self.face_texture[hit_face]
+            for k, (image, factor, has_factor) in enumerate(self.textures):
+                sel = (tex_id == k).nonzero().squeeze(1)
+                if sel.numel() == 0:
+                    continue
+                c = sample_bilinear(image, values[sel, 6:8])
+                if has_factor:  # texels are sRGB, the factor is linear (spec §1.6)
+                    c = linear_to_srgb(srgb_to_linear(c) * factor)
+                rgb[sel] = c
+        n = s * s
+        out_rgb = torch.ones(n, 3, device=dev)
+        out_pm = torch.ones(n, 3, device=dev)
+        mask = torch.zeros(n, device=dev)
+        depth = torch.zeros(n, device=dev)
+        out_rgb[hit] = rgb.clamp(0, 1)
+        out_pm[hit] = pm
+        mask[hit] = 1.0
+        depth[hit] = t.float()
+        return out_rgb.view(s, s, 3), out_pm.view(s, s, 3), mask.view(s, s), depth.view(s, s)
+
+
+def pixel_rays(cam: Camera, pixels: torch.Tensor, s: int) -> list[torch.Tensor]:
+    """World ray directions (x, y, z: 3 x [P] float64) through the centres of flat pixel indices
+    [P], scaled so that their camera-space z is 1 (see Camera.pixel_rays for the full grid)."""
+    x = ((pixels % s).double() + 0.5) * (2 / s) - 1
+    y = 1 - ((pixels // s).double() + 0.5) * (2 / s)
+    x, y = x / cam.focal, y / cam.focal
+    r = cam.rotation.tolist()  # rows: right, up, forward
+    return [x * r[0][d] + y * r[1][d] + r[2][d] for d in range(3)]
+
+
+def dot(a, b):
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+
+
+def cross(a, b):
+    return [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+
+
+def ray_barycentrics(origin, dirs, tri):
+    """Exact ray/triangle-plane intersection (Möller-Trumbore) in float64, coordinate-wise.
+
+    origin: 3 floats; dirs: 3 x [P]; tri: [corner][coordinate] -> [P]. Returns barycentrics
+    (3 x [P]) and the ray parameter t [P] (with camera-space z of dirs = 1, t is the camera-space
+    depth). Being exact in 3D, the barycentrics are perspective-correct.
+    """
+    v0, v1, v2 = tri
+    e1 = [v1[d] - v0[d] for d in range(3)]
+    e2 = [v2[d] - v0[d] for d in range(3)]
+    pvec = cross(dirs, e2)
+    det = dot(e1, pvec)
+    inv = 1.0 / torch.where(det == 0, torch.full_like(det, 1e-300), det)
+    tvec = [origin[d] - v0[d] for d in range(3)]
+    u = dot(tvec, pvec) * inv
+    qvec = cross(tvec, e1)
+    v = dot(dirs, qvec) * inv
+    t = dot(e2, qvec) * inv
+    return [1 - u - v, u, v], t
+
+
+def sample_bilinear(image: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Bilinear lookup with repeat wrapping: image [H, W, 3] uint8, uv [P, 2] (v up) -> [P, 3] in [0, 1].
+
+    glTF/OpenGL UVs as trimesh gives them: u -> column, v is flipped when indexing rows
+    (v = 1 is the top row of the image). Texel centres sit at (j + 0.5) / W.
+    """
+    h, w = image.shape[:2]
+    x = uv[:, 0].double() * w - 0.5
+    y = (1.0 - uv[:, 1].double()) * h - 0.5
+    x0f, y0f = torch.floor(x), torch.floor(y)
+    fx = (x - x0f).float()[:, None]
+    fy = (y - y0f).float()[:, None]
+    x0 = x0f.long().remainder(w)
+    y0 = y0f.long().remainder(h)
+    x1 = (x0 + 1).remainder(w)
+    y1 = (y0 + 1).remainder(h)
+    flat = image.reshape(-1, 3)
+    def texel(yy, xx):
+        return flat[yy * w + xx].float()
+    top = texel(y0, x0) * (1 - fx) + texel(y0, x1) * fx
+    bottom = texel(y1, x0) * (1 - fx) + texel(y1, x1) * fx
+    return (top * (1 - fy) + bottom * fy) / 255.0
