@@ -161,11 +161,12 @@ def read_state_dict(src, what: str = "weights") -> dict[str, torch.Tensor]:
             try:
                 sd = torch.load(str(path), weights_only=True, map_location="cpu")
             except pickle.UnpicklingError as e:
-                first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                found = re.search(r"(Unsupported global: GLOBAL \S+|unsupported GLOBAL \S+|Unsupported operand \d+)", str(e))
+                reason = found.group(1) if found else type(e).__name__
                 raise AdapterError(
-                    f"refused to load {what} file '{name}': its pickle holds Python objects or code, not only "
-                    f"tensors, and it is only read with torch.load(weights_only=True) ({first}). "
-                    "Use the released file, or a .safetensors copy of it.") from None
+                    f"refused to load {what} file '{name}': it is not a plain pickled state dict of tensors "
+                    f"(torch.load(weights_only=True) stopped at: {reason}). A pickle carrying Python objects or "
+                    "code is never run. Use the released file, or a .safetensors copy of it.") from None
             except Exception as e:  # truncated / not a torch file
                 raise AdapterError(f"{what} file '{name}' could not be read as a torch state dict: "
                                    f"{type(e).__name__}: {e}") from None
