@@ -306,9 +306,9 @@ def write_obj(path, vertices, faces, uv_gltf=None, texture: Image.Image | None =
             mtl_lines.append(f"map_Kd {tex_name}")
         mtl.write_text("\n".join(mtl_lines) + "\n")
         lines += [f"mtllib {mtl.name}", "usemtl m0"]
-    lines += [f"v {x!r} {y!r} {z!r}" for x, y, z in np.asarray(vertices, float)]
+    lines += [f"v {x:.9g} {y:.9g} {z:.9g}" for x, y, z in np.asarray(vertices, float)]
     if uv_gltf is not None:
-        lines += [f"vt {u!r} {1 - v!r}" for u, v in np.asarray(uv_gltf, float)]
+        lines += [f"vt {u:.9g} {1 - v:.9g}" for u, v in np.asarray(uv_gltf, float)]
         lines += [f"f {a + 1}/{a + 1} {b + 1}/{b + 1} {c + 1}/{c + 1}" for a, b, c in faces]
     else:
         lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in faces]

@@ -1,0 +1,334 @@
+"""Loading every supported format, colour sources and colour spaces, texture modes, and a clear
+AssetError for every kind of bad input (issue 3)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from assets_gen import (
+    GltfPart,
+    box,
+    corrupt_glb,
+    marked_quad,
+    texture_in_mode,
+    textured_box_glb,
+    truncated_copy,
+    uv_sphere,
+    write_glb,
+    write_obj,
+    write_ply,
+    write_stl,
+)
+from conftest import ROOT
+
+import rendering
+from rendering import AssetError
+
+
+def front_colour(path, res=32):
+    """Colour at the centre of view 0 (looking at the +X side)."""
+    views = rendering.render_views(rendering.load_asset(path), num_views=1, resolution=res)
+    return views.rgb[0, res // 2, res // 2].numpy()
+
+
+def srgb(x):
+    x = np.asarray(x, float)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055)
+
+
+# ------------------------------------------------------------------ formats and colour rules
+
+
+def test_factor_only_material_shows_srgb_encoding_of_factor(tmp_path):
+    v, f, _ = box()
+    factor = np.array([51, 128, 230]) / 255
+    path = write_glb(tmp_path / "f.glb", [GltfPart(v, f, factor=(*factor, 1.0))])
+    assert np.abs(front_colour(path) - srgb(factor)).max() < 1e-5
+
+
+def test_texture_times_factor_in_linear_light_without_uint8_overflow(tmp_path):
+    from PIL import Image
+    v, f, uv = marked_quad()
+    tex = Image.new("RGB", (8, 8), (200, 100, 50))
+    factor = np.array([255, 128, 64]) / 255
+    path = write_glb(tmp_path / "t.glb", [GltfPart(v, f, uv=uv, texture=tex, factor=(*factor, 1.0))])
+    texel = np.array([200, 100, 50]) / 255
+    lin = np.where(texel <= 0.04045, texel / 12.92, ((texel + 0.055) / 1.055) ** 2.4)
+    assert np.abs(front_colour(path) - srgb(lin * factor)).max() < 1e-5
+
+
+def test_texture_wins_over_vertex_colours_and_vertex_colours_over_grey(tmp_path):
+    from PIL import Image
+    v, f, uv = marked_quad()
+    red = Image.new("RGB", (4, 4), (255, 0, 0))
+    both = write_glb(tmp_path / "both.glb", [GltfPart(v, f, uv=uv, texture=red, colors=np.tile([0, 1.0, 0], (4, 1)))])
+    assert np.allclose(front_colour(both), [1, 0, 0])
+    vc = write_glb(tmp_path / "vc.glb", [GltfPart(v, f, colors=np.tile([0, 0, 1.0], (4, 1)))])
+    assert np.allclose(front_colour(vc), [0, 0, 1])
+    plain = write_glb(tmp_path / "plain.glb", [GltfPart(v, f)])
+    assert np.allclose(front_colour(plain), [0.5, 0.5, 0.5])
+
+
+def test_obj_mtl_diffuse_used_as_stored_and_ply_stl_load(tmp_path):
+    v, f, _ = box()
+    obj = write_obj(tmp_path / "a.obj", v, f, diffuse=(0.2, 0.4, 0.6))
+    assert np.allclose(front_colour(obj), [0.2, 0.4, 0.6], atol=1 / 255)
+    colours = np.tile([10, 200, 30], (len(v), 1))
+    ply = write_ply(tmp_path / "a.ply", v, f, colours)
+    assert np.allclose(front_colour(ply), np.array([10, 200, 30]) / 255, atol=1e-6)
+    stl = write_stl(tmp_path / "a.stl", v, f)
+    assert np.allclose(front_colour(stl), [0.5, 0.5, 0.5])
+    for path in (obj, ply, stl):
+        asset = rendering.load_asset(path)
+        assert asset.num_faces == 12
+        vmin, vmax = asset.bounds()
+        assert torch.allclose(vmin, torch.tensor([-1.0] * 3, dtype=torch.float64))
+
+
+def test_scene_transforms_are_applied_and_textures_stay_per_part(tmp_path):
+    v, f, uv = box((1.0, 1.0, 1.0))
+    from PIL import Image
+    parts = [GltfPart(v, f, uv=uv, texture=Image.new("RGB", (4, 4), (255, 0, 0)), translation=(3, 0, 0)),
+             GltfPart(v, f, uv=uv, texture=Image.new("RGB", (4, 4), (0, 0, 255)), scale=(1, 2, 1),
+                      children=[GltfPart(v, f, translation=(0, 0, 5))])]
+    asset = rendering.load_asset(write_glb(tmp_path / "s.glb", parts))
+    vmin, vmax = asset.bounds()
+    assert vmin.tolist() == pytest.approx([-0.5, -1.0, -0.5])
+    assert vmax.tolist() == pytest.approx([3.5, 1.0, 5.5])  # child: parent scale, then its own offset
+    assert len(asset.textures) == 2 and asset.num_faces == 36
+    assert [t.image.shape for t in asset.textures] == [(4, 4, 3), (4, 4, 3)]  # no atlas
+
+
+def test_point_map_colours_are_per_axis(tmp_path):
+    v, f, _ = box((4.0, 2.0, 1.0), (10.0, 0.0, 0.0))
+    asset = rendering.asset_from_mesh(v, f)
+    c = asset.point_map_colors()
+    assert c.min(0).values.tolist() == [0, 0, 0] and c.max(0).values.tolist() == [1, 1, 1]
+    centre, scale = asset.normalisation()
+    assert centre.tolist() == [10.0, 0.0, 0.0] and scale == 0.5
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "I;16"])
+def test_texture_modes_greyscale_rgba_palette_16bit(tmp_path, mode):
+    img, expected = texture_in_mode(mode)
+    assert img.mode == mode
+    got = rendering.texture_to_uint8(img)
+    assert got.shape == (32, 32, 3) and got.dtype == np.uint8
+    assert np.abs(got / 255 - expected).max() <= 0.5 / 255 + 1e-9
+    v, f, uv = marked_quad()
+    asset = rendering.load_asset(write_glb(tmp_path / "m.glb", [GltfPart(v, f, uv=uv, texture=img)]))
+    assert np.abs(asset.textures[0].image.numpy() / 255 - expected).max() <= 0.5 / 255 + 1e-9
+    views = rendering.render_views(asset, num_views=1, resolution=32)
+    assert torch.isfinite(views.rgb).all() and views.mask.sum() > 100
+
+
+def test_asset_from_core_mesh_layout():
+    v, f, _ = uv_sphere(8, 16)
+    asset = rendering.asset_from_mesh(torch.tensor(v, dtype=torch.float32)[None], torch.tensor(f)[None])
+    assert asset.num_faces == len(f) and asset.uv is None and asset.textures == []
+    views = rendering.render_views(asset, num_views=2, resolution=32)
+    assert views.rgb.shape == (2, 32, 32, 3) and views.point_map.shape == (2, 32, 32, 3)
+    assert views.mask.shape == (2, 32, 32) and views.depth.shape == (2, 32, 32)
+    assert torch.allclose(views.rgb[views.mask > 0], torch.tensor(0.5))
+
+
+def test_progress_callback_and_cancel():
+    v, f, _ = box()
+    asset = rendering.asset_from_mesh(v, f)
+    seen = []
+    rendering.render_views(asset, num_views=5, resolution=16, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(i, 5) for i in range(1, 6)]
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(done, total):
+        raise Cancelled
+
+    with pytest.raises(Cancelled):
+        rendering.render_views(asset, num_views=5, resolution=16, progress=cancel)
+
+
+# ------------------------------------------------------------------ bad input: one clear error each
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(AssetError, match="not found"):
+        rendering.load_asset(tmp_path / "nope.glb")
+
+
+def test_paths_outside_the_input_folder_are_refused(tmp_path):
+    inp = tmp_path / "input"
+    (inp / "3d").mkdir(parents=True)
+    good = textured_box_glb(inp / "3d" / "ok.glb")
+    outside = textured_box_glb(tmp_path / "secret.glb")
+    assert rendering.resolve_in_folder("3d/ok.glb", inp) == good.resolve()
+    with pytest.raises(AssetError, match=r"\.\."):
+        rendering.resolve_in_folder("3d/../../secret.glb", inp)
+    with pytest.raises(AssetError, match=r"\.\."):
+        rendering.resolve_in_folder("..\\secret.glb", inp)
+    with pytest.raises(AssetError, match="absolute"):
+        rendering.resolve_in_folder(str(outside), inp)
+    with pytest.raises(AssetError, match="absolute"):
+        rendering.resolve_in_folder("C:\\models\\x.glb", inp)
+    os.symlink(outside, inp / "3d" / "link.glb")
+    with pytest.raises(AssetError, match="outside"):
+        rendering.resolve_in_folder("3d/link.glb", inp)
+    os.symlink(tmp_path, inp / "3d" / "dirlink")
+    with pytest.raises(AssetError, match="outside"):
+        rendering.resolve_in_folder("3d/dirlink/secret.glb", inp)
+    os.symlink(good, inp / "3d" / "inner.glb")  # a link that stays inside is fine
+    assert rendering.resolve_in_folder("3d/inner.glb", inp) == good.resolve()
+    with pytest.raises(AssetError, match="not found"):
+        rendering.resolve_in_folder("3d/missing.glb", inp)
+    with pytest.raises(AssetError, match="no 3D file"):
+        rendering.resolve_in_folder("", inp)
+
+
+def test_corrupt_truncated_and_empty_glb(tmp_path):
+    with pytest.raises(AssetError, match="not a valid GLB"):
+        rendering.load_asset(corrupt_glb(tmp_path / "corrupt.glb"))
+    good = textured_box_glb(tmp_path / "good.glb")
+    for keep in (0.3, 0.9):
+        with pytest.raises(AssetError, match="damaged or truncated"):
+            rendering.load_asset(truncated_copy(good, tmp_path / f"cut{keep}.glb", keep))
+    (tmp_path / "empty.glb").write_bytes(b"")
+    with pytest.raises(AssetError, match="empty"):
+        rendering.load_asset(tmp_path / "empty.glb")
+    (tmp_path / "junk.glb").write_bytes(b"\x00" * 100)
+    with pytest.raises(AssetError, match="junk.glb"):
+        rendering.load_asset(tmp_path / "junk.glb")
+
+
+def test_unsupported_extension(tmp_path):
+    (tmp_path / "a.fbx").write_bytes(b"x")
+    with pytest.raises(AssetError, match="FBX"):
+        rendering.load_asset(tmp_path / "a.fbx")
+    (tmp_path / "a.txt").write_bytes(b"x")
+    with pytest.raises(AssetError, match="unsupported"):
+        rendering.load_asset(tmp_path / "a.txt")
+
+
+def test_scene_without_faces(tmp_path):
+    with pytest.raises(AssetError, match="no triangle faces"):
+        rendering.load_asset(write_glb(tmp_path / "nothing.glb", []))
+    v, _, _ = box()
+    points = write_ply(tmp_path / "points.ply", v, np.zeros((0, 3), int))
+    with pytest.raises(AssetError, match="no triangle faces"):
+        rendering.load_asset(points)
+    with pytest.raises(AssetError, match="no faces"):
+        rendering.asset_from_mesh(v, np.zeros((0, 3), int))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_and_inf_vertices(tmp_path, bad):
+    v, f, _ = box()
+    v[3, 1] = bad
+    with pytest.raises(AssetError, match="NaN or infinite"):
+        rendering.asset_from_mesh(v, f)
+    with pytest.raises(AssetError, match="NaN or infinite"):
+        rendering.load_asset(write_glb(tmp_path / "bad.glb", [GltfPart(v, f)]))
+
+
+def test_bad_mesh_arrays():
+    v, f, _ = box()
+    with pytest.raises(AssetError, match=r"\[V, 3\]"):
+        rendering.asset_from_mesh(v[:, :2], f)
+    with pytest.raises(AssetError, match=r"\[F, 3\]"):
+        rendering.asset_from_mesh(v, f[:, :2])
+    with pytest.raises(AssetError, match="indices"):
+        rendering.asset_from_mesh(v, f + 100)
+    with pytest.raises(AssetError, match="zero size"):
+        rendering.asset_from_mesh(np.zeros((3, 3)), [[0, 1, 2]])
+    with pytest.raises(AssetError, match="whole numbers"):
+        rendering.asset_from_mesh(v, f + 0.5)
+
+
+def test_flat_asset_renders_without_division_by_zero(tmp_path):
+    v, f, uv = marked_quad()  # zero extent along X
+    asset = rendering.load_asset(write_glb(tmp_path / "flat.glb", [GltfPart(v, f, uv=uv)]))
+    views = rendering.render_views(asset, num_views=8, resolution=32)
+    assert torch.isfinite(views.point_map).all() and torch.isfinite(views.rgb).all()
+    m = views.mask[0] > 0
+    assert m.sum() > 100
+    assert torch.allclose(views.point_map[0][m][:, 0], torch.tensor(0.5))  # flat axis: constant 0.5
+    assert views.point_map[0][m][:, 1].min() < 0.1 and views.point_map[0][m][:, 1].max() > 0.9
+    line = rendering.asset_from_mesh([[0, 0, 0], [1, 0, 0], [2, 0, 0]], [[0, 1, 2]])  # flat on 2 axes
+    assert torch.isfinite(rendering.render_views(line, num_views=2, resolution=16).point_map).all()
+
+
+@pytest.mark.parametrize("n", [0, -1, 65, 100])
+def test_number_of_views_outside_1_to_64(n):
+    v, f, _ = box()
+    with pytest.raises(AssetError, match="between 1 and 64"):
+        rendering.render_views(rendering.asset_from_mesh(v, f), num_views=n, resolution=16)
+
+
+def test_release_preset_limits_and_unknown_preset():
+    v, f, _ = box()
+    a = rendering.asset_from_mesh(v, f)
+    with pytest.raises(AssetError, match="even"):
+        rendering.render_views(a, num_views=61, resolution=16)
+    assert rendering.render_views(a, num_views=64, preset="even", resolution=16).rgb.shape[0] == 64
+    with pytest.raises(AssetError, match="preset"):
+        rendering.render_views(a, num_views=2, preset="spiral", resolution=16)
+
+
+@pytest.mark.parametrize("res", [500, 8, 0, 520.0, 8192])
+def test_resolution_the_vae_cannot_take(res):
+    v, f, _ = box()
+    with pytest.raises(AssetError, match="multiple of 16"):
+        rendering.render_views(rendering.asset_from_mesh(v, f), num_views=1, resolution=res)
+
+
+def test_camera_options_out_of_range():
+    v, f, _ = box()
+    a = rendering.asset_from_mesh(v, f)
+    with pytest.raises(AssetError, match="pitch"):
+        rendering.render_views(a, num_views=1, resolution=16, pitch=90.0)
+    with pytest.raises(AssetError, match="radius"):
+        rendering.render_views(a, num_views=1, resolution=16, radius=1.5)
+    with pytest.raises(AssetError, match="field of view"):
+        rendering.render_views(a, num_views=1, resolution=16, fov=0.0)
+
+
+def test_too_many_faces_says_why(monkeypatch):
+    import rendering.views
+    v, f, _ = box()
+    monkeypatch.setattr(rendering.views, "MAX_FACES", 10)
+    with pytest.raises(AssetError, match="decimate"):
+        rendering.render_views(rendering.asset_from_mesh(v, f), num_views=1, resolution=16)
+
+
+def test_two_million_faces_render_within_memory_budget(tmp_path):
+    """A 2M-face mesh renders in bounded memory: run in a fresh process and read its peak RSS."""
+    script = textwrap.dedent(f"""
+        import resource, sys, time
+        sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
+        import torch
+        import rendering
+        from assets_gen import sphere_with_faces
+        v, f, _ = sphere_with_faces(2_000_000)
+        asset = rendering.asset_from_mesh(v, f)
+        del v, f
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t = time.perf_counter()
+        views = rendering.render_views(asset, num_views=2, resolution=256)
+        dt = time.perf_counter() - t
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        m = views.mask[0]
+        print(asset.num_faces, int(m.sum()), (peak - base) // 1024, round(dt, 2))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    faces, covered, extra_mb, seconds = out.stdout.split()
+    assert int(faces) >= 2_000_000
+    r_px = 128 * np.tan(np.arcsin(1 / 4)) / np.tan(np.radians(22.5))  # silhouette of the unit sphere
+    assert abs(int(covered) - np.pi * r_px ** 2) / int(covered) < 0.01
+    assert int(extra_mb) < 1000, f"rendering took {extra_mb} MB beyond the asset"
+    print(f"2M faces: {extra_mb} MB beyond the asset, {seconds} s for 2 views")
