@@ -1,0 +1,74 @@
+"""RefAny3DRenderViews: the reference views RefAny3D conditions on (spec §1), rendered in plain
+PyTorch on ComfyUI's device."""
+from __future__ import annotations
+
+import comfy.model_management
+import comfy.utils
+from comfy_api.latest import io
+
+from ..rendering import MAX_VIEWS, PRESETS, AssetError, check_resolution, render_views
+from .sockets import Asset
+
+
+class RefAny3DRenderViews(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RefAny3DRenderViews",
+            display_name="RefAny3D Render Views",
+            category="RefAny3D/render",
+            description=("Renders the asset's reference views exactly as the RefAny3D release did: unlit base "
+                         "colour and point map (x,y,z of the asset's bounding box → R,G,B) on white, camera "
+                         "orbiting at pitch 0, radius 4, fov 45°. Defaults reproduce the release."),
+            inputs=[
+                Asset.Input("asset", tooltip="An asset from RefAny3D Load 3D Asset."),
+                io.Int.Input("num_views", default=8, min=1, max=MAX_VIEWS,
+                             tooltip="Number of reference views. The released weights were trained with 8."),
+                io.Combo.Input("preset", options=list(PRESETS), default="release",
+                               tooltip="release: frames 0, 7, 14, … of a 60-frame orbit (0°, 42°, 84°, …), as the "
+                                       "release picked them (at most 60 views). even: views evenly spaced over 360°."),
+                io.Int.Input("resolution", default=512, min=16, max=4096, step=16,
+                             tooltip="Width and height of each view in pixels; a multiple of 16 (the VAE needs "
+                                     "it). The release used 512."),
+                io.Float.Input("pitch", default=0.0, min=-89.0, max=89.0, step=0.5,
+                               tooltip="Camera elevation in degrees (positive looks down from above). Release: 0."),
+                io.Float.Input("y_rotation", default=0.0, min=-360.0, max=360.0, step=1.0,
+                               tooltip="Rotates the point-map coordinate frame about +Y (degrees): how the paper "
+                                       "steers the generated view. Colours of the RGB views are unchanged."),
+                io.Float.Input("radius", default=4.0, min=1.0, max=50.0, step=0.1,
+                               tooltip="Camera distance from the asset's centre (the asset is scaled to a "
+                                       "2-unit cube). Release: 4."),
+                io.Float.Input("fov", default=45.0, min=1.0, max=120.0, step=0.5,
+                               tooltip="Vertical field of view in degrees. Release: 45."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="rgb", tooltip="Unlit base-colour views on white, N×H×W×3."),
+                io.Image.Output(display_name="point_map",
+                                tooltip="Point-map views (normalised x,y,z as R,G,B) on white, N×H×W×3."),
+                io.Mask.Output(display_name="mask", tooltip="1 where the asset covers the pixel, N×H×W."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, num_views=None, resolution=None) -> bool | str:
+        try:
+            if resolution is not None:
+                check_resolution(int(resolution))
+            if num_views is not None and not 1 <= int(num_views) <= MAX_VIEWS:
+                raise AssetError(f"number of views must be between 1 and {MAX_VIEWS}, got {num_views}")
+        except AssetError as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, asset, num_views=8, preset="release", resolution=512, pitch=0.0, y_rotation=0.0,
+                radius=4.0, fov=45.0) -> io.NodeOutput:
+        pbar = comfy.utils.ProgressBar(num_views)
+        views = render_views(asset, num_views=num_views, preset=preset, resolution=resolution, pitch=pitch,
+                             y_rotation=y_rotation, radius=radius, fov=fov,
+                             device=comfy.model_management.get_torch_device(),
+                             progress=lambda done, total: pbar.update_absolute(done, total))
+        return io.NodeOutput(views.rgb, views.point_map, views.mask)
+
+
+NODES = [RefAny3DRenderViews]
