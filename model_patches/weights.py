@@ -111,6 +111,10 @@ class RefAny3DAdapter:
                                                copy.deepcopy(self.parts))
         return self._moved[key]
 
+    def drop_copies(self) -> None:
+        """Forget the copies made by :meth:`to` (e.g. to free GPU memory while the adapter stays cached)."""
+        self._moved.clear()
+
     def modules(self, name: str) -> list[str]:
         """ComfyUI module paths adapted by adapter ``name``."""
         return sorted(self.loras.get(name, {}))

@@ -166,6 +166,8 @@ def test_to_returns_a_cached_moved_copy(adapter):
     assert adapter.loras["domain"]["img_in"][0].dtype == torch.float32
     assert next(adapter.domain_embedder.parameters()).dtype == torch.float32
     assert half.hidden_size == D and half.files == adapter.files
+    adapter.drop_copies()
+    assert adapter.to("cpu", torch.bfloat16) is not half
 
 
 # --------------------------------------------------------------------------------------------
