@@ -148,8 +148,8 @@ def _label(src, what: str) -> str:
 
 
 def read_state_dict(src, what: str = "weights") -> dict[str, torch.Tensor]:
-    """A state dict of tensors from a path (.safetensors, or a pickle read with weights_only=True)
-    or from a mapping. Anything that is not a flat ``{str: Tensor}`` mapping raises AdapterError."""
+    """A state dict of tensors from a path (.safetensors, or a pickle read with weights_only=True),
+    a mapping or a torch module. Anything that is not a flat ``{str: Tensor}`` mapping raises AdapterError."""
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         name = path.name
@@ -174,6 +174,8 @@ def read_state_dict(src, what: str = "weights") -> dict[str, torch.Tensor]:
             except Exception as e:  # truncated / not a torch file
                 raise AdapterError(f"{what} file '{name}' could not be read as a torch state dict: "
                                    f"{type(e).__name__}: {e}") from None
+    elif isinstance(src, torch.nn.Module):
+        name, sd = _label(src, what), src.state_dict()
     elif isinstance(src, Mapping):
         name, sd = _label(src, what), src
     else:
