@@ -76,7 +76,7 @@ class AdapterError(ValueError):
     """A RefAny3D weight file (or its pairing with a model) is not what the release defines."""
 
 
-@dataclass
+@dataclass(eq=False)  # identity comparison: the fields hold tensors
 class RefAny3DAdapter:
     """The two RefAny3D LoRAs and the domain embedder, on ComfyUI's Flux module names.
 
