@@ -55,6 +55,8 @@ def load_asset(path) -> Asset:
         raise AssetError(f"{name}: unsupported 3D file type '{ext}' (use one of {', '.join(SUPPORTED_EXTENSIONS)})")
     if path.stat().st_size == 0:
         raise AssetError(f"{name} is empty (0 bytes): the upload or export did not finish")
+    if ext == ".gltf":
+        check_gltf_resources(path)
     trimesh = import_trimesh()
     try:
         scene = trimesh.load_scene(str(path), process=False)
@@ -71,6 +73,27 @@ def load_asset(path) -> Asset:
         raise AssetError(f"{name} contains no triangle faces: nothing to render "
                          "(point clouds and lines are not supported)")
     return combine_parts(parts, name)
+
+
+def check_gltf_resources(path: Path) -> None:
+    """A .gltf names its buffers and images as separate files: say which one is missing (trimesh
+    would silently drop a missing texture and the asset would render grey)."""
+    import json
+    from urllib.parse import unquote
+    try:
+        gltf = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise AssetError(f"could not read {path.name}: not a valid GLTF (JSON) file ({e})") from e
+    if not isinstance(gltf, dict):
+        raise AssetError(f"could not read {path.name}: not a valid GLTF file")
+    for kind in ("buffers", "images"):
+        for item in gltf.get(kind) or []:
+            uri = item.get("uri") if isinstance(item, dict) else None
+            if not uri or uri.startswith("data:"):
+                continue
+            if not (path.parent / unquote(uri)).is_file():
+                raise AssetError(f"{path.name} needs the file '{unquote(uri)}' beside it, which is missing: "
+                                 "upload it to the same folder, or use a single-file .glb")
 
 
 def scene_parts(scene):

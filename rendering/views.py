@@ -17,6 +17,7 @@ RESOLUTION_MULTIPLE = 16  # the Flux VAE (8x) packed in 2x2 patches
 MAX_RESOLUTION = 4096
 MAX_FACES = 50_000_000
 AUTO_CULL_FACES = 50_000
+SHADE_CHUNK = 1 << 20  # covered pixels shaded at once
 
 
 @dataclass
@@ -57,6 +58,8 @@ def render_views(asset: Asset, num_views: int = 8, preset: str = "release", reso
         raise AssetError(f"y_rotation must be a finite angle, got {y_rotation}")
     cameras = orbit_cameras(num_views, preset, pitch, radius, fov)
     device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "mps":  # no float64 on Apple GPUs: the exact intersection step needs it
+        device = torch.device("cpu")
     verts = asset.normalised_vertices()  # [V, 3] float64
     reach = float(verts.norm(dim=1).max())
     if radius - reach <= NEAR or radius + reach >= FAR:
@@ -68,18 +71,27 @@ def render_views(asset: Asset, num_views: int = 8, preset: str = "release", reso
         cull = asset.closed_orientation()
     shader = Shader(asset, verts, y_rotation, device)
     s = resolution
-    out_rgb, out_pm, out_mask, out_depth = [], [], [], []
+    n = len(cameras)
+    rgb = torch.ones(n, s * s, 3)
+    point_map = torch.ones(n, s * s, 3)
+    mask = torch.zeros(n, s * s)
+    depth = torch.zeros(n, s * s)
+    verts32 = shader.verts.float()
     for i, cam in enumerate(cameras):
-        cam_v = cam.to_camera(shader.verts).float()  # [V, 3]
+        cam_v = cam.to_camera(verts32)  # [V, 3] float32
         face = rasterize(cam_v, shader.face_cols, cam.focal, s, cull=cull)  # [H*W]
-        rgb, pm, mask, depth = shader.shade(face, cam, s)
-        out_rgb.append(rgb.cpu())
-        out_pm.append(pm.cpu())
-        out_mask.append(mask.cpu())
-        out_depth.append(depth.cpu())
+        hit = (face >= 0).nonzero().squeeze(1)  # [P] covered pixels
+        for start in range(0, hit.shape[0], SHADE_CHUNK):
+            pix = hit[start:start + SHADE_CHUNK]
+            c, pm, t = shader.shade(pix, face[pix], cam, s)
+            pix = pix.cpu()
+            rgb[i, pix] = c.cpu()
+            point_map[i, pix] = pm.cpu()
+            mask[i, pix] = 1.0
+            depth[i, pix] = t.cpu()
         if progress is not None:
-            progress(i + 1, len(cameras))
-    return Views(torch.stack(out_rgb), torch.stack(out_pm), torch.stack(out_mask), torch.stack(out_depth), cameras)
+            progress(i + 1, n)
+    return Views(rgb.view(n, s, s, 3), point_map.view(n, s, s, 3), mask.view(n, s, s), depth.view(n, s, s), cameras)
 
 
 class Shader:
@@ -101,14 +113,11 @@ class Shader:
             [[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0], [-math.sin(a), 0.0, math.cos(a)]],
             dtype=torch.float32, device=device)
 
-    def shade(self, face: torch.Tensor, cam: Camera, s: int):
-        """face [H*W] -> rgb [H,W,3], point map [H,W,3], mask [H,W], depth [H,W]."""
-        dev = self.device
-        hit = (face >= 0).nonzero().squeeze(1)  # [P] covered pixel indices
-        hit_face = face[hit]
-        corner = [c.index_select(0, hit_face) for c in self.face_cols]  # 3 x [P]
+    def shade(self, pixels: torch.Tensor, faces: torch.Tensor, cam: Camera, s: int):
+        """Covered pixels [P] (flat indices) and their faces [P] -> rgb [P,3], point map [P,3], depth [P]."""
+        corner = [c.index_select(0, faces) for c in self.face_cols]  # 3 x [P]
         tri = [[self.verts_t[d].index_select(0, c) for d in range(3)] for c in corner]  # [corner][xyz] -> [P]
-        rays = pixel_rays(cam, hit, s)  # 3 x [P] float64
+        rays = pixel_rays(cam, pixels, s)  # 3 x [P] float64
         bary, t = ray_barycentrics([float(e) for e in cam.eye], rays, tri)  # 3 x [P], [P]
         values = sum(b.float()[:, None] * self.attrs.index_select(0, c) for b, c in zip(bary, corner))  # [P, 8]
         pm = values[:, 0:3].clamp(0, 1)
@@ -116,7 +125,7 @@ class Shader:
             pm = (((pm * 2 - 1) @ self.rot.T + 1) / 2).clamp(0, 1)
         rgb = values[:, 3:6]
         if self.textures:
-            tex_id = self.face_texture[hit_face]
+            tex_id = self.face_texture[faces]
             for k, (image, factor, has_factor) in enumerate(self.textures):
                 sel = (tex_id == k).nonzero().squeeze(1)
                 if sel.numel() == 0:
@@ -125,16 +134,7 @@ class Shader:
                 if has_factor:  # texels are sRGB, the factor is linear (spec §1.6)
                     c = linear_to_srgb(srgb_to_linear(c) * factor)
                 rgb[sel] = c
-        n = s * s
-        out_rgb = torch.ones(n, 3, device=dev)
-        out_pm = torch.ones(n, 3, device=dev)
-        mask = torch.zeros(n, device=dev)
-        depth = torch.zeros(n, device=dev)
-        out_rgb[hit] = rgb.clamp(0, 1)
-        out_pm[hit] = pm
-        mask[hit] = 1.0
-        depth[hit] = t.float()
-        return out_rgb.view(s, s, 3), out_pm.view(s, s, 3), mask.view(s, s), depth.view(s, s)
+        return rgb.clamp(0, 1), pm, t.float()
 
 
 def pixel_rays(cam: Camera, pixels: torch.Tensor, s: int) -> list[torch.Tensor]:

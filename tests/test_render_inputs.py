@@ -205,6 +205,22 @@ def test_corrupt_truncated_and_empty_glb(tmp_path):
         rendering.load_asset(tmp_path / "junk.glb")
 
 
+def test_gltf_with_missing_texture_or_buffer_file(tmp_path):
+    from assets_gen import marked_texture, write_gltf
+    v, f, uv = marked_quad()
+    path = write_gltf(tmp_path / "q.gltf", [GltfPart(v, f, uv=uv, texture=marked_texture(16))])
+    assert len(rendering.load_asset(path).textures) == 1
+    (tmp_path / "q_tex0.png").unlink()
+    with pytest.raises(AssetError, match="q_tex0.png"):
+        rendering.load_asset(path)
+    (tmp_path / "q.bin").unlink()
+    with pytest.raises(AssetError, match="q.bin"):
+        rendering.load_asset(path)
+    (tmp_path / "bad.gltf").write_text("{not json")
+    with pytest.raises(AssetError, match="not a valid GLTF"):
+        rendering.load_asset(tmp_path / "bad.gltf")
+
+
 def test_unsupported_extension(tmp_path):
     (tmp_path / "a.fbx").write_bytes(b"x")
     with pytest.raises(AssetError, match="FBX"):

@@ -355,7 +355,7 @@ def test_back_face_skipping_gives_the_same_image():
         assert torch.equal(on.mask, off.mask) and torch.equal(on.point_map, off.point_map)
 
 
-def test_chunking_does_not_change_the_result():
+def test_chunking_does_not_change_the_result(monkeypatch):
     v, f, _ = uv_sphere(30, 60)
     lv, lf = low_poly()
     verts = np.concatenate([v * 0.5, lv + [0.8, 0, 0]])
@@ -367,6 +367,25 @@ def test_chunking_does_not_change_the_result():
     chunked = rendering.rasterize(cam_v, asset.faces, cam.focal, 64, face_chunk=97, max_candidates=50)
     assert torch.equal(full, chunked)
     assert (full >= 0).sum() > 500
+    from rendering import views as views_module
+    whole = rendering.render_views(asset, num_views=2, resolution=64)
+    monkeypatch.setattr(views_module, "SHADE_CHUNK", 77)
+    pieces = rendering.render_views(asset, num_views=2, resolution=64)
+    for a, b in zip((whole.rgb, whole.point_map, whole.mask, whole.depth),
+                    (pieces.rgb, pieces.point_map, pieces.mask, pieces.depth)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_renders_like_cpu(tmp_path):
+    parts = scene_multi_part()
+    asset = rendering.load_asset(write_glb(tmp_path / "s.glb", parts))
+    cpu = rendering.render_views(asset, num_views=8, resolution=128)
+    gpu = rendering.render_views(asset, num_views=8, resolution=128, device="cuda")
+    assert (cpu.mask != gpu.mask).float().mean() < 1e-4
+    both = (cpu.mask > 0) & (gpu.mask > 0)
+    assert (cpu.point_map[both] - gpu.point_map[both]).abs().max() < 1e-4
+    assert ((cpu.rgb[both] - gpu.rgb[both]).abs().max(dim=1).values <= 2 / 255).float().mean() > 0.999
 
 
 # ------------------------------------------------------------------ orientation of readable markings
