@@ -89,7 +89,7 @@ class RefAny3DLoadAsset(io.ComfyNode):
     def execute(cls, asset_file=None, mesh=None) -> io.NodeOutput:
         if mesh is not None:
             return io.NodeOutput(mesh_to_asset(mesh))
-        return io.NodeOutput(load_asset(input_path(asset_file)))
+        return io.NodeOutput(load_asset(input_path(asset_file or "")))
 
 
 def mesh_to_asset(mesh):

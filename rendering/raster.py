@@ -22,16 +22,17 @@ MAX_CANDIDATES = 1 << 22  # (face, pixel) pairs tested at once
 
 
 def screen_coords(cam_vertices: torch.Tensor, focal: float, resolution: int):
-    """Project camera-space vertices [V,3] -> (x [V], y [V] in pixel units, 1/z [V]).
+    """Project camera-space vertices [V,3] -> (u [V], v [V], 1/z [V]) in pixel-centre units.
 
-    Pixel (i, j) covers x in [j, j+1), y in [i, i+1); y grows downwards (row 0 = top).
+    Pixel (i, j) covers u in [j - 0.5, j + 0.5), v in [i - 0.5, i + 0.5): its centre is at
+    (u, v) = (j, i); v grows downwards (row 0 = top).
     """
     half = resolution / 2
     iz = 1.0 / cam_vertices[:, 2]
     s = iz * (focal * half)
-    x = cam_vertices[:, 0] * s + half
-    y = half - cam_vertices[:, 1] * s
-    return x, y, iz
+    u = cam_vertices[:, 0] * s + (half - 0.5)
+    v = (half - 0.5) - cam_vertices[:, 1] * s
+    return u, v, iz
 
 
 def split_faces(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -58,32 +59,26 @@ def rasterize(cam_vertices: torch.Tensor, faces, focal: float, resolution: int,
     if not bool(((z > NEAR) & (z < FAR)).all()):
         raise AssetError(f"part of the asset lies outside the camera's depth range {NEAR}..{FAR}")
     x, y, iz = screen_coords(cam_vertices.float(), focal, s)
-    xy = torch.stack([x, y], dim=1).view(torch.float64).view(-1)  # [V] packed (x, y) pairs
+    xy = torch.stack([x, y], dim=1).view(torch.float64).view(-1)  # [V] packed (u, v) pairs
     zbuf = torch.full((s * s,), -1, dtype=torch.int64, device=cam_vertices.device)
     for start in range(0, cols[0].shape[0], face_chunk):
         corner = [c[start:start + face_chunk] for c in cols]  # 3 x [f] int32
         pts = [torch.index_select(xy, 0, c).view(torch.float32).view(-1, 2) for c in corner]
-        fx = [p[:, 0] for p in pts]  # 3 x [f] corner x (strided views)
+        fx = [p[:, 0] for p in pts]  # 3 x [f] corner u (strided views)
         fy = [p[:, 1] for p in pts]
-        x_0, x_1, x_2 = fx
-        y_0, y_1, y_2 = fy
-        x0 = torch.ceil(torch.minimum(torch.minimum(x_0, x_1), x_2) - 0.5).clamp_(min=0)
-        x1 = torch.floor(torch.maximum(torch.maximum(x_0, x_1), x_2) - 0.5).clamp_(max=s - 1)
-        y0 = torch.ceil(torch.minimum(torch.minimum(y_0, y_1), y_2) - 0.5).clamp_(min=0)
-        y1 = torch.floor(torch.maximum(torch.maximum(y_0, y_1), y_2) - 0.5).clamp_(max=s - 1)
-        w = x1 - x0
-        h = y1 - y0
+        x0, x1, y0, y1 = bounding_boxes(fx, fy, s)
+        w = x1.sub_(x0)  # box width - 1 (x1, y1 are not needed any more)
+        h = y1.sub_(y0)
         keep = (w >= 0) & (h >= 0)
         if cull:
-            # twice the signed area in y-down pixel space: negative = counter-clockwise in y-up
-            area = (x_1 - x_0) * (y_2 - y_0) - (y_1 - y_0) * (x_2 - x_0)
-            keep &= area * cull < 0
-        small = keep & (w <= 1) & (h <= 1)
+            keep &= front_facing(fx, fy, cull)
+        small = (w <= 1) & (h <= 1)
+        small &= keep
         sel = small.nonzero().squeeze(1)  # boxes of at most 2 x 2 pixel centres: tested directly
         if sel.numel():
             fiz = [iz[c[sel]] for c in corner]
             scatter_small(zbuf, sel + start, [v[sel] for v in fx], [v[sel] for v in fy], fiz,
-                          x0[sel], y0[sel], w[sel], h[sel], s)
+                          x0[sel], y0[sel], w[sel], h[sel], s, cull)
         many = (keep & ~small).nonzero().squeeze(1)
         if many.numel():
             fiz = torch.stack([iz[c[many]] for c in corner], dim=1)
@@ -95,29 +90,55 @@ def rasterize(cam_vertices: torch.Tensor, faces, focal: float, resolution: int,
     return torch.where(zbuf >= 0, zbuf & 0xFFFFFFFF, torch.full_like(zbuf, -1))
 
 
+def bounding_boxes(fx, fy, s: int):
+    """Pixel-centre range of each face's screen box: (x0, x1, y0, y1) [f] float, clipped to the
+    image; x0 > x1 or y0 > y1 when the box holds no pixel centre."""
+    x0 = torch.minimum(fx[0], fx[1])
+    torch.minimum(x0, fx[2], out=x0).ceil_().clamp_(min=0)
+    x1 = torch.maximum(fx[0], fx[1])
+    torch.maximum(x1, fx[2], out=x1).floor_().clamp_(max=s - 1)
+    y0 = torch.minimum(fy[0], fy[1])
+    torch.minimum(y0, fy[2], out=y0).ceil_().clamp_(min=0)
+    y1 = torch.maximum(fy[0], fy[1])
+    torch.maximum(y1, fy[2], out=y1).floor_().clamp_(max=s - 1)
+    return x0, x1, y0, y1
+
+
+def front_facing(fx, fy, cull: int):
+    """[f] bool: faces that survive back-face skipping (see rasterize's ``cull``)."""
+    # twice the signed area in y-down pixel space: negative = counter-clockwise in y-up
+    area = (fx[1] - fx[0]) * (fy[2] - fy[0])
+    area.sub_((fy[1] - fy[0]) * (fx[2] - fx[0]))
+    return area < 0 if cull > 0 else area > 0
+
+
 def edge(ax, ay, bx, by, px, py):
     """Edge function of a->b at p (positive on the left in y-down pixel space)."""
     return (bx - ax) * (py - ay) - (by - ay) * (px - ax)
 
 
-def scatter_small(zbuf, face_ids, fx, fy, fiz, x0, y0, w, h, s: int) -> None:
+def scatter_small(zbuf, face_ids, fx, fy, fiz, x0, y0, w, h, s: int, cull: int = 0) -> None:
     """Faces [k] whose box holds at most 2 x 2 pixel centres: test each centre, z-test the inside ones.
 
-    fx, fy: 3 x [k] corner pixel coordinates; fiz: 3 x [k] corner 1/z; x0, y0: box origin;
-    w, h: box size minus one (0 or 1).
+    fx, fy: 3 x [k] corner positions (pixel-centre units); fiz: 3 x [k] corner 1/z; x0, y0: first
+    centre of the box; w, h: box size minus one (0 or 1); cull: the faces' known winding, if any.
     """
     x_0, x_1, x_2 = fx
     y_0, y_1, y_2 = fy
-    px, py = x0 + 0.5, y0 + 0.5
     # edge functions at the first centre and their steps per pixel in x and y
-    e = [edge(x_1, y_1, x_2, y_2, px, py), edge(x_2, y_2, x_0, y_0, px, py), edge(x_0, y_0, x_1, y_1, px, py)]
+    e = [edge(x_1, y_1, x_2, y_2, x0, y0), edge(x_2, y_2, x_0, y_0, x0, y0), edge(x_0, y_0, x_1, y_1, x0, y0)]
     step_x = [y_1 - y_2, y_2 - y_0, y_0 - y_1]
     step_y = [x_2 - x_1, x_0 - x_2, x_1 - x_0]
     area = e[0] + e[1] + e[2]  # twice the signed area (edge functions sum to it anywhere)
-    sign = torch.sign(area)  # 0 for degenerate faces: never inside
+    sign = torch.sign(area) if not cull else None  # 0 for degenerate faces: never inside
     for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
         ev = [e[i] + (dx * step_x[i] + dy * step_y[i]) if dx or dy else e[i] for i in range(3)]
-        inside = (ev[0] * sign >= 0) & (ev[1] * sign >= 0) & (ev[2] * sign >= 0) & (sign != 0)
+        if cull > 0:  # all kept faces have area < 0
+            inside = (ev[0] <= 0) & (ev[1] <= 0) & (ev[2] <= 0)
+        elif cull < 0:
+            inside = (ev[0] >= 0) & (ev[1] >= 0) & (ev[2] >= 0)
+        else:
+            inside = (ev[0] * sign >= 0) & (ev[1] * sign >= 0) & (ev[2] * sign >= 0) & (sign != 0)
         if dx:
             inside &= w >= 1
         if dy:
@@ -171,8 +192,8 @@ def scatter_boxes(zbuf, face_ids, x0, y0, w, h, coef, s: int, max_candidates: in
         k = bw * bh
         dx = torch.arange(bw, device=dev).repeat(bh)  # [k]
         dy = torch.arange(bh, device=dev).repeat_interleave(bw)  # [k]
-        cx = dx.float() + 0.5
-        cy = dy.float() + 0.5
+        cx = dx.float()  # pixel centres relative to the box's first centre
+        cy = dy.float()
         step = max(1, max_candidates // k)
         for i in range(0, count, step):
             g = sel[i:i + step]
