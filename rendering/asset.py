@@ -114,8 +114,10 @@ def validate_geometry(vertices: torch.Tensor, faces: torch.Tensor) -> None:
     bad = ~torch.isfinite(vertices).all(dim=1)
     if bool(bad.any()):
         raise AssetError(f"the asset has {int(bad.sum())} vertices with NaN or infinite coordinates")
-    used = vertices[faces.reshape(-1)]
+    used = vertices[faces.reshape(-1)].double()
     extent = used.max(dim=0).values - used.min(dim=0).values
+    if not bool(torch.isfinite(vertices.double().max(0).values - vertices.double().min(0).values).all()):
+        raise AssetError("the asset's coordinates are too large to handle (its size overflows)")
     if not bool((extent > 0).any()):
         raise AssetError("the asset has zero size: all its vertices are at the same point")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,18 @@ class Camera:
         return d @ self.rotation
 
 
+def whole_number(value, what: str) -> int:
+    """value as an int (ints, numpy ints, integral floats); AssetError otherwise."""
+    if isinstance(value, bool):
+        raise AssetError(f"{what} must be a whole number, got {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise AssetError(f"{what} must be a whole number, got {value!r}") from None
+
+
 def look_at(eye: torch.Tensor, fov: float, target=(0.0, 0.0, 0.0), up=(0.0, 1.0, 0.0)) -> Camera:
     eye = eye.double()
     forward = torch.tensor(target, dtype=torch.float64) - eye
@@ -65,7 +78,8 @@ def view_angles(num_views: int, preset: str = "release") -> list[float]:
     release: frames k = i * floor(60 / N) of a 60-frame orbit (0°, 42°, … for N = 8);
     even: θ = 2π i / N.
     """
-    if not isinstance(num_views, int) or not 1 <= num_views <= MAX_VIEWS:
+    num_views = whole_number(num_views, "number of views")
+    if not 1 <= num_views <= MAX_VIEWS:
         raise AssetError(f"number of views must be between 1 and {MAX_VIEWS}, got {num_views}")
     if preset == "release":
         if num_views > RELEASE_FRAMES:
@@ -80,6 +94,8 @@ def view_angles(num_views: int, preset: str = "release") -> list[float]:
 
 def orbit_camera(theta: float, pitch_deg: float = 0.0, radius: float = 4.0, fov: float = 45.0) -> Camera:
     """eye = (r cosφ cosθ, r sinφ, r cosφ sinθ), looking at the origin, up +Y."""
+    if not (math.isfinite(radius) and radius > 0):
+        raise AssetError(f"camera radius must be a positive number, got {radius}")
     if not -90.0 < pitch_deg < 90.0:
         raise AssetError(f"pitch must be strictly between -90 and 90 degrees, got {pitch_deg}")
     if not 0.0 < fov < 180.0:

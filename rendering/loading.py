@@ -119,7 +119,8 @@ def make_part(vertices: np.ndarray, faces: np.ndarray, visual) -> Part:
         uv = getattr(visual, "uv", None)
         image, factor, flat = material_colour(material)
         if image is not None and uv is not None and len(uv) == n:
-            return Part(vertices, faces, grey, np.asarray(uv, dtype=np.float32)[:, :2], image, factor)
+            uv = np.nan_to_num(np.asarray(uv, dtype=np.float32)[:, :2], nan=0.0, posinf=0.0, neginf=0.0)
+            return Part(vertices, faces, grey, uv, image, factor)
         colors = vertex_colours(visual, n)
         if colors is not None:
             return Part(vertices, faces, colors)
@@ -173,7 +174,7 @@ def vertex_colours(visual, n: int) -> np.ndarray | None:
     if colors.ndim != 2 or len(colors) != n or colors.shape[1] < 3:
         return None
     if colors.dtype.kind == "f":
-        return np.clip(colors[:, :3], 0, 1).astype(np.float32)
+        return np.clip(np.nan_to_num(colors[:, :3]), 0, 1).astype(np.float32)
     return colors[:, :3].astype(np.float32) / 255.0
 
 

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from .asset import Asset
-from .camera import FAR, NEAR, Camera, orbit_cameras
+from .camera import FAR, NEAR, Camera, orbit_cameras, whole_number
 from .colors import linear_to_srgb, srgb_to_linear
 from .errors import AssetError
 from .raster import rasterize, split_faces
@@ -31,11 +32,17 @@ class Views:
     cameras: list[Camera]
 
 
-def check_resolution(resolution: int) -> None:
-    if not isinstance(resolution, int) or resolution < RESOLUTION_MULTIPLE or resolution > MAX_RESOLUTION \
-            or resolution % RESOLUTION_MULTIPLE:
-        raise AssetError(f"resolution must be a multiple of {RESOLUTION_MULTIPLE} between "
-                         f"{RESOLUTION_MULTIPLE} and {MAX_RESOLUTION} (the VAE needs it), got {resolution}")
+def check_resolution(resolution) -> int:
+    """The resolution as an int; AssetError unless it is a multiple of 16 in 16..4096."""
+    message = (f"resolution must be a multiple of {RESOLUTION_MULTIPLE} between {RESOLUTION_MULTIPLE} and "
+               f"{MAX_RESOLUTION} (the VAE needs it), got {resolution}")
+    try:
+        res = whole_number(resolution, "resolution")
+    except AssetError:
+        raise AssetError(message) from None
+    if res < RESOLUTION_MULTIPLE or res > MAX_RESOLUTION or res % RESOLUTION_MULTIPLE:
+        raise AssetError(message)
+    return res
 
 
 def render_views(asset: Asset, num_views: int = 8, preset: str = "release", resolution: int = 512,
@@ -50,12 +57,13 @@ def render_views(asset: Asset, num_views: int = 8, preset: str = "release", reso
     AUTO_CULL_FACES faces and is made of closed, consistently wound shells: same image, half
     the work); False = never; True = whenever the asset is closed and consistently wound.
     """
-    check_resolution(resolution)
+    resolution = check_resolution(resolution)
     if asset.num_faces > MAX_FACES:
         raise AssetError(f"the asset has {asset.num_faces:,} faces; at most {MAX_FACES:,} can be rendered "
                          "within memory: decimate it first")
-    if not math.isfinite(y_rotation):
-        raise AssetError(f"y_rotation must be a finite angle, got {y_rotation}")
+    for name, value in (("pitch", pitch), ("y_rotation", y_rotation), ("radius", radius), ("fov", fov)):
+        if not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise AssetError(f"{name} must be a finite number, got {value!r}")
     cameras = orbit_cameras(num_views, preset, pitch, radius, fov)
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type == "mps":  # no float64 on Apple GPUs: the exact intersection step needs it

@@ -311,6 +311,14 @@ def test_camera_options_out_of_range():
         rendering.render_views(a, num_views=1, resolution=16, radius=1.5)
     with pytest.raises(AssetError, match="field of view"):
         rendering.render_views(a, num_views=1, resolution=16, fov=0.0)
+    for name in ("pitch", "y_rotation", "radius", "fov"):
+        with pytest.raises(AssetError, match=name):
+            rendering.render_views(a, num_views=1, resolution=16, **{name: float("nan")})
+    with pytest.raises(AssetError, match="whole number"):
+        rendering.render_views(a, num_views=2.5, resolution=16)
+    # numpy numbers, as they come out of other code, are fine
+    out = rendering.render_views(a, num_views=np.int64(2), resolution=np.int32(16), pitch=np.float32(10))
+    assert out.rgb.shape == (2, 16, 16, 3)
 
 
 def test_too_many_faces_says_why(monkeypatch):
