@@ -158,6 +158,7 @@ class GltfPart:
     rotation: tuple | None = None  # quaternion x,y,z,w
     scale: tuple | None = None
     children: list = field(default_factory=list)  # extra GltfPart under this node (transforms compose)
+    primitives: list = field(default_factory=list)  # extra GltfPart geometry as more primitives of this mesh
 
 
 def write_glb(path, parts: list[GltfPart]) -> Path:
@@ -208,7 +209,7 @@ def build_gltf(parts, external_images: Path | None = None, stem: str = "asset"):
         gltf["accessors"].append(acc)
         return len(gltf["accessors"]) - 1
 
-    def add_part(part: GltfPart) -> int:
+    def add_primitive(part: GltfPart) -> dict:
         attrs = {"POSITION": add_accessor(np.asarray(part.vertices, np.float32), "VEC3", 5126, 34962, True)}
         if part.uv is not None:
             attrs["TEXCOORD_0"] = add_accessor(np.asarray(part.uv, np.float32), "VEC2", 5126, 34962)
@@ -236,7 +237,10 @@ def build_gltf(parts, external_images: Path | None = None, stem: str = "asset"):
                 pbr["baseColorTexture"] = {"index": len(gltf["textures"]) - 1}
             gltf["materials"].append({"pbrMetallicRoughness": pbr})
             prim["material"] = len(gltf["materials"]) - 1
-        gltf["meshes"].append({"primitives": [prim]})
+        return prim
+
+    def add_part(part: GltfPart) -> int:
+        gltf["meshes"].append({"primitives": [add_primitive(part)] + [add_primitive(p) for p in part.primitives]})
         node = {"mesh": len(gltf["meshes"]) - 1}
         if part.matrix is not None:
             node["matrix"] = np.asarray(part.matrix, np.float64).T.reshape(-1).tolist()  # column-major

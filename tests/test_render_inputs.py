@@ -104,6 +104,20 @@ def test_scene_transforms_are_applied_and_textures_stay_per_part(tmp_path):
     assert [t.image.shape for t in asset.textures] == [(4, 4, 3), (4, 4, 3)]  # no atlas
 
 
+def test_mesh_with_several_primitives_keeps_each_material(tmp_path):
+    from PIL import Image
+    v, f, uv = box((1.0, 1.0, 1.0))
+    second = GltfPart(v + [0, 0, 2], f, uv=uv, texture=Image.new("RGB", (4, 4), (0, 0, 255)))
+    third = GltfPart(v + [0, 0, -2], f, factor=(1.0, 0.0, 0.0, 1.0))
+    part = GltfPart(v, f, uv=uv, texture=Image.new("RGB", (4, 4), (0, 255, 0)), primitives=[second, third])
+    asset = rendering.load_asset(write_glb(tmp_path / "prims.glb", [part]))
+    assert asset.num_faces == 36 and len(asset.textures) == 2
+    views = rendering.render_views(asset, num_views=1, resolution=64)
+    rgb, m = views.rgb[0].numpy(), views.mask[0].numpy() > 0
+    colours = {tuple(c) for c in np.round(rgb[m] * 255).astype(int)}
+    assert {(0, 255, 0), (0, 0, 255), (255, 0, 0)} <= colours
+
+
 def test_point_map_colours_are_per_axis(tmp_path):
     v, f, _ = box((4.0, 2.0, 1.0), (10.0, 0.0, 0.0))
     asset = rendering.asset_from_mesh(v, f)
@@ -140,6 +154,10 @@ def test_asset_from_core_mesh_layout():
 def test_progress_callback_and_cancel():
     v, f, _ = box()
     asset = rendering.asset_from_mesh(v, f)
+    seen = []
+    default = rendering.render_views(asset, resolution=16, progress=lambda d, t: seen.append((d, t)))
+    assert len(default.cameras) == 8  # release preset by default: frame 7 of 60 is view 1
+    assert default.cameras[1].eye.tolist() == pytest.approx([4 * np.cos(np.radians(42)), 0, 4 * np.sin(np.radians(42))])
     seen = []
     rendering.render_views(asset, num_views=5, resolution=16, progress=lambda d, t: seen.append((d, t)))
     assert seen == [(i, 5) for i in range(1, 6)]
