@@ -59,7 +59,10 @@ def load_asset(path) -> Asset:
         check_gltf_resources(path)
     trimesh = import_trimesh()
     try:
-        scene = trimesh.load_scene(str(path), process=False)
+        if hasattr(trimesh, "load_scene"):  # trimesh >= 4.6
+            scene = trimesh.load_scene(str(path), process=False)
+        else:
+            scene = trimesh.load(str(path), force="scene", process=False)
     except Exception as e:  # trimesh raises many types for damaged files
         raise AssetError(f"could not read {name}: not a valid {ext[1:].upper()} file, damaged or "
                          f"truncated ({type(e).__name__}: {e})") from e
