@@ -76,7 +76,7 @@ def rasterize(cam_vertices: torch.Tensor, faces, focal: float, resolution: int,
         small &= keep
         sel = small.nonzero().squeeze(1)  # boxes of at most 2 x 2 pixel centres: tested directly
         if sel.numel():
-            fiz = [iz[c[sel]] for c in corner]
+            fiz = [iz.index_select(0, c.index_select(0, sel)) for c in corner]
             scatter_small(zbuf, sel + start, [v[sel] for v in fx], [v[sel] for v in fy], fiz,
                           x0[sel], y0[sel], w[sel], h[sel], s, cull)
         many = (keep & ~small).nonzero().squeeze(1)
@@ -130,15 +130,24 @@ def scatter_small(zbuf, face_ids, fx, fy, fiz, x0, y0, w, h, s: int, cull: int =
     step_x = [y_1 - y_2, y_2 - y_0, y_0 - y_1]
     step_y = [x_2 - x_1, x_0 - x_2, x_1 - x_0]
     area = e[0] + e[1] + e[2]  # twice the signed area (edge functions sum to it anywhere)
-    sign = torch.sign(area) if not cull else None  # 0 for degenerate faces: never inside
+    # orient every face like a counter-clockwise one (area < 0), so that inside = all edges <= 0
+    if not cull:
+        sign = torch.sign(area).neg_()  # 0 for degenerate faces: never inside
+        e = [x * sign for x in e]
+        step_x = [x * sign for x in step_x]
+        step_y = [x * sign for x in step_y]
+        area = area * sign  # -|area|; the 1/z interpolation below is unchanged by the flip
+        valid = sign != 0
+    elif cull < 0:  # only clockwise faces were kept
+        e = [-x for x in e]
+        step_x = [-x for x in step_x]
+        step_y = [-x for x in step_y]
+        area = -area
     for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
         ev = [e[i] + (dx * step_x[i] + dy * step_y[i]) if dx or dy else e[i] for i in range(3)]
-        if cull > 0:  # all kept faces have area < 0
-            inside = (ev[0] <= 0) & (ev[1] <= 0) & (ev[2] <= 0)
-        elif cull < 0:
-            inside = (ev[0] >= 0) & (ev[1] >= 0) & (ev[2] >= 0)
-        else:
-            inside = (ev[0] * sign >= 0) & (ev[1] * sign >= 0) & (ev[2] * sign >= 0) & (sign != 0)
+        inside = (ev[0] <= 0) & (ev[1] <= 0) & (ev[2] <= 0)
+        if not cull:
+            inside &= valid
         if dx:
             inside &= w >= 1
         if dy:
