@@ -58,7 +58,7 @@ class RefAny3DLoadAsset(io.ComfyNode):
                          "part keeps its own texture and base-colour factor."),
             inputs=[
                 io.Combo.Input("asset_file", options=files, default=files[0] if files else None,
-                               upload=io.UploadType.model,
+                               upload=io.UploadType.model, optional=True,
                                tooltip="A 3D file in ComfyUI/input/3d (upload one with the button). Ignored when "
                                        "a mesh is connected."),
                 io.Mesh.Input("mesh", optional=True,

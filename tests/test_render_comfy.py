@@ -46,7 +46,7 @@ def test_schema_tooltips_and_upload_widget(comfy):
     info = comfy.object_info()
     load_node, render = info["RefAny3DLoadAsset"], info["RefAny3DRenderViews"]
     assert load_node["category"] == "RefAny3D/asset" and render["category"] == "RefAny3D/render"
-    assert load_node["input"]["required"]["asset_file"][1].get("file_upload") is True
+    assert load_node["input"]["optional"]["asset_file"][1].get("file_upload") is True
     assert load_node["input"]["optional"]["mesh"][0] == "MESH"
     assert render["output"] == ["IMAGE", "IMAGE", "MASK"]
     assert render["input"]["required"]["preset"][1]["default"] == "release"
@@ -90,7 +90,7 @@ def test_mesh_input_and_asset_to_mesh(comfy, asset_name):
     graph = render_graph(asset_name, 64, 2)
     graph["7"] = {"class_type": "RefAny3DAssetToMesh", "inputs": {"asset": ["1", 0], "normalised": True}}
     graph["8"] = {"class_type": "SaveGLB", "inputs": {"mesh": ["7", 0], "filename_prefix": "mesh/refany3d"}}
-    graph["9"] = {"class_type": "RefAny3DLoadAsset", "inputs": {"asset_file": asset_name, "mesh": ["7", 0]}}
+    graph["9"] = {"class_type": "RefAny3DLoadAsset", "inputs": {"mesh": ["7", 0]}}  # no file: the MESH is used
     graph["10"] = {"class_type": "RefAny3DRenderViews", "inputs": dict(graph["2"]["inputs"], asset=["9", 0])}
     graph["11"] = {"class_type": "MaskToImage", "inputs": {"mask": ["10", 2]}}
     graph["12"] = {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "refany3d/mesh_mask"}}
@@ -135,6 +135,10 @@ def test_bad_inputs_get_clear_errors(comfy, tmp_path, asset_name):
         comfy.submit(render_graph(asset_name, views=65))
     missing = comfy.run(render_graph("3d/not_there.glb"), timeout=120)
     assert missing.status == "error" and "not found" in missing.error["exception_message"]
+    nothing = render_graph(asset_name)
+    nothing["1"]["inputs"] = {}
+    none = comfy.run(nothing, timeout=120)
+    assert none.status == "error" and "no 3D file chosen" in none.error["exception_message"]
     bad = comfy.upload(corrupt_glb(tmp_path / "broken.glb"), subfolder="3d")
     broken = comfy.run(render_graph(bad), timeout=120)
     assert broken.status == "error"
