@@ -1,0 +1,217 @@
+"""RefAny3D on a ComfyUI ModelPatcher: sampling with any ComfyUI sampler (spec §5).
+
+Sampling design
+---------------
+* **One joined latent.** The two targets (RGB and point map, spec §5) are one ComfyUI LATENT of
+  shape [B, 16, H, 2W]: the RGB latent in the left half, the point-map latent in the right half
+  (``RefAny3DEmptyLatent`` makes it, ``RefAny3DSplitLatent`` splits it for core ``VAEDecode``).
+  Both halves therefore start from independent noise and follow the same sigma schedule, and the
+  stock ``KSampler``/``KSamplerAdvanced`` and ``SamplerCustomAdvanced`` (any sampler, any
+  scheduler, any noise) work unchanged. For the resolution-dependent Flux shift of spec §5 use core
+  ``ModelSamplingFlux`` with the width/height of ONE target (not the joined width).
+* **A DIFFUSION_MODEL wrapper** (:class:`RefAny3DPatch`, added with ``add_wrapper_with_key`` on a
+  clone of the user's ModelPatcher, so the shared model is never touched) replaces the inside of
+  ``Flux.forward`` for that clone: it splits the joined latent, runs :func:`refany3d_forward` and
+  joins the two velocities again. ComfyUI's own machinery stays in charge of everything else:
+  weight loading/offloading, fp8, other LoRAs, cond/uncond batching, ``process_latent_in`` of the
+  sampled latent, progress and Cancel (an interrupt raised between steps is never caught here).
+* **Image guidance** (spec §5) is combined inside the step: a second pass with black references,
+  ``v = v_empty + s·(v_ref − v_empty)`` for both targets (default s = 2.0; s = 1 skips the second
+  pass). The two passes run batched in one call of :func:`refany3d_forward`. The black-reference
+  pass is unmasked by default, as the release runs it ("unmasked (release)"), or masked.
+* **References** are encoded once by the user's VAE (in the Apply node, :func:`encode_references`),
+  put in the model's latent scale with ``process_latent_in`` (as core does for Kontext references),
+  and the black images are encoded once too. They are stored in the wrapper, moved to the sampling
+  device/dtype on first use.
+* **Cached references** (spec §4, optional): the references' keys/values are computed at the first
+  step and reused for every later step and for the guidance pass. The cache lives in the wrapper;
+  an OUTER_SAMPLE wrapper empties it at the start and end of every sampling run, and entries are
+  matched on the reference latents and pooled vector, so nothing leaks between prompts.
+* Flux guidance (the guidance embedding) comes from the conditioning as usual; there is no text CFG
+  pass unless the user sets cfg > 1 in the sampler (then cond and uncond are batched by ComfyUI).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .transformer import MASKED, UNMASKED, RefAny3DInputError, ReferenceCache, refany3d_forward
+
+WRAPPER_KEY = "refany3d"
+GUIDANCE_PASSES = {"unmasked (release)": UNMASKED, "masked": MASKED}
+DEFAULT_GUIDANCE_PASS = "unmasked (release)"
+
+
+class RefAny3DError(ValueError):
+    """A clear, user-facing error of the RefAny3D model patch."""
+
+
+def unwrap_flux(model):
+    """The ``comfy.ldm.flux.model.Flux`` inside a ModelPatcher (FLUX.1 only), or a RefAny3DError."""
+    import comfy.model_base
+    from comfy.ldm.flux.model import Flux
+    base = getattr(model, "model", None)
+    inner = getattr(base, "diffusion_model", None)
+    if not isinstance(base, comfy.model_base.Flux) or not isinstance(inner, Flux):
+        kind = type(base).__name__ if base is not None else type(model).__name__
+        raise RefAny3DError(f"RefAny3D needs a FLUX.1 model (FLUX.1-dev); the MODEL input is a {kind} model")
+    if inner.params.global_modulation or len(inner.params.axes_dim) != 3 or type(base) is not comfy.model_base.Flux:
+        raise RefAny3DError(f"RefAny3D needs a FLUX.1 model (FLUX.1-dev); this is a {type(base).__name__} "
+                            "variant of Flux that it does not support")
+    return inner
+
+
+def split_joined(x: Tensor) -> tuple[Tensor, Tensor]:
+    """[B, C, H, 2W] -> (RGB [B, C, H, W], point map [B, C, H, W])."""
+    if x.shape[-1] % 2:
+        raise RefAny3DError(f"the RefAny3D latent must be the RGB and point-map latents side by side (even "
+                            f"width); got width {x.shape[-1]}. Make it with RefAny3D Empty Latent.")
+    w = x.shape[-1] // 2
+    return x[..., :w], x[..., w:]
+
+
+def join(rgb: Tensor, point_map: Tensor) -> Tensor:
+    return torch.cat([rgb, point_map], dim=-1)
+
+
+class RefAny3DPatch:
+    """The state of one RefAny3D Apply: adapter, reference latents (model scale, [N, 16, h, w]),
+    black-reference latents, image guidance and mode, reference cache. Called by ComfyUI as the
+    DIFFUSION_MODEL wrapper; :meth:`outer_sample` is the OUTER_SAMPLE wrapper."""
+
+    def __init__(self, adapter, refs_rgb: Tensor, refs_point_map: Tensor, black_rgb: Tensor | None = None,
+                 black_point_map: Tensor | None = None, image_guidance: float = 2.0,
+                 guidance_pass: str = DEFAULT_GUIDANCE_PASS, cache_references: bool = False, max_cached: int = 4):
+        if guidance_pass not in GUIDANCE_PASSES and guidance_pass not in (MASKED, UNMASKED):
+            raise RefAny3DError(f"guidance pass must be one of {list(GUIDANCE_PASSES)}, got '{guidance_pass}'")
+        if float(image_guidance) != 1.0 and (black_rgb is None or black_point_map is None):
+            raise RefAny3DError("image guidance other than 1.0 needs the black-reference latents")
+        self.adapter = adapter
+        self.refs = (refs_rgb, refs_point_map)
+        self.black = (black_rgb, black_point_map)
+        self.image_guidance = float(image_guidance)
+        self.guidance_mode = GUIDANCE_PASSES.get(guidance_pass, guidance_pass)
+        self.cache_references = bool(cache_references)
+        self.cache = ReferenceCache(max_entries=max_cached)
+        self._moved: dict = {}
+        self.calls = 0
+
+    def _on(self, which: str, device, dtype) -> tuple[Tensor, Tensor]:
+        key = (which, str(device), dtype)
+        if key not in self._moved:
+            pair = self.refs if which == "refs" else self.black
+            self._moved[key] = tuple(t.to(device=device, dtype=dtype) for t in pair)
+        return self._moved[key]
+
+    def outer_sample(self, executor, *args, **kwargs):
+        """OUTER_SAMPLE wrapper: a fresh reference cache for every sampling run."""
+        self.cache.clear()
+        self._moved.clear()
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self.cache.clear()
+            self._moved.clear()
+
+    def __call__(self, executor, x, timestep, context, y=None, guidance=None, ref_latents=None, control=None,
+                 transformer_options=None, **kwargs):
+        """DIFFUSION_MODEL wrapper: ``(executor, x, timestep, context, y, guidance, ref_latents, control,
+        transformer_options, **kw)`` as ``Flux.forward`` passes them; x is the joined latent."""
+        flux = executor.class_obj
+        if control is not None:
+            raise RefAny3DError("ControlNets are not supported together with RefAny3D")
+        if ref_latents is not None:
+            raise RefAny3DError("Kontext-style reference latents (ReferenceLatent) cannot be combined with RefAny3D")
+        x_rgb, x_pm = split_joined(x)
+        b = x.shape[0]
+        refs = [r[None].expand(b, *r.shape) for r in self._on("refs", x.device, x.dtype)]
+        self.calls += 1
+        options = dict(cached_references=self.cache_references,
+                       reference_cache=self.cache if self.cache_references else None,
+                       transformer_options=transformer_options)
+        try:
+            if self.image_guidance == 1.0:
+                return join(*refany3d_forward(flux, self.adapter, x_rgb, x_pm, refs[0], refs[1], timestep, context,
+                                              y, guidance, masked=True, **options))
+            black = [r[None].expand(b, *r.shape) for r in self._on("black", x.device, x.dtype)]
+
+            def two(t):
+                return None if t is None else torch.cat([t, t])
+            v_rgb, v_pm = refany3d_forward(
+                flux, self.adapter, two(x_rgb), two(x_pm), torch.cat([refs[0], black[0]]),
+                torch.cat([refs[1], black[1]]), two(timestep), two(context), two(y), two(guidance),
+                masked=[MASKED] * b + [self.guidance_mode] * b, **options)
+        except RefAny3DInputError as e:
+            raise RefAny3DError(str(e)) from None
+        s = self.image_guidance
+        v_rgb = v_rgb[b:] + s * (v_rgb[:b] - v_rgb[b:])
+        v_pm = v_pm[b:] + s * (v_pm[:b] - v_pm[b:])
+        return join(v_rgb, v_pm)
+
+
+def apply_refany3d(model, adapter, refs_rgb: Tensor, refs_point_map: Tensor, black_rgb: Tensor | None = None,
+                   black_point_map: Tensor | None = None, image_guidance: float = 2.0,
+                   guidance_pass: str = DEFAULT_GUIDANCE_PASS, cache_references: bool = False):
+    """A clone of ModelPatcher ``model`` that samples RefAny3D. ``refs_*``: reference latents in the
+    model's scale (after ``process_latent_in``), [N, 16, h, w]; ``black_*`` likewise for the black
+    references (needed when image_guidance != 1). Validates the model and the adapter."""
+    from .weights import AdapterError, validate_adapter
+    import comfy.patcher_extension as pe
+    flux = unwrap_flux(model)
+    try:
+        validate_adapter(adapter, flux)
+    except AdapterError as e:
+        raise RefAny3DError(str(e)) from None
+    patch = RefAny3DPatch(adapter, refs_rgb, refs_point_map, black_rgb, black_point_map, image_guidance,
+                          guidance_pass, cache_references)
+    m = model.clone()
+    m.remove_wrappers_with_key(pe.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)
+    m.remove_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY)
+    m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, patch)
+    m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, patch.outer_sample)
+    return m
+
+
+def check_reference_images(rgb: Tensor, point_map: Tensor, multiple: int = 16) -> None:
+    """RGB and point-map reference IMAGE batches ([N, H, W, C]) must pair up and suit the VAE."""
+    for name, img in (("reference_rgb", rgb), ("reference_point_map", point_map)):
+        if img.ndim != 4 or img.shape[-1] not in (3, 4):
+            raise RefAny3DError(f"{name} must be an IMAGE batch N×H×W×3, got shape {tuple(img.shape)}")
+    if rgb.shape[0] != point_map.shape[0]:
+        raise RefAny3DError(f"reference_rgb has {rgb.shape[0]} views but reference_point_map has "
+                            f"{point_map.shape[0]}: they must be the same views, in the same order")
+    if rgb.shape[1:3] != point_map.shape[1:3]:
+        raise RefAny3DError(f"reference_rgb views are {rgb.shape[2]}×{rgb.shape[1]} but reference_point_map views "
+                            f"are {point_map.shape[2]}×{point_map.shape[1]}: they must have the same size")
+    h, w = rgb.shape[1:3]
+    if h % multiple or w % multiple:
+        raise RefAny3DError(f"reference views are {w}×{h}; width and height must be multiples of {multiple} for "
+                            "the Flux VAE and 2×2 patches (the release uses 512×512)")
+
+
+def encode_references(model, vae, rgb: Tensor, point_map: Tensor, black: bool = True):
+    """Encodes the reference views once with ``vae`` and puts them in the model's latent scale.
+    Returns (refs_rgb, refs_point_map, black_rgb, black_point_map), each [N, 16, h, w] (black ones
+    None when ``black`` is False); the black image is encoded once and repeated for the N views."""
+    check_reference_images(rgb, point_map)
+    base = model.model
+    try:
+        lat_rgb = vae.encode(rgb[..., :3])
+        lat_pm = vae.encode(point_map[..., :3])
+        lat_black = vae.encode(torch.zeros_like(rgb[:1, ..., :3])) if black else None
+    except Exception as e:
+        raise RefAny3DError(f"the VAE could not encode the reference views ({type(e).__name__}: {e})") from None
+    c = base.diffusion_model.params.in_channels
+    if lat_rgb.ndim != 4 or lat_rgb.shape[1] != c:
+        raise RefAny3DError(f"the VAE gives {lat_rgb.shape[1] if lat_rgb.ndim == 4 else '?'}-channel latents but "
+                            f"the Flux model takes {c}: use the Flux VAE (ae.safetensors)")
+    if lat_rgb.shape[-2] % 2 or lat_rgb.shape[-1] % 2:
+        raise RefAny3DError(f"the VAE gives {lat_rgb.shape[-1]}×{lat_rgb.shape[-2]} latents; they must be even "
+                            "for Flux's 2×2 patches (use reference views in multiples of 16 px)")
+    out = [base.process_latent_in(lat_rgb).float().cpu(), base.process_latent_in(lat_pm).float().cpu()]
+    if black:
+        b = base.process_latent_in(lat_black).float().cpu().repeat(rgb.shape[0], 1, 1, 1)
+        out += [b, b.clone()]
+    else:
+        out += [None, None]
+    return tuple(out)

@@ -1,0 +1,60 @@
+"""RefAny3DApply: a FLUX.1 MODEL that samples RefAny3D (see model_patches/patch.py for the design)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..model_patches.patch import DEFAULT_GUIDANCE_PASS, GUIDANCE_PASSES, apply_refany3d, encode_references, unwrap_flux
+from ..model_patches.weights import AdapterError, validate_adapter
+from .sockets import Adapter
+
+
+class RefAny3DApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RefAny3DApply",
+            display_name="RefAny3D Apply",
+            category="RefAny3D/model",
+            description=("Turns a FLUX.1-dev MODEL into the RefAny3D model: the reference views are encoded once "
+                         "with the VAE and every sampling step runs the RefAny3D transformer (token groups, "
+                         "routed LoRAs, group mask) on a clone of the model. Sample a RefAny3D Empty Latent "
+                         "with any sampler, then RefAny3D Split Latent → VAE Decode."),
+            inputs=[
+                io.Model.Input("model", tooltip="A FLUX.1-dev diffusion model (any weight dtype, other LoRAs allowed)."),
+                Adapter.Input("adapter", tooltip="The RefAny3D files from RefAny3D Load Adapter."),
+                io.Vae.Input("vae", tooltip="The Flux VAE (ae.safetensors): encodes the reference views once."),
+                io.Image.Input("reference_rgb",
+                               tooltip="The N RGB reference views (e.g. RefAny3D Render Views 'rgb'); sizes a "
+                                       "multiple of 16, the release uses 512×512."),
+                io.Image.Input("reference_point_map",
+                               tooltip="The N point-map reference views, same views in the same order and size "
+                                       "as reference_rgb (RefAny3D Render Views 'point_map')."),
+                io.Float.Input("image_guidance", default=2.0, min=0.0, max=20.0, step=0.05,
+                               tooltip="Image guidance s: v = v_black + s·(v_ref − v_black), with a second pass on "
+                                       "black references. 2.0 as in the release demo; 1.0 skips the second pass."),
+                io.Combo.Input("guidance_pass", options=list(GUIDANCE_PASSES), default=DEFAULT_GUIDANCE_PASS,
+                               tooltip="How the black-reference pass attends. 'unmasked (release)': every token "
+                                       "sees every token, as the authors' inference code runs it (reproduces the "
+                                       "release). 'masked': the same group mask as the reference pass."),
+                io.Boolean.Input("cache_references", default=False,
+                                 tooltip="Cached variant (spec §4): references attend only to themselves, so their "
+                                         "keys/values are computed at the first step and reused. Faster; uses "
+                                         "more memory; results differ slightly from the default."),
+            ],
+            outputs=[io.Model.Output(tooltip="The RefAny3D model (a patched clone; the input model is unchanged).")],
+        )
+
+    @classmethod
+    def execute(cls, model, adapter, vae, reference_rgb, reference_point_map, image_guidance=2.0,
+                guidance_pass=DEFAULT_GUIDANCE_PASS, cache_references=False) -> io.NodeOutput:
+        flux = unwrap_flux(model)  # clear error for a non-Flux MODEL before any encoding
+        try:
+            validate_adapter(adapter, flux)
+        except AdapterError as e:
+            raise ValueError(f"RefAny3D Apply: {e}") from None
+        refs = encode_references(model, vae, reference_rgb, reference_point_map, black=float(image_guidance) != 1.0)
+        return io.NodeOutput(apply_refany3d(model, adapter, *refs, image_guidance=image_guidance,
+                                            guidance_pass=guidance_pass, cache_references=cache_references))
+
+
+NODES = [RefAny3DApply]

@@ -1,0 +1,234 @@
+"""The RefAny3D model patch and nodes in-process, with ComfyUI's real samplers on tiny Flux models.
+
+* KSampler (comfy.sample.sample) on the joined latent equals Euler integration written out by hand
+  with refany3d_forward and the image-guidance formula of spec §5.
+* SamplerCustomAdvanced's path (CFGGuider + a SAMPLER object + SIGMAS) gives the same result.
+* The shared model is never modified; the reference cache is used within a run and emptied after.
+* Every clear error of the nodes (called directly; the pack imported as a package).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from model_patches import tiny
+from model_patches.patch import RefAny3DError, RefAny3DPatch, apply_refany3d, split_joined
+from model_patches.transformer import refany3d_forward
+from model_patches.weights import load_adapter, release_state_dicts
+
+D, CTX, POOLED = 32, 24, 12
+
+
+def import_pack():
+    """The pack as ComfyUI imports it (a package, relative imports), under a private name."""
+    name = "refany3d_pack_under_test"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return (importlib.import_module(f"{name}.nodes.model"), importlib.import_module(f"{name}.nodes.latents"))
+
+
+@pytest.fixture(scope="module")
+def parts():
+    patcher = tiny.build_flux(hidden_size=D, num_heads=2, depth=1, depth_single_blocks=1, context_in_dim=CTX,
+                              vec_in_dim=POOLED, seed=0)
+    sds = release_state_dicts(D, 1, 1, rank=4, seed=1)
+    adapter = load_adapter(sds["reference"], sds["domain"], sds["domain_embedder"])
+    g = torch.Generator().manual_seed(2)
+    refs = [torch.randn(2, 16, 4, 4, generator=g) for _ in range(4)]  # rgb, pm, black rgb, black pm
+    refs[3] = refs[2].clone()
+    cond = [[torch.randn(1, 5, CTX, generator=g), {"pooled_output": torch.randn(1, POOLED, generator=g),
+                                                   "guidance": 3.5}]]
+    return patcher, adapter, refs, cond
+
+
+def ksample(model, cond, latent, steps=3, seed=0, sampler="euler", scheduler="simple"):
+    import comfy.sample
+    noise = comfy.sample.prepare_noise(latent, seed)
+    return comfy.sample.sample(model, noise, steps, 1.0, sampler, scheduler, cond, cond, latent, seed=seed,
+                               disable_pbar=True), noise
+
+
+@pytest.mark.parametrize("s,mode", [(2.0, "unmasked (release)"), (1.5, "masked"), (1.0, "masked")])
+def test_ksampler_equals_hand_written_euler_with_image_guidance(parts, s, mode):
+    import comfy.samplers
+    patcher, adapter, refs, cond = parts
+    model = apply_refany3d(patcher, adapter, *refs, image_guidance=s, guidance_pass=mode)
+    latent = torch.zeros(2, 16, 4, 12)  # batch 2, RGB 4×6 | point map 4×6
+    out, noise = ksample(model, cond, latent, steps=3)
+    patch = model.get_wrappers("diffusion_model", "refany3d")[0]
+    assert patch.calls == 3  # one transformer call per step: both guidance passes batched
+
+    flux = patcher.model.diffusion_model
+    ms = patcher.model.model_sampling
+    sigmas = comfy.samplers.calculate_sigmas(ms, "simple", 3)
+    x = ms.noise_scaling(sigmas[0], noise, latent)
+    ctx, pooled = cond[0][0].expand(2, -1, -1), cond[0][1]["pooled_output"].expand(2, -1)
+    b = 2
+    masked_black = mode == "masked"
+    with torch.no_grad():
+        for i in range(3):
+            sig = sigmas[i]
+            t, gd = torch.full((b,), float(sig)), torch.full((b,), 3.5)
+            xr, xp = x[..., :6], x[..., 6:]
+            r = [z[None].expand(b, -1, -1, -1, -1) for z in refs]
+            v_ref = refany3d_forward(flux, adapter, xr, xp, r[0], r[1], t, ctx, pooled, gd, masked=True)
+            if s != 1.0:
+                v_blk = refany3d_forward(flux, adapter, xr, xp, r[2], r[3], t, ctx, pooled, gd, masked=masked_black)
+                v = [vb + s * (va - vb) for va, vb in zip(v_ref, v_blk)]
+            else:
+                v = list(v_ref)
+            x = x + (sigmas[i + 1] - sig) * torch.cat(v, dim=-1)
+    expected = patcher.model.process_latent_out(ms.inverse_noise_scaling(sigmas[-1], x))
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_sampler_custom_advanced_path_equals_ksampler(parts):
+    import comfy.sample
+    import comfy.samplers
+    patcher, adapter, refs, cond = parts
+    model = apply_refany3d(patcher, adapter, *refs)
+    latent = torch.zeros(1, 16, 4, 8)
+    out_k, noise = ksample(model, cond, latent, steps=2, sampler="dpmpp_2m", scheduler="beta")
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(cond, cond)
+    guider.set_cfg(1.0)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "beta", 2)
+    out_c = guider.sample(noise, latent, comfy.samplers.sampler_object("dpmpp_2m"), sigmas, disable_pbar=True, seed=0)
+    torch.testing.assert_close(out_c.to(out_k), out_k, rtol=1e-5, atol=1e-5)
+
+
+def test_shared_model_untouched_and_cache_lives_for_one_run(parts):
+    patcher, adapter, refs, cond = parts
+    latent = torch.zeros(1, 16, 4, 8)
+    before, _ = ksample(patcher, cond, latent, steps=2)
+    model = apply_refany3d(patcher, adapter, *refs, image_guidance=2.0, cache_references=True)
+    assert patcher.get_all_wrappers("diffusion_model") == [] and patcher.get_all_wrappers("outer_sample") == []
+    patch: RefAny3DPatch = model.get_wrappers("diffusion_model", "refany3d")[0]
+    with_refs, _ = ksample(model, cond, latent, steps=3)
+    assert patch.cache.misses == 1 and patch.cache.hits == 2  # first step computes, later steps reuse
+    assert len(patch.cache) == 0  # emptied at the end of the run
+    again, _ = ksample(model, cond, latent, steps=3)
+    torch.testing.assert_close(again, with_refs, rtol=0, atol=0)
+    assert patch.cache.misses == 2  # a new run starts from an empty cache
+    after, _ = ksample(patcher, cond, latent, steps=2)
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    assert (with_refs[..., :4] - before[..., :4]).abs().max() > 1e-3
+    # a different prompt (pooled vector) on the same patch never reuses entries of the first
+    other = [[cond[0][0], dict(cond[0][1], pooled_output=cond[0][1]["pooled_output"] + 1)]]
+    plain = apply_refany3d(patcher, adapter, *refs, image_guidance=2.0, cache_references=True)
+    a, _ = ksample(plain, other, latent, steps=2)
+    patch.cache.clear()
+    b, _ = ksample(model, other, latent, steps=2)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# nodes and their errors
+
+@pytest.fixture(scope="module")
+def vae():
+    import comfy.sd
+    return comfy.sd.VAE(sd=tiny.random_taesd_state_dict(seed=0))
+
+
+def test_nodes_schema_tooltips_and_latents():
+    model_nodes, latent_nodes = import_pack()
+    for node in model_nodes.NODES + latent_nodes.NODES:
+        schema = node.define_schema()
+        assert schema.category.startswith("RefAny3D/")
+        for inp in schema.inputs:
+            assert inp.tooltip, (schema.node_id, inp.id)
+    apply_schema = model_nodes.RefAny3DApply.define_schema()
+    inputs = {i.id: i for i in apply_schema.inputs}
+    assert inputs["image_guidance"].default == 2.0
+    assert inputs["guidance_pass"].default == "unmasked (release)"
+    assert list(inputs["guidance_pass"].options) == ["unmasked (release)", "masked"]
+    empty = latent_nodes.RefAny3DEmptyLatent.execute(48, 32, 3).result[0]["samples"]
+    assert empty.shape == (3, 16, 4, 12)
+    joined = torch.arange(2 * 16 * 4 * 12, dtype=torch.float32).reshape(2, 16, 4, 12)
+    rgb, pm = latent_nodes.RefAny3DSplitLatent.execute({"samples": joined}).result
+    assert torch.equal(torch.cat([rgb["samples"], pm["samples"]], -1), joined) and rgb["samples"].shape[-1] == 6
+    img = torch.ones(1, 4, 4, 3)
+    img[0, 1, 2] = torch.tensor([0.2, 0.95, 1.0])
+    img[0, 3, 3] = torch.tensor([0.92, 0.93, 0.99])
+    mask = latent_nodes.RefAny3DPointMapToMask.execute(img, 0.9).result[0]
+    expected = torch.zeros(1, 4, 4)
+    expected[0, 1, 2] = 1
+    assert torch.equal(mask, expected)
+    assert latent_nodes.RefAny3DPointMapToMask.execute(img, 0.95).result[0].sum() == 2
+
+
+def test_apply_node_encodes_references_once_in_model_scale(parts, vae):
+    model_nodes, _ = import_pack()
+    patcher, adapter, _, _ = parts
+    g = torch.Generator().manual_seed(3)
+    rgb, pm = torch.rand(2, 32, 32, 3, generator=g), torch.rand(2, 32, 32, 3, generator=g)
+    model = model_nodes.RefAny3DApply.execute(patcher, adapter, vae, rgb, pm, 2.0, "unmasked (release)", False).result[0]
+    patch = model.get_wrappers("diffusion_model", "refany3d")[0]
+    base = patcher.model
+    torch.testing.assert_close(patch.refs[0], base.process_latent_in(vae.encode(rgb)).float())
+    torch.testing.assert_close(patch.refs[1], base.process_latent_in(vae.encode(pm)).float())
+    black = base.process_latent_in(vae.encode(torch.zeros(1, 32, 32, 3))).float()
+    assert patch.black[0].shape == (2, 16, 4, 4)
+    torch.testing.assert_close(patch.black[0], black.expand(2, -1, -1, -1))
+    assert patch.guidance_mode == "unmasked" and patch.image_guidance == 2.0
+    one = model_nodes.RefAny3DApply.execute(patcher, adapter, vae, rgb, pm, 1.0, "masked", True).result[0]
+    assert one.get_wrappers("diffusion_model", "refany3d")[0].black == (None, None)
+
+
+def tiny_sd_model():
+    """A real (tiny) non-Flux ComfyUI model: an SD1.5-type UNet."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    cfg = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+           "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 32, "num_res_blocks": [1],
+           "transformer_depth": [1], "channel_mult": [1], "transformer_depth_middle": 1,
+           "use_linear_in_transformer": False, "context_dim": 32, "num_heads": 2, "transformer_depth_output": [1, 1],
+           "use_temporal_attention": False, "use_temporal_resblock": False, "num_head_channels": -1}
+    config = comfy.supported_models.SD15(cfg)
+    config.set_inference_dtype(torch.float32, None)
+    return comfy.model_patcher.ModelPatcher(config.get_model({}, ""), load_device=torch.device("cpu"),
+                                            offload_device=torch.device("cpu"))
+
+
+def test_apply_node_errors(parts, vae):
+    model_nodes, _ = import_pack()
+    apply = model_nodes.RefAny3DApply.execute
+    patcher, adapter, _, _ = parts
+    img = torch.rand(2, 32, 32, 3)
+    with pytest.raises(ValueError, match="RefAny3D needs a FLUX.1 model .*the MODEL input is a BaseModel model"):
+        apply(tiny_sd_model(), adapter, vae, img, img)
+    sds = release_state_dicts(2 * D, 1, 1, rank=4)
+    wide = load_adapter(sds["reference"], sds["domain"], sds["domain_embedder"])
+    with pytest.raises(ValueError, match="for a D=64 wide Flux .* the model's hidden size is 32"):
+        apply(patcher, wide, vae, img, img)
+    with pytest.raises(ValueError, match="reference_rgb has 2 views but reference_point_map has 3"):
+        apply(patcher, adapter, vae, img, torch.rand(3, 32, 32, 3))
+    with pytest.raises(ValueError, match="reference_rgb views are 32×32 but reference_point_map views are 48×32"):
+        apply(patcher, adapter, vae, img, torch.rand(2, 32, 48, 3))
+    with pytest.raises(ValueError, match="reference views are 40×40; width and height must be multiples of 16"):
+        apply(patcher, adapter, vae, torch.rand(2, 40, 40, 3), torch.rand(2, 40, 40, 3))
+
+
+def test_latent_node_errors(parts):
+    _, latent_nodes = import_pack()
+    with pytest.raises(ValueError, match="must be the RGB and point-map latents side by side .*width 7"):
+        latent_nodes.RefAny3DSplitLatent.execute({"samples": torch.zeros(1, 16, 4, 7)})
+    assert "multiple of 16" in latent_nodes.RefAny3DEmptyLatent.validate_inputs(width=40, height=32)
+    with pytest.raises(ValueError, match="point_map must be an IMAGE batch"):
+        latent_nodes.RefAny3DPointMapToMask.execute(torch.zeros(4, 4), 0.9)
+    # an odd joined latent reaching the sampler (e.g. a core empty latent of the wrong width)
+    patcher, adapter, refs, cond = parts
+    model = apply_refany3d(patcher, adapter, *refs)
+    with pytest.raises(RefAny3DError, match="even width.*got width 5"):
+        ksample(model, cond, torch.zeros(1, 16, 4, 5), steps=1)
+    with pytest.raises(RefAny3DError, match="even width"):
+        split_joined(torch.zeros(1, 16, 4, 3))
