@@ -99,6 +99,39 @@ def write_demo_asset(path, size=(1.6, 1.0, 1.0)) -> Path:
     return path
 
 
+ASSET_NAME = "3d/refany3d_demo_box.glb"  # the name the example workflows load from input/
+
+
+def reference_image_names(num_views: int = 8) -> tuple[list[str], list[str]]:
+    """File names (in input/) of the reference images the 'references from images' example loads."""
+    return ([f"refany3d_ref_rgb_{i}.png" for i in range(num_views)],
+            [f"refany3d_ref_point_map_{i}.png" for i in range(num_views)])
+
+
+def write_example_inputs(input_dir, num_views: int = 8, resolution: int = 512) -> dict:
+    """Puts what the example workflows load into a ComfyUI input folder: the demo box as
+    input/3d/refany3d_demo_box.glb, and its release-preset reference views as PNGs (RGB and point
+    map, view i in refany3d_ref_*_i.png). Returns {"asset": path, "rgb": [paths], "point_map": [paths]}."""
+    import sys
+
+    input_dir = Path(input_dir)
+    asset = write_demo_asset(input_dir / ASSET_NAME)
+    pack_root = str(Path(__file__).resolve().parent.parent)
+    if pack_root not in sys.path:
+        sys.path.insert(0, pack_root)
+    import rendering  # the pack's own renderer (plain library)
+
+    views = rendering.render_views(rendering.load_asset(asset), num_views=num_views, resolution=resolution)
+    rgb_names, pm_names = reference_image_names(num_views)
+    out = {"asset": asset, "rgb": [], "point_map": []}
+    for key, names, images in (("rgb", rgb_names, views.rgb), ("point_map", pm_names, views.point_map)):
+        for name, img in zip(names, images):
+            path = input_dir / name
+            Image.fromarray((img.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)).save(path)
+            out[key].append(path)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("output", help="where to write the .glb")

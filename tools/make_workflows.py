@@ -1,0 +1,444 @@
+"""Builds example_workflows/ (UI format + .jpg thumbnail) and example_workflows/api/ (API twins).
+
+The graphs are described below in a few lines each; the real ComfyUI frontend does the rest: a
+headless ComfyUI with the pack is started, its frontend is opened in headless Chromium, every
+node is created there with LiteGraph, widgets are set by name and sockets connected by name,
+and the frontend's own ``graph.serialize()`` and ``graphToPrompt()`` give the UI workflow and its
+API twin. So the files are exactly what ComfyUI itself saves and exports.
+
+    .venv/bin/python tools/make_workflows.py [--out example_workflows]
+
+Needs Debian's chromium (/usr/bin/chromium, or CHROMIUM=path) and the playwright package.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+TOOLS = Path(__file__).resolve().parent
+PACK_ROOT = TOOLS.parent
+sys.path.insert(0, str(TOOLS))
+
+from demo_asset import ASSET_NAME, reference_image_names, write_example_inputs  # noqa: E402
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+# model files the FLUX.1-dev workflows name, by ComfyUI models sub-folder
+MODEL_FILES = {
+    "diffusion_models": ["flux1-dev.safetensors"],
+    "text_encoders": ["clip_l.safetensors", "t5xxl_fp16.safetensors"],
+    "vae": ["ae.safetensors"],
+    "refany3d": ["default.safetensors", "coord.safetensors", "domain_embedder.pth"],
+}
+
+SIZE = 512  # target image size: RefAny3D Empty Latent and ModelSamplingFlux must agree (spec §5)
+
+
+def chromium_path() -> str:
+    return os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+def write_placeholder_models(models_dir) -> list[Path]:
+    """Empty files under the standard names, so that the loaders' combos list them (validation only)."""
+    made = []
+    for sub, names in MODEL_FILES.items():
+        for name in names:
+            path = Path(models_dir) / sub / name
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(b"")
+                made.append(path)
+    return made
+
+
+# --- graph descriptions ------------------------------------------------------------------------
+class Graph:
+    def __init__(self):
+        self.nodes: list[dict] = []
+        self.links: list[tuple] = []
+        self.groups: list[dict] = []
+
+    def node(self, type_: str, pos, size=None, title=None, color=None, **widgets) -> int:
+        node_id = len(self.nodes) + 1
+        self.nodes.append({"id": node_id, "type": type_, "pos": list(pos), "size": size, "title": title,
+                           "color": color, "widgets": widgets})
+        return node_id
+
+    def note(self, pos, size, text: str) -> int:
+        return self.node("Note", pos, size=size, color="yellow", text=text)
+
+    def link(self, src: int, output, dst: int, input_name: str) -> None:
+        self.links.append((src, output, dst, input_name))
+
+    def group(self, title: str, bounding, color="#3f789e") -> None:
+        self.groups.append({"title": title, "bounding": list(bounding), "color": color})
+
+
+def reference_section(g: Graph, pitch=0.0, y_rotation=0.0, previews=True):
+    """Load asset → render views (+ previews). Returns the RenderViews node id."""
+    g.group("1 · Reference views of your 3D asset", (0, 0, 420, 640))
+    asset = g.node("RefAny3DLoadAsset", (20, 50), size=[380, 90], asset_file=ASSET_NAME)
+    views = g.node("RefAny3DRenderViews", (20, 180), size=[380, 250], num_views=8, preset="release",
+                   resolution=512, pitch=pitch, y_rotation=y_rotation, radius=4.0, fov=45.0)
+    g.link(asset, "asset", views, "asset")
+    if previews:
+        p1 = g.node("PreviewImage", (20, 460), size=[185, 160], title="Reference RGB views")
+        p2 = g.node("PreviewImage", (215, 460), size=[185, 160], title="Reference point maps")
+        g.link(views, "rgb", p1, "images")
+        g.link(views, "point_map", p2, "images")
+    return views
+
+
+def generation_section(g: Graph, rgb_src, pm_src, prefix: str, prompt: str):
+    """FLUX.1-dev + RefAny3D sampling from reference images ``rgb_src``/``pm_src`` ((node, output))."""
+    x = 460
+    g.group("2 · FLUX.1-dev and the RefAny3D files", (x, 0, 400, 640))
+    unet = g.node("UNETLoader", (x + 20, 50), size=[360, 82], unet_name="flux1-dev.safetensors", weight_dtype="default")
+    clip = g.node("DualCLIPLoader", (x + 20, 170), size=[360, 130], clip_name1="clip_l.safetensors",
+                  clip_name2="t5xxl_fp16.safetensors", type="flux", device="default")
+    vae = g.node("VAELoader", (x + 20, 340), size=[360, 58], vae_name="ae.safetensors")
+    adapter = g.node("RefAny3DLoadAdapter", (x + 20, 440), size=[360, 130], reference_lora="default.safetensors",
+                     domain_lora="coord.safetensors", domain_embedder="domain_embedder.pth")
+    x = 900
+    g.group("3 · Prompt and RefAny3D model", (x, 0, 440, 880))
+    msf = g.node("ModelSamplingFlux", (x + 20, 50), size=[400, 130], max_shift=1.15, base_shift=0.5,
+                 width=SIZE, height=SIZE)
+    apply_ = g.node("RefAny3DApply", (x + 20, 220), size=[400, 230], image_guidance=2.0,
+                    guidance_pass="unmasked (release)", cache_references=False)
+    text = g.node("CLIPTextEncode", (x + 20, 490), size=[400, 160], title="Prompt", text=prompt)
+    fg = g.node("FluxGuidance", (x + 20, 690), size=[400, 58], guidance=3.5)
+    zero = g.node("ConditioningZeroOut", (x + 20, 790), size=[400, 26], title="Negative (unused at cfg 1)")
+    g.link(unet, "MODEL", msf, "model")
+    g.link(msf, "MODEL", apply_, "model")
+    g.link(adapter, "adapter", apply_, "adapter")
+    g.link(vae, "VAE", apply_, "vae")
+    g.link(*rgb_src, apply_, "reference_rgb")
+    g.link(*pm_src, apply_, "reference_point_map")
+    g.link(clip, "CLIP", text, "clip")
+    g.link(text, "CONDITIONING", fg, "conditioning")
+    g.link(text, "CONDITIONING", zero, "conditioning")
+    x = 1380
+    g.group("4 · Joint sampling of image and point map", (x, 0, 360, 880))
+    latent = g.node("RefAny3DEmptyLatent", (x + 20, 50), size=[320, 110], width=SIZE, height=SIZE, batch_size=1)
+    ks = g.node("KSampler", (x + 20, 200), size=[320, 270], seed=42, control_after_generate="fixed", steps=28,
+                cfg=1.0, sampler_name="euler", scheduler="simple", denoise=1.0)
+    split = g.node("RefAny3DSplitLatent", (x + 20, 510), size=[320, 50])
+    dec_rgb = g.node("VAEDecode", (x + 20, 600), size=[320, 50], title="VAE Decode (image)")
+    dec_pm = g.node("VAEDecode", (x + 20, 690), size=[320, 50], title="VAE Decode (point map)")
+    mask = g.node("RefAny3DPointMapToMask", (x + 20, 780), size=[320, 60], threshold=0.9)
+    g.link(apply_, "MODEL", ks, "model")
+    g.link(fg, "CONDITIONING", ks, "positive")
+    g.link(zero, "CONDITIONING", ks, "negative")
+    g.link(latent, "LATENT", ks, "latent_image")
+    g.link(ks, "LATENT", split, "samples")
+    g.link(split, "rgb", dec_rgb, "samples")
+    g.link(split, "point_map", dec_pm, "samples")
+    g.link(vae, "VAE", dec_rgb, "vae")
+    g.link(vae, "VAE", dec_pm, "vae")
+    g.link(dec_pm, "IMAGE", mask, "point_map")
+    x = 1780
+    g.group("5 · Results", (x, 0, 860, 880))
+    s_rgb = g.node("SaveImage", (x + 20, 50), size=[400, 400], title="Save image", filename_prefix=f"{prefix}/image")
+    s_pm = g.node("SaveImage", (x + 440, 50), size=[400, 400], title="Save point map",
+                  filename_prefix=f"{prefix}/point_map")
+    m2i = g.node("MaskToImage", (x + 20, 480), size=[400, 26])
+    s_mask = g.node("SaveImage", (x + 440, 480), size=[400, 380], title="Save mask", filename_prefix=f"{prefix}/mask")
+    g.link(dec_rgb, "IMAGE", s_rgb, "images")
+    g.link(dec_pm, "IMAGE", s_pm, "images")
+    g.link(mask, "MASK", m2i, "mask")
+    g.link(m2i, "IMAGE", s_mask, "images")
+
+
+FILES_NOTE = """Model files (standard names; pick yours in the loaders):
+• models/diffusion_models/flux1-dev.safetensors  (FLUX.1-dev; fp8 works with weight_dtype fp8_e4m3fn)
+• models/text_encoders/clip_l.safetensors and t5xxl_fp16.safetensors  (DualCLIPLoader, type flux)
+• models/vae/ae.safetensors  (the FLUX VAE)
+• models/refany3d/default.safetensors, coord.safetensors, domain_embedder.pth  (the RefAny3D release)"""
+
+SIZE_NOTE = f"""Image size: RefAny3D Empty Latent and ModelSamplingFlux must have the same width and height \
+({SIZE}×{SIZE} here, as the release). ModelSamplingFlux gives the release's sigma schedule \
+(max_shift 1.15, base_shift 0.5). KSampler: cfg 1.0 (FLUX.1-dev is guidance-distilled; FluxGuidance 3.5 \
+sets the text guidance), 28 steps. RefAny3D Apply's image_guidance (2.0) is the reference guidance of the \
+release; 1.0 halves the work and follows the references less."""
+
+PROMPT = "a product photo of the box on a wooden desk next to a window, soft daylight"
+
+
+def asset_to_image() -> Graph:
+    g = Graph()
+    views = reference_section(g)
+    generation_section(g, (views, "rgb"), (views, "point_map"), "RefAny3D", PROMPT)
+    g.note((0, -330), [860, 300], "RefAny3D · asset to image\n\n"
+           "Generates a picture that shows YOUR 3D asset, from a text prompt. The asset is rendered from 8 "
+           "views (RGB and point map, exactly as the RefAny3D release); FLUX.1-dev with the RefAny3D files "
+           "then generates the image together with its point map (where each pixel lies on the asset) and "
+           "an object mask.\n\nWhat to set:\n1. RefAny3D Load 3D Asset: upload a .glb/.gltf/.obj/.ply/.stl "
+           "(it goes to input/3d). refany3d_demo_box.glb is made by `python tools/demo_asset.py`.\n"
+           "2. The prompt: describe the scene, mention the object.\n3. Seed; then Queue.\n\n" + FILES_NOTE)
+    g.note((900, -330), [840, 300], SIZE_NOTE + "\n\nOutputs (output/RefAny3D/): image, point map "
+           "(x,y,z of the asset as R,G,B on white) and mask (1 on the object).\n\nLow on memory? Set "
+           "weight_dtype to fp8_e4m3fn, or cache_references on in RefAny3D Apply (faster, slightly "
+           "different results).")
+    return g
+
+
+def viewpoint_control() -> Graph:
+    g = Graph()
+    views = reference_section(g, pitch=20.0, y_rotation=90.0)
+    generation_section(g, (views, "rgb"), (views, "point_map"), "RefAny3D_viewpoint",
+                       "a product photo of the box on a kitchen counter, morning light")
+    g.note((0, -330), [860, 300], "RefAny3D · viewpoint control\n\n"
+           "The same pipeline as 'asset to image', set up to show a different side of the asset "
+           "(paper §3, spec §1.8).\n\nRefAny3D Render Views:\n• y_rotation (here 90°) rotates the point-map "
+           "coordinate frame of the references about the vertical axis. The model generates the object in "
+           "the frame the point maps describe, so this turns the object in the generated picture: try 0, 90, "
+           "180, 270 with the same seed and compare the point-map outputs.\n• pitch (here 20°) lifts the "
+           "reference cameras so the top is seen; the release rendered at pitch 0, so keep it small.\n"
+           "The RGB references are unchanged by y_rotation.\n\n" + FILES_NOTE)
+    g.note((900, -330), [840, 300], SIZE_NOTE)
+    return g
+
+
+def references_from_images() -> Graph:
+    g = Graph()
+    rgb_names, pm_names = reference_image_names(8)
+    g.group("1 · Reference images (8 views: RGB and point map)", (-1240, 0, 1680, 1060))
+    batches = {}
+    for row, (kind, names) in enumerate((("rgb", rgb_names), ("point_map", pm_names))):
+        prev = None
+        for i, name in enumerate(names):
+            x, y = -1220 + (i % 4) * 200, 50 + row * 520 + (i // 4) * 240
+            load = g.node("LoadImage", (x, y), size=[190, 230], title=f"{'RGB' if kind == 'rgb' else 'Point map'} view {i}",
+                          image=name)
+            if prev is None:
+                prev = (load, "IMAGE")
+                continue
+            b = g.node("ImageBatch", (-400, 50 + row * 520 + (i - 1) * 56), size=[200, 46])
+            g.link(*prev, b, "image1")
+            g.link(load, "IMAGE", b, "image2")
+            prev = (b, "IMAGE")
+        batches[kind] = prev
+    p1 = g.node("PreviewImage", (-180, 50), size=[320, 420], title="RGB references")
+    p2 = g.node("PreviewImage", (-180, 570), size=[320, 420], title="Point-map references")
+    g.link(*batches["rgb"], p1, "images")
+    g.link(*batches["point_map"], p2, "images")
+    generation_section(g, batches["rgb"], batches["point_map"], "RefAny3D_from_images",
+                       "a product photo of the box on a shelf in a toy shop")
+    g.note((-1240, -330), [1680, 300], "RefAny3D · references from images (paper Fig. 6)\n\n"
+           "No 3D file? Give RefAny3D the reference views as images: 8 RGB views of the object and the 8 "
+           "matching point maps, same size (512×512 as the release), same order (view i in both rows), on "
+           "a pure white background. A point map stores, per pixel, the object's normalised x,y,z as R,G,B "
+           "(0..1 over its bounding box, white = background); see RefAny3D Render Views for the exact "
+           "convention and the release's camera angles (0°, 42°, 84°, … around the object).\n\n"
+           "What to set: the 16 Load Image nodes (upload your images). The files refany3d_ref_*.png are the "
+           "demo box's renders, written by `python tools/demo.py`. Fewer views also work: remove Load Image / "
+           "Batch Images pairs from both rows alike.\n\n" + FILES_NOTE)
+    g.note((900, -330), [840, 300], SIZE_NOTE)
+    return g
+
+
+def render_preview() -> Graph:
+    g = Graph()
+    g.group("Reference views (no model needed)", (0, 0, 1300, 940))
+    asset = g.node("RefAny3DLoadAsset", (20, 50), size=[380, 90], asset_file=ASSET_NAME)
+    views = g.node("RefAny3DRenderViews", (20, 180), size=[380, 250], num_views=8, preset="release",
+                   resolution=512, pitch=0.0, y_rotation=0.0, radius=4.0, fov=45.0)
+    s_rgb = g.node("SaveImage", (440, 50), size=[400, 420], title="Save RGB views",
+                   filename_prefix="RefAny3D_preview/rgb")
+    s_pm = g.node("SaveImage", (880, 50), size=[400, 420], title="Save point-map views",
+                  filename_prefix="RefAny3D_preview/point_map")
+    m2i = g.node("MaskToImage", (20, 470), size=[380, 26])
+    s_mask = g.node("SaveImage", (440, 500), size=[400, 420], title="Save masks",
+                    filename_prefix="RefAny3D_preview/mask")
+    to_mesh = g.node("RefAny3DAssetToMesh", (20, 540), size=[380, 60], normalised=True)
+    glb = g.node("SaveGLB", (880, 500), size=[400, 420], filename_prefix="mesh/RefAny3D_preview")
+    g.link(asset, "asset", views, "asset")
+    g.link(views, "rgb", s_rgb, "images")
+    g.link(views, "point_map", s_pm, "images")
+    g.link(views, "mask", m2i, "mask")
+    g.link(m2i, "IMAGE", s_mask, "images")
+    g.link(asset, "asset", to_mesh, "asset")
+    g.link(to_mesh, "mesh", glb, "mesh")
+    g.note((20, 640), [380, 280], "RefAny3D · render-only preview\n\nChecks an asset before generating: "
+           "renders the reference views RefAny3D will condition on, with no model at all (runs on CPU in "
+           "about a second).\n\nWhat to set: the asset in RefAny3D Load 3D Asset (upload a file; it goes to "
+           "input/3d). Look for: object centred, upright (+Y up), textures readable and not mirrored, "
+           "point maps smooth rainbow colours on white. Save GLB shows the normalised mesh in 3D.")
+    return g
+
+
+WORKFLOWS = {
+    "refany3d_asset_to_image": asset_to_image,
+    "refany3d_viewpoint_control": viewpoint_control,
+    "refany3d_references_from_images": references_from_images,
+    "refany3d_render_preview": render_preview,
+}
+
+# --- building in the real frontend ---------------------------------------------------------------
+BUILD_JS = """async (spec) => {
+  const graph = app.graph;
+  graph.clear();
+  for (const n of spec.nodes) {
+    const node = LiteGraph.createNode(n.type);
+    if (!node) throw new Error(`node type ${n.type} is not registered in the frontend`);
+    node.id = n.id;
+    graph.add(node);
+    node.pos = n.pos;
+    if (n.title) node.title = n.title;
+    if (n.color && LGraphCanvas.node_colors[n.color]) {
+      node.color = LGraphCanvas.node_colors[n.color].color;
+      node.bgcolor = LGraphCanvas.node_colors[n.color].bgcolor;
+    }
+    for (const [name, value] of Object.entries(n.widgets)) {
+      const w = (node.widgets || []).find(w => w.name === name);
+      if (!w) throw new Error(`${n.type} has no widget ${name}: ${(node.widgets || []).map(w => w.name)}`);
+      w.value = value;
+      if (w.callback) { try { w.callback(value); } catch (e) {} }
+    }
+    if (n.size) node.setSize(n.size);
+  }
+  for (const [src, out, dst, inp] of spec.links) {
+    const a = graph.getNodeById(src), b = graph.getNodeById(dst);
+    const o = typeof out === "number" ? out : a.findOutputSlot(out);
+    const i = b.findInputSlot(inp);
+    if (o < 0 || i < 0) throw new Error(`cannot link ${a.type}.${out} -> ${b.type}.${inp}`);
+    if (!a.connect(o, b, i)) throw new Error(`link refused: ${a.type}.${out} -> ${b.type}.${inp}`);
+  }
+  spec.groups.forEach((gr, k) => {
+    const group = new LiteGraph.LGraphGroup();
+    group.configure({id: k + 1, title: gr.title, bounding: gr.bounding, color: gr.color, font_size: 24, flags: {}});
+    graph.add(group);
+  });
+  graph.setDirtyCanvas(true, true);
+  const workflow = graph.serialize();
+  const prompt = await app.graphToPrompt();
+  return {workflow, api: prompt.output};
+}"""
+
+FIT_JS = """() => {
+  const nodes = app.graph._nodes;
+  let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+  for (const n of nodes) {
+    x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - 40);
+    x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
+  }
+  for (const g of app.graph._groups || []) {
+    x0 = Math.min(x0, g.pos[0]); y0 = Math.min(y0, g.pos[1]);
+    x1 = Math.max(x1, g.pos[0] + g.size[0]); y1 = Math.max(y1, g.pos[1] + g.size[1]);
+  }
+  const c = app.canvas.canvas, cw = c.clientWidth, ch = c.clientHeight;
+  const s = Math.min(cw / (x1 - x0 + 80), ch / (y1 - y0 + 80));
+  app.canvas.ds.scale = s;
+  app.canvas.ds.offset = [-x0 + (cw / s - (x1 - x0)) / 2, -y0 + (ch / s - (y1 - y0)) / 2];
+  app.canvas.setDirty(true, true);
+  app.canvas.draw(true, true);
+  return [x0, y0, x1, y1, s];
+}"""
+
+
+def open_frontend(playwright, url: str, user_data_dir: str, viewport=(1600, 1000)):
+    """Headless Chromium on the ComfyUI frontend at ``url``; returns (context, page, console lines).
+
+    The user is marked as past the first-run tutorial (a server setting) so that no template dialog
+    covers the canvas."""
+    import urllib.request
+
+    req = urllib.request.Request(f"{url}/settings/Comfy.TutorialCompleted", data=b"true", method="POST",
+                                 headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=30).close()
+    ctx = playwright.chromium.launch_persistent_context(
+        user_data_dir, executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS,
+        viewport={"width": viewport[0], "height": viewport[1]})
+    page = ctx.new_page()
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+    page.goto(url)
+    page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph && "
+                           "LiteGraph.registered_node_types['KSampler']", timeout=120_000)
+    return ctx, page, console
+
+
+def thumbnail(screenshot_png: bytes, name: str, inputs: dict) -> bytes:
+    """A 512x512 JPEG: real reference renders of the demo box on top, the graph below."""
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(PACK_ROOT))
+    import rendering
+
+    canvas = Image.new("RGB", (512, 512), (255, 255, 255))
+    spec = WORKFLOWS[name]()
+    views = next((n["widgets"] for n in spec.nodes if n["type"] == "RefAny3DRenderViews"), None)
+    if views is not None:
+        v = rendering.render_views(rendering.load_asset(inputs["asset"]), num_views=8, resolution=128,
+                                   pitch=views["pitch"], y_rotation=views["y_rotation"])
+        tiles = [(img.cpu().numpy() * 255).round().astype(np.uint8) for img in (*v.rgb[:4], *v.point_map[:4])]
+        tiles = [Image.fromarray(t) for t in tiles]
+    else:
+        tiles = [Image.open(p).convert("RGB").resize((128, 128)) for p in (*inputs["rgb"][:4], *inputs["point_map"][:4])]
+    for k, tile in enumerate(tiles):
+        canvas.paste(tile, ((k % 4) * 128, (k // 4) * 128))
+    shot = Image.open(io.BytesIO(screenshot_png)).convert("RGB")
+    shot.thumbnail((512, 256))
+    canvas.paste(shot, ((512 - shot.width) // 2, 256 + (256 - shot.height) // 2))
+    buf = io.BytesIO()
+    canvas.save(buf, "JPEG", quality=88)
+    return buf.getvalue()
+
+
+def build(out_dir: Path, names=None) -> list[Path]:
+    from comfy_server import ComfyServer
+    from playwright.sync_api import sync_playwright
+
+    out_dir = Path(out_dir)
+    (out_dir / "api").mkdir(parents=True, exist_ok=True)
+    written = []
+    with tempfile.TemporaryDirectory(prefix="refany3d-workflows-") as tmp:
+        base = Path(tmp) / "comfy"
+        inputs = write_example_inputs(base / "input")
+        write_placeholder_models(base / "models")
+        with ComfyServer(base) as server, sync_playwright() as pw:
+            ctx, page, console = open_frontend(pw, server.url, str(Path(tmp) / "chromium"))
+            try:
+                for name in names or WORKFLOWS:
+                    g = WORKFLOWS[name]()
+                    spec = {"nodes": [dict(n, widgets=({"text": n["widgets"]["text"]} if n["type"] == "Note" else n["widgets"]))
+                                      for n in g.nodes], "links": g.links, "groups": g.groups}
+                    for n in spec["nodes"]:
+                        n["size"] = n["size"] or None
+                    result = page.evaluate(BUILD_JS, spec)
+                    wf, api = result["workflow"], result["api"]
+                    wf["extra"] = {"ds": {"scale": 0.6, "offset": [400, 380]}}
+                    (out_dir / f"{name}.json").write_text(json.dumps(wf, indent=2) + "\n")
+                    (out_dir / "api" / f"{name}.json").write_text(json.dumps(api, indent=2) + "\n")
+                    page.evaluate(FIT_JS)
+                    shot = page.locator("canvas#graph-canvas").screenshot()
+                    (out_dir / f"{name}.jpg").write_bytes(thumbnail(shot, name, inputs))
+                    written += [out_dir / f"{name}.json", out_dir / "api" / f"{name}.json", out_dir / f"{name}.jpg"]
+                    print(f"{name}: {len(wf['nodes'])} nodes, {len(api)} API nodes")
+            finally:
+                ctx.close()
+    return written
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=PACK_ROOT / "example_workflows", help="output folder")
+    p.add_argument("names", nargs="*", help=f"only these workflows (of {', '.join(WORKFLOWS)})")
+    args = p.parse_args(argv)
+    unknown = sorted(set(args.names) - set(WORKFLOWS))
+    if unknown:
+        p.error(f"unknown workflow(s): {', '.join(unknown)}")
+    build(args.out, args.names or None)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
