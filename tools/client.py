@@ -53,6 +53,25 @@ class UsageError(Exception):
     """A setting that the workflow cannot take."""
 
 
+class StrictClient(ComfyClient):
+    """A ComfyClient whose submit() also refuses a partly valid graph.
+
+    ComfyUI answers 200 and runs the outputs that validated when only some output nodes fail
+    validation; their errors come back in ``node_errors``. A scripted run wants all of its outputs,
+    so such a prompt is taken off the queue again and reported like a rejected one."""
+
+    def submit(self, graph: dict) -> str:
+        status, body = self._json("POST", "/prompt", {"prompt": graph, "client_id": self.client_id})
+        if status == 200 and isinstance(body, dict) and body.get("node_errors"):
+            cancel(self, [body.get("prompt_id")])
+            raise PromptRejected(status, body)
+        if status == 400:
+            raise PromptRejected(status, body)
+        if status != 200:
+            raise ComfyError(f"POST /prompt answered {status}: {body}")
+        return body["prompt_id"]
+
+
 def load_api_workflow(path: Path) -> dict:
     """An API-format graph from ``path``; a UI-format example is swapped for its api/ twin."""
     data = json.loads(Path(path).read_text())
@@ -240,7 +259,7 @@ def main(argv=None) -> int:
         print(json.dumps(filled, indent=2))
         return EXIT_OK
 
-    client = ComfyClient(args.server)
+    client = StrictClient(args.server)
     try:
         client.object_info("KSampler")
         asset_name = client.upload(args.asset, subfolder="3d") if args.asset else None
