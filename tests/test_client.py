@@ -1,0 +1,149 @@
+"""The headless client (tools/client.py) against the real server, run as users run it:
+``python tools/client.py ...`` in a subprocess.
+
+End to end: the 'asset to image' example with a tiny random Flux (the demo's wiring-check graph:
+text encoders replaced by the test-only conditioning node) on the shared server. Failures (an
+execution error inside the pack, a validation error) run on a private server so that their
+tracebacks stay out of the shared server's log.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from comfy_server import ComfyServer, free_port
+from demo import FULL_WORKFLOW, RENDER_WORKFLOW, provide_tiny_models, wiring_graph
+from demo_asset import write_demo_asset
+from PIL import Image
+
+from conftest import COMFY_DIR, ROOT, TEST_NODES
+
+CLIENT = ROOT / "tools" / "client.py"
+
+
+def client(*args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(CLIENT), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def queued_id(stderr: str) -> str:
+    m = re.search(r"queued prompt ([0-9a-f-]+)", stderr)
+    assert m, stderr
+    return m.group(1)
+
+
+def test_help_documents_every_setting():
+    res = client("--help")
+    assert res.returncode == 0
+    for opt in ("--server", "--workflow", "--asset", "--prompt", "--seed", "--steps", "--views",
+                "--image-guidance", "--pitch", "--y-rotation", "--set", "--out", "Exit status"):
+        assert opt in res.stdout, opt
+
+
+def test_dry_run_fills_the_example_workflow(tmp_path):
+    res = client("--dry-run", "--prompt", "a red box on a table", "--seed", 7, "--steps", 12, "--views", 6,
+                 "--image-guidance", 1.5, "--pitch", 15, "--y-rotation", 90, "--set", "15.sampler_name=\"dpmpp_2m\"")
+    assert res.returncode == 0, res.stderr
+    g = json.loads(res.stdout)
+    original = json.loads(FULL_WORKFLOW.read_text())
+    by_class = {n["class_type"]: (nid, n["inputs"]) for nid, n in g.items()}
+    assert by_class["CLIPTextEncode"][1]["text"] == "a red box on a table"
+    ks_id, ks = by_class["KSampler"]
+    assert (ks["seed"], ks["steps"]) == (7, 12)
+    assert ks_id == "15" and ks["sampler_name"] == "dpmpp_2m"
+    rv = by_class["RefAny3DRenderViews"][1]
+    assert (rv["num_views"], rv["pitch"], rv["y_rotation"]) == (6, 15.0, 90.0)
+    assert by_class["RefAny3DApply"][1]["image_guidance"] == 1.5
+    # nothing else changed
+    changed = {(nid, k) for nid in g for k in g[nid]["inputs"] if g[nid]["inputs"][k] != original[nid]["inputs"][k]}
+    assert {k for _, k in changed} == {"text", "seed", "steps", "sampler_name", "num_views", "pitch", "y_rotation",
+                                        "image_guidance"}
+
+
+def test_a_setting_no_node_takes_is_an_error():
+    res = client("--dry-run", "--workflow", RENDER_WORKFLOW, "--prompt", "x")
+    assert res.returncode == 2 and "--prompt was given but the workflow has no text encoder" in res.stderr
+
+
+def test_unreachable_server_exits_nonzero():
+    res = client("--server", f"http://127.0.0.1:{free_port()}", "--workflow", RENDER_WORKFLOW, timeout=60)
+    assert res.returncode == 3
+    assert "unreachable" in res.stderr
+
+
+def test_end_to_end_with_the_tiny_model(comfy, tmp_path):
+    provide_tiny_models(comfy.models_dir)
+    workflow = tmp_path / "wiring.json"
+    workflow.write_text(json.dumps(wiring_graph(json.loads(FULL_WORKFLOW.read_text()), steps=1, views=1)))
+    asset = write_demo_asset(tmp_path / "client_box.glb")
+    out = tmp_path / "results"
+    res = client("--server", comfy.url, "--workflow", workflow, "--asset", asset, "--seed", 3, "--steps", 2,
+                 "--views", 2, "--image-guidance", 2.0, "--pitch", 10, "--out", out)
+    assert res.returncode == 0, res.stderr + comfy.log_text()[-3000:]
+    assert "uploaded" in res.stderr and "3d/client_box.glb" in res.stderr
+    assert re.search(r"KSampler \(node \d+\): 2/2", res.stderr), res.stderr  # progress from /ws
+    saved = sorted(p.name for p in out.iterdir())
+    assert saved == sorted(line.rsplit("/", 1)[-1] for line in res.stdout.split())
+    for kind in ("image", "point_map", "mask"):
+        files = [p for p in out.iterdir() if p.name.startswith(f"{kind}_")]
+        assert len(files) == 1, saved
+        with Image.open(files[0]) as img:
+            assert img.size == (64, 64)
+    # the server ran the values the client filled in
+    prompt = comfy.history(queued_id(res.stderr))["prompt"][2]
+    nodes = {n["class_type"]: n["inputs"] for n in prompt.values()}
+    assert (nodes["KSampler"]["seed"], nodes["KSampler"]["steps"]) == (3, 2)
+    assert (nodes["RefAny3DRenderViews"]["num_views"], nodes["RefAny3DRenderViews"]["pitch"]) == (2, 10.0)
+    assert nodes["RefAny3DApply"]["image_guidance"] == 2.0
+    assert nodes["RefAny3DLoadAsset"]["asset_file"] == "3d/client_box.glb"
+
+
+@pytest.fixture(scope="module")
+def private_comfy(tmp_path_factory):
+    with ComfyServer(tmp_path_factory.mktemp("comfy-client-errors"), COMFY_DIR,
+                     extra_custom_nodes=[TEST_NODES]) as server:
+        yield server
+
+
+def test_execution_error_exits_nonzero_with_the_server_message(private_comfy, tmp_path):
+    broken = tmp_path / "broken_asset.glb"
+    broken.write_bytes(b"glTF\x02\x00\x00\x00 truncated")
+    res = client("--server", private_comfy.url, "--workflow", RENDER_WORKFLOW, "--asset", broken, "--out",
+                 tmp_path / "out")
+    assert res.returncode == 1, res.stderr
+    hist = private_comfy.history(queued_id(res.stderr))
+    errors = [m[1] for m in hist["status"]["messages"] if m[0] == "execution_error"]
+    assert errors and errors[0]["node_type"] == "RefAny3DLoadAsset"
+    assert errors[0]["exception_message"].strip() in res.stderr
+    assert "the run failed on the server" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_validation_error_exits_nonzero_with_the_server_message(private_comfy, tmp_path):
+    asset = write_demo_asset(tmp_path / "ok_box.glb")
+    res = client("--server", private_comfy.url, "--workflow", RENDER_WORKFLOW, "--asset", asset,
+                 "--set", "2.resolution=100", "--out", tmp_path / "out")
+    assert res.returncode == 4, res.stderr
+    assert "rejected" in res.stderr and "RefAny3DRenderViews" in res.stderr and "16" in res.stderr
+    assert "queued prompt" not in res.stderr
+    # a partly valid graph (one output fails, the others would run) is refused too, and not left running
+    res = client("--server", private_comfy.url, "--workflow", RENDER_WORKFLOW, "--asset", asset,
+                 "--set", '5.mask=["2", 0]', "--out", tmp_path / "out")  # an IMAGE into a MASK input
+    assert res.returncode == 4, res.stderr
+    assert "MaskToImage" in res.stderr
+    deadline = time.monotonic() + 60
+    while True:  # bounded wait for the server to drop or stop the cancelled prompt
+        queue = private_comfy.client._json("GET", "/queue")[1]
+        if not queue["queue_pending"] and not queue["queue_running"]:
+            break
+        assert time.monotonic() < deadline, queue
+        time.sleep(0.2)
+    history = private_comfy.client._json("GET", "/history")[1]
+    for item in history.values():
+        if item["prompt"][2].get("5", {}).get("inputs", {}).get("mask") == ["2", 0]:
+            kinds = [m[0] for m in item["status"]["messages"]]
+            assert "execution_interrupted" in kinds and "execution_success" not in kinds, kinds
