@@ -316,9 +316,10 @@ BUILD_JS = """async (spec) => {
     graph.add(group);
   });
   graph.setDirtyCanvas(true, true);
-  const workflow = graph.serialize();
+  // through JSON, as the frontend saves files: undefined fields vanish (Playwright would turn them into nulls)
+  const workflow = JSON.parse(JSON.stringify(graph.serialize()));
   const prompt = await app.graphToPrompt();
-  return {workflow, api: prompt.output};
+  return {workflow, api: JSON.parse(JSON.stringify(prompt.output))};
 }"""
 
 FIT_JS = """() => {
