@@ -278,17 +278,16 @@ def group_attention(q: Tensor, k: Tensor, v: Tensor, lay: Layout, masked: Sequen
     ``masked[b]``: the group mask for sample b (False: every group sees every group, the release's
     guidance pass); ``isolated_refs``: the cached variant (references see only references: their
     own pair when masked). Returns [B, Lq, H·d]."""
-    modes = sorted(set(masked))
-    if len(modes) == 1:
-        return _attention_one_mode(q, k, v, lay, modes[0], isolated_refs, transformer_options)
-    out = None
-    for mode in modes:
-        idx = torch.tensor([i for i, f in enumerate(masked) if f == mode], device=q.device)
-        o = _attention_one_mode(q[idx], k[idx], v[idx], lay, mode, isolated_refs, transformer_options)
-        if out is None:
-            out = o.new_empty((q.shape[0],) + o.shape[1:])
-        out[idx] = o
-    return out
+    runs = []  # contiguous runs of samples sharing a mode: slices, no copies
+    for i, f in enumerate(masked):
+        if runs and runs[-1][2] == f:
+            runs[-1][1] = i + 1
+        else:
+            runs.append([i, i + 1, f])
+    if len(runs) == 1:
+        return _attention_one_mode(q, k, v, lay, runs[0][2], isolated_refs, transformer_options)
+    return torch.cat([_attention_one_mode(q[a:b], k[a:b], v[a:b], lay, f, isolated_refs, transformer_options)
+                      for a, b, f in runs], dim=0)
 
 
 def dense_group_mask(lay: Layout, masked: bool = True, isolated_refs: bool = False, device=None) -> Tensor:
