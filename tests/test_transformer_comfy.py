@@ -50,9 +50,9 @@ def upload_asset(server, tmp_path) -> str:
 
 
 def graph(sub, asset, steps=3, seed=0, image_guidance=2.0, guidance_pass="unmasked (release)", cache=False,
-          rgb_ref=("render", 0), pm_ref=("render", 1), latent=None):
+          rgb_ref=("render", 0), pm_ref=("render", 1), latent=None, weight_dtype="default"):
     g = {
-        "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": UNET, "weight_dtype": "default"}},
+        "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": UNET, "weight_dtype": weight_dtype}},
         "vae": {"class_type": "VAELoader", "inputs": {"vae_name": VAE}},
         "cond": {"class_type": "RefAny3DTestConditioning",
                  "inputs": {"seed": 1, "tokens": 8, "context_dim": 4096, "pooled_dim": 768, "guidance": 3.5}},
@@ -128,10 +128,14 @@ def test_sample_split_decode_save_with_progress(comfy, setup):
     assert np.isfinite(rgb).all() and rgb.std() > 0 and pm.std() > 0
     assert not np.array_equal(rgb, pm)  # two different latents were sampled and decoded
     assert set(np.unique(mask)) <= {0.0, 1.0}
-    # the cached variant and the masked guidance pass run too, and give other images
-    cached = comfy.run(graph(sub, asset, steps=2, cache=True, guidance_pass="masked"), timeout=600)
+    # the cached variant and the masked guidance pass run too, on fp8 weights (ComfyUI's manual cast)
+    cached = comfy.run(graph(sub, asset, steps=2, cache=True, guidance_pass="masked", weight_dtype="fp8_e4m3fn"),
+                       timeout=600)
     assert cached.status == "success", cached.error_text()
-    assert len([p for p in cached.progress() if p.get("node") == "ks"]) >= 1
+    assert [p["value"] for p in cached.progress() if p.get("node") == "ks"][-1] == 2
+    assert "model weight dtype torch.float8_e4m3fn" in comfy.log_text(), comfy.log_text()[-3000:]
+    fp8_rgb = load(comfy.output_files(cached, "save_rgb")[0])
+    assert fp8_rgb.shape == (SIZE, SIZE, 3) and np.isfinite(fp8_rgb).all()
 
 
 def test_cancel_stops_sampling_within_a_step(comfy, setup):

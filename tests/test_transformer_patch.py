@@ -232,3 +232,44 @@ def test_latent_node_errors(parts):
         ksample(model, cond, torch.zeros(1, 16, 4, 5), steps=1)
     with pytest.raises(RefAny3DError, match="even width"):
         split_joined(torch.zeros(1, 16, 4, 3))
+
+
+def test_loras_patched_by_comfyui_on_the_base_model_keep_working(parts):
+    """A user LoRA added to the base model with ComfyUI's own path (ModelPatcher.add_patches, as
+    LoraLoaderModelOnly does) takes effect under RefAny3D: sampling equals refany3d_forward on a
+    model whose weights ComfyUI merged with that LoRA."""
+    import comfy.lora
+    import comfy.samplers
+    patcher, adapter, refs, cond = parts
+    g = torch.Generator().manual_seed(9)
+    user_lora = {}
+    for module, (fan_in, fan_out) in {"transformer_blocks.0.attn.to_q": (D, D),
+                                      "transformer_blocks.0.attn.add_k_proj": (D, D),
+                                      "single_transformer_blocks.0.proj_out": (5 * D, D)}.items():
+        user_lora[f"transformer.{module}.lora_A.weight"] = torch.randn(4, fan_in, generator=g) / fan_in ** 0.5
+        user_lora[f"transformer.{module}.lora_B.weight"] = torch.randn(fan_out, 4, generator=g) * 0.5
+    key_map = comfy.lora.model_lora_keys_unet(patcher.model, {})
+    loaded = comfy.lora.load_lora(user_lora, key_map)
+    assert len(loaded) == 3
+    with_lora = patcher.clone()
+    with_lora.add_patches(loaded, 0.8)
+    model = apply_refany3d(with_lora, adapter, *refs, image_guidance=1.0)
+    latent = torch.zeros(1, 16, 4, 8)
+    out, noise = ksample(model, cond, latent, steps=1)
+    plain, _ = ksample(apply_refany3d(patcher, adapter, *refs, image_guidance=1.0), cond, latent, steps=1)
+    assert (out - plain).abs().max() > 1e-3  # the user's LoRA changed the result
+
+    merged = tiny.build_flux(hidden_size=D, num_heads=2, depth=1, depth_single_blocks=1, context_in_dim=CTX,
+                             vec_in_dim=POOLED, seed=0)
+    merged.add_patches(comfy.lora.load_lora(user_lora, comfy.lora.model_lora_keys_unet(merged.model, {})), 0.8)
+    merged.patch_model(device_to=torch.device("cpu"))
+    flux = merged.model.diffusion_model
+    ms = patcher.model.model_sampling
+    sigmas = comfy.samplers.calculate_sigmas(ms, "simple", 1)
+    x = ms.noise_scaling(sigmas[0], noise, latent)
+    r = [z[None] for z in refs]
+    with torch.no_grad():
+        v = refany3d_forward(flux, adapter, x[..., :4], x[..., 4:], r[0], r[1], sigmas[:1].float(), cond[0][0],
+                             cond[0][1]["pooled_output"], torch.tensor([3.5]))
+    expected = patcher.model.process_latent_out(x + (sigmas[1] - sigmas[0]) * torch.cat(v, -1))
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
