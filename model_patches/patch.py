@@ -27,6 +27,8 @@ Sampling design
   step and reused for every later step and for the guidance pass. The cache lives in the wrapper;
   an OUTER_SAMPLE wrapper empties it at the start and end of every sampling run, and entries are
   matched on the reference latents and pooled vector, so nothing leaks between prompts.
+* **Memory**: ComfyUI sizes the free memory it keeps for activations from the latent's area; a
+  PREPARE_SAMPLING wrapper scales that estimate by the reference tokens and the guidance pass.
 * Flux guidance (the guidance embedding) comes from the conditioning as usual; there is no text CFG
   pass unless the user sets cfg > 1 in the sampler (then cond and uncond are batched by ComfyUI).
 """
@@ -113,6 +115,24 @@ class RefAny3DPatch:
             self.cache.clear()
             self._moved.clear()
 
+    def memory_shape(self, noise_shape) -> list[int]:
+        """The latent shape whose memory estimate matches one RefAny3D step: ComfyUI estimates
+        activation memory from the latent's area, which here also has to cover the reference tokens
+        and the batched black-reference pass. The batch is scaled by that factor."""
+        shape = list(noise_shape)
+        if len(shape) != 4:
+            return shape
+        target_area = shape[-2] * shape[-1]  # both targets (joined)
+        n, _, h, w = self.refs[0].shape
+        area = target_area + 2 * n * h * w
+        passes = 1 if self.image_guidance == 1.0 else 2
+        shape[0] = max(1, -(-shape[0] * passes * area // max(target_area, 1)))
+        return shape
+
+    def prepare_sampling(self, executor, model, noise_shape, conds, model_options=None):
+        """PREPARE_SAMPLING wrapper: ComfyUI loads the model with room for RefAny3D's activations."""
+        return executor(model, self.memory_shape(noise_shape), conds, model_options=model_options)
+
     def __call__(self, executor, x, timestep, context, y=None, guidance=None, ref_latents=None, control=None,
                  transformer_options=None, **kwargs):
         """DIFFUSION_MODEL wrapper: ``(executor, x, timestep, context, y, guidance, ref_latents, control,
@@ -167,8 +187,10 @@ def apply_refany3d(model, adapter, refs_rgb: Tensor, refs_point_map: Tensor, bla
     m = model.clone()
     m.remove_wrappers_with_key(pe.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)
     m.remove_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY)
+    m.remove_wrappers_with_key(pe.WrappersMP.PREPARE_SAMPLING, WRAPPER_KEY)
     m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, patch)
     m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, patch.outer_sample)
+    m.add_wrapper_with_key(pe.WrappersMP.PREPARE_SAMPLING, WRAPPER_KEY, patch.prepare_sampling)
     return m
 
 

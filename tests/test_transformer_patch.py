@@ -273,3 +273,24 @@ def test_loras_patched_by_comfyui_on_the_base_model_keep_working(parts):
                              cond[0][1]["pooled_output"], torch.tensor([3.5]))
     expected = patcher.model.process_latent_out(x + (sigmas[1] - sigmas[0]) * torch.cat(v, -1))
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_memory_estimate_covers_references_and_guidance_pass(parts):
+    """ComfyUI's memory estimate (from the latent's area) is scaled by the PREPARE_SAMPLING wrapper."""
+    import comfy.patcher_extension as pe
+    import comfy.sampler_helpers
+    patcher, adapter, refs, cond = parts
+    seen = []
+
+    def prepare(model, noise_shape, conds, model_options=None):
+        seen.append(list(noise_shape))
+        return comfy.sampler_helpers._prepare_sampling(model, noise_shape, conds, model_options=model_options)
+    for s, factor in ((2.0, 5), (1.0, 3)):  # ceil(passes × (48 + 2·2·16) / 48): target area 4×12, 2 views of 4×4
+        model = apply_refany3d(patcher, adapter, *refs, image_guidance=s)
+        wrappers = model.get_wrappers(pe.WrappersMP.PREPARE_SAMPLING, "refany3d")
+        assert len(wrappers) == 1
+        seen.clear()
+        pe.WrapperExecutor.new_executor(prepare, wrappers).execute(model, [1, 16, 4, 12], {}, model_options={})
+        assert seen == [[factor, 16, 4, 12]]
+    # and KSampler runs through it
+    ksample(apply_refany3d(patcher, adapter, *refs), cond, torch.zeros(1, 16, 4, 12), steps=1)
