@@ -522,6 +522,16 @@ def _check(flux, adapter, x_rgb, x_pm, refs_rgb, refs_pm, timestep, context, poo
         raise RefAny3DInputError(f"pooled must be {b}×P, got {tuple(pooled.shape)}")
 
 
+def _interrupt_check():
+    """ComfyUI's Cancel, checked between blocks so a long step stops promptly (raises
+    InterruptProcessingException; never caught here)."""
+    try:
+        import comfy.model_management as mm
+        return mm.throw_exception_if_processing_interrupted
+    except ImportError:  # pragma: no cover - comfy is always there in practice
+        return lambda: None
+
+
 def _masked_flags(masked, b: int) -> list[bool]:
     if isinstance(masked, str):
         if masked not in (MASKED, UNMASKED):
@@ -573,6 +583,12 @@ def refany3d_forward(flux, adapter, x_rgb: Tensor, x_point_map: Tensor, refs_rgb
       ({group: [B, tokens, D]}).
 
     Returns ``(v_rgb, v_point_map)``, each B×16×H×W, in the input dtype.
+
+    The computation dtype is ``x_rgb``'s (ComfyUI hands the model its compute dtype); every other
+    input is cast to it. ComfyUI's ``optimized_attention_override`` is honoured; block-replace
+    patches (``patches_replace["dit"]``), ``post_input`` patches and ControlNet residuals of the
+    stock ``forward_orig`` are not applied (this loop replaces it). ComfyUI's Cancel is checked
+    between blocks.
     """
     opts = {} if transformer_options is None else transformer_options
     _check(flux, adapter, x_rgb, x_point_map, refs_rgb, refs_point_map, timestep, context, pooled, guidance)
@@ -619,13 +635,16 @@ def refany3d_forward(flux, adapter, x_rgb: Tensor, x_point_map: Tensor, refs_rgb
     record = [] if (isolated and reference_cache is not None and N > 0 and hits is None) else None
     ctx = _Ctx(adapter, lay, vecs, pe, flags, isolated, opts, ref_kv, record, dense=attention == "dense")
 
+    interrupted = _interrupt_check()
     for i, block in enumerate(flux.double_blocks):
+        interrupted()
         opts["block_index"], opts["block_type"] = i, "double"
         img, txt = double_block(block, img, txt, ctx, f"double_blocks.{i}")
     if img.dtype == torch.float16:
         img = torch.nan_to_num(img, nan=0.0, posinf=65504, neginf=-65504)
     x = torch.cat((txt, img), 1)
     for i, block in enumerate(flux.single_blocks):
+        interrupted()
         opts["block_index"], opts["block_type"] = i, "single"
         x = single_block(block, x, ctx, f"single_blocks.{i}")
     img = x[:, lay.txt:]
