@@ -491,3 +491,15 @@ def test_bad_inputs_give_clear_errors(model, adapter):
         fwd(torch.nn.Linear(2, 2), adapter, inp)
     with pytest.raises(RefAny3DInputError, match="mask must be 'masked' or 'unmasked'"):
         fwd(flux, adapter, inp, masked="open")
+
+
+def test_cancel_is_checked_between_blocks(model, adapter):
+    import comfy.model_management as mm
+    flux = model.model.diffusion_model
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            fwd(flux, adapter, inputs(b=1))
+    finally:
+        mm.interrupt_current_processing(False)
+    fwd(flux, adapter, inputs(b=1))

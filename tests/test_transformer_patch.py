@@ -294,3 +294,39 @@ def test_memory_estimate_covers_references_and_guidance_pass(parts):
         assert seen == [[factor, 16, 4, 12]]
     # and KSampler runs through it
     ksample(apply_refany3d(patcher, adapter, *refs), cond, torch.zeros(1, 16, 4, 12), steps=1)
+
+
+def test_text_cfg_batches_cond_and_uncond_in_one_call(parts):
+    """cfg > 1: ComfyUI batches cond and uncond (and here both guidance passes) into one call."""
+    import comfy.sample
+    import comfy.samplers
+    patcher, adapter, refs, cond = parts
+    g = torch.Generator().manual_seed(11)
+    neg = [[torch.randn(1, 5, CTX, generator=g), {"pooled_output": torch.randn(1, POOLED, generator=g),
+                                                  "guidance": 3.5}]]
+    model = apply_refany3d(patcher, adapter, *refs, image_guidance=2.0)
+    latent = torch.zeros(2, 16, 4, 8)
+    noise = comfy.sample.prepare_noise(latent, 0)
+    out = comfy.sample.sample(model, noise, 2, 3.0, "euler", "simple", cond, neg, latent, seed=0, disable_pbar=True)
+    assert model.get_wrappers("diffusion_model", "refany3d")[0].calls == 2
+
+    flux = patcher.model.diffusion_model
+    ms = patcher.model.model_sampling
+    sigmas = comfy.samplers.calculate_sigmas(ms, "simple", 2)
+    x = ms.noise_scaling(sigmas[0], noise, latent)
+
+    def velocity(c, xx, sig):
+        b = xx.shape[0]
+        r = [z[None].expand(b, -1, -1, -1, -1) for z in refs]
+        args = (torch.full((b,), float(sig)), c[0][0].expand(b, -1, -1), c[0][1]["pooled_output"].expand(b, -1),
+                torch.full((b,), 3.5))
+        v_ref = refany3d_forward(flux, adapter, xx[..., :4], xx[..., 4:], r[0], r[1], *args)
+        v_blk = refany3d_forward(flux, adapter, xx[..., :4], xx[..., 4:], r[2], r[3], *args, masked=False)
+        return torch.cat([vb + 2.0 * (va - vb) for va, vb in zip(v_ref, v_blk)], -1)
+    with torch.no_grad():
+        for i in range(2):
+            sig = sigmas[i]
+            d_c, d_u = x - sig * velocity(cond, x, sig), x - sig * velocity(neg, x, sig)
+            denoised = d_u + 3.0 * (d_c - d_u)
+            x = x + (sigmas[i + 1] - sig) * (x - denoised) / sig
+    torch.testing.assert_close(out, patcher.model.process_latent_out(x), rtol=1e-4, atol=1e-4)
