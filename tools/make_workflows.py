@@ -155,6 +155,10 @@ def generation_section(g: Graph, rgb_src, pm_src, prefix: str, prompt: str):
     g.link(m2i, "IMAGE", s_mask, "images")
 
 
+ASSET_HOWTO = ("ComfyUI/input/3d/ (copy it there, or upload it with a core Load 3D node, which saves "
+               "uploads there; then press R to refresh the list). The demo box refany3d_demo_box.glb is made by "
+               "`python tools/demo_asset.py ComfyUI/input/3d/refany3d_demo_box.glb`.")
+
 FILES_NOTE = """Model files (standard names; pick yours in the loaders):
 • models/diffusion_models/flux1-dev.safetensors  (FLUX.1-dev; fp8 works with weight_dtype fp8_e4m3fn)
 • models/text_encoders/clip_l.safetensors and t5xxl_fp16.safetensors  (DualCLIPLoader, type flux)
@@ -178,8 +182,8 @@ def asset_to_image() -> Graph:
            "Generates a picture that shows YOUR 3D asset, from a text prompt. The asset is rendered from 8 "
            "views (RGB and point map, exactly as the RefAny3D release); FLUX.1-dev with the RefAny3D files "
            "then generates the image together with its point map (where each pixel lies on the asset) and "
-           "an object mask.\n\nWhat to set:\n1. RefAny3D Load 3D Asset: upload a .glb/.gltf/.obj/.ply/.stl "
-           "(it goes to input/3d). refany3d_demo_box.glb is made by `python tools/demo_asset.py`.\n"
+           "an object mask.\n\nWhat to set:\n1. RefAny3D Load 3D Asset: your .glb/.gltf/.obj/.ply/.stl in "
+           f"{ASSET_HOWTO}\n"
            "2. The prompt: describe the scene, mention the object.\n3. Seed; then Queue.\n\n" + FILES_NOTE)
     g.note((900, -330), [840, 300], SIZE_NOTE + "\n\nOutputs (output/RefAny3D/): image, point map "
            "(x,y,z of the asset as R,G,B on white) and mask (1 on the object).\n\nLow on memory? Set "
@@ -267,8 +271,8 @@ def render_preview() -> Graph:
     g.link(to_mesh, "mesh", glb, "mesh")
     g.note((20, 640), [380, 280], "RefAny3D · render-only preview\n\nChecks an asset before generating: "
            "renders the reference views RefAny3D will condition on, with no model at all (runs on CPU in "
-           "about a second).\n\nWhat to set: the asset in RefAny3D Load 3D Asset (upload a file; it goes to "
-           "input/3d). Look for: object centred, upright (+Y up), textures readable and not mirrored, "
+           "about a second).\n\nWhat to set: the asset in RefAny3D Load 3D Asset: your file in "
+           f"{ASSET_HOWTO} Look for: object centred, upright (+Y up), textures readable and not mirrored, "
            "point maps smooth rainbow colours on white. Save GLB shows the normalised mesh in 3D.")
     return g
 
@@ -333,10 +337,12 @@ FIT_JS = """() => {
     x0 = Math.min(x0, g.pos[0]); y0 = Math.min(y0, g.pos[1]);
     x1 = Math.max(x1, g.pos[0] + g.size[0]); y1 = Math.max(y1, g.pos[1] + g.size[1]);
   }
-  const c = app.canvas.canvas, cw = c.clientWidth, ch = c.clientHeight;
-  const s = Math.min(cw / (x1 - x0 + 80), ch / (y1 - y0 + 80));
+  // leave room for the side bar (left) and the menu and tab bars (top)
+  const c = app.canvas.canvas, left = 70, top = 130, right = 20, bottom = 20;
+  const cw = c.clientWidth - left - right, ch = c.clientHeight - top - bottom;
+  const s = Math.min(cw / (x1 - x0), ch / (y1 - y0));
   app.canvas.ds.scale = s;
-  app.canvas.ds.offset = [-x0 + (cw / s - (x1 - x0)) / 2, -y0 + (ch / s - (y1 - y0)) / 2];
+  app.canvas.ds.offset = [left / s - x0 + (cw / s - (x1 - x0)) / 2, top / s - y0 + (ch / s - (y1 - y0)) / 2];
   app.canvas.setDirty(true, true);
   app.canvas.draw(true, true);
   return [x0, y0, x1, y1, s];
@@ -409,6 +415,9 @@ def build(out_dir: Path, names=None) -> list[Path]:
             ctx, page, console = open_frontend(pw, server.url, str(Path(tmp) / "chromium"))
             try:
                 for name in names or WORKFLOWS:
+                    page.reload()  # a fresh page: no previews left over from the previous graph
+                    page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph && "
+                                           "LiteGraph.registered_node_types['KSampler']", timeout=120_000)
                     g = WORKFLOWS[name]()
                     spec = {"nodes": [dict(n, widgets=({"text": n["widgets"]["text"]} if n["type"] == "Note" else n["widgets"]))
                                       for n in g.nodes], "links": g.links, "groups": g.groups}
