@@ -503,3 +503,24 @@ def test_cancel_is_checked_between_blocks(model, adapter):
     finally:
         mm.interrupt_current_processing(False)
     fwd(flux, adapter, inputs(b=1))
+
+
+def test_bf16_model_runs_in_its_own_dtype_and_matches_stock_bf16():
+    """bf16 weights: the forward computes in bf16 (LoRA deltas and E(d) in the activation dtype) and,
+    zeroed/open/shared as in test 1, equals ComfyUI's own bf16 Flux exactly. (A random tiny model is
+    chaotic: stock ComfyUI's bf16 and float32 outputs differ by ~25% here, so no float32 comparison.)"""
+    flux16 = make_flux(dtype=torch.bfloat16).model.diffusion_model
+    inp = {k: (v.to(torch.bfloat16) if k != "timestep" else v.float()) for k, v in inputs(b=2).items()}
+    img, ids, bounds = spec_sequence(inp)
+    with torch.no_grad():
+        stock = flux16.forward_orig(img, ids[None].expand(2, -1, -1), inp["context"], torch.zeros(2, 3, 3),
+                                    inp["timestep"], inp["pooled"], inp["guidance"], transformer_options={})
+    zero = make_adapter(release_sds(zero=True))
+    v = fwd(flux16, zero, inp, masked=False, ref_timestep=None, ref_guidance=None)
+    nt = bounds[0][2]
+    assert v[0].dtype == torch.bfloat16
+    assert torch.equal(v[0], unpack(stock[:, :nt], 4, 6)) and torch.equal(v[1], unpack(stock[:, nt:2 * nt], 4, 6))
+    adapter = make_adapter(release_sds())
+    for cached in (False, True):
+        out = fwd(flux16, adapter, inp, cached_references=cached, reference_cache=ReferenceCache() if cached else None)
+        assert all(o.dtype == torch.bfloat16 and torch.isfinite(o).all() for o in out)
