@@ -69,6 +69,29 @@ def test_a_setting_no_node_takes_is_an_error():
     assert res.returncode == 2 and "--prompt was given but the workflow has no text encoder" in res.stderr
 
 
+def test_a_ui_example_is_replaced_by_its_api_twin():
+    res = client("--dry-run", "--workflow", ROOT / "example_workflows" / "refany3d_render_preview.json", "--views", 3)
+    assert res.returncode == 0, res.stderr
+    g = json.loads(res.stdout)
+    expected = json.loads(RENDER_WORKFLOW.read_text())
+    expected["2"]["inputs"]["num_views"] = 3
+    assert g == expected
+
+
+def test_without_websocket_client_the_run_is_followed_by_polling(comfy, tmp_path):
+    """websocket-client is optional: hidden from the import system, the client polls /history."""
+    asset = write_demo_asset(tmp_path / "polling_box.glb")
+    argv = [str(CLIENT), "--server", comfy.url, "--workflow", str(RENDER_WORKFLOW), "--asset", str(asset),
+            "--views", 1, "--out", str(tmp_path / "out")]
+    code = ("import runpy, sys; sys.modules['websocket'] = None; sys.argv = %r; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')" % [str(a) for a in argv])
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert "polling /history" in res.stderr
+    assert len(list((tmp_path / "out").glob("*.png"))) == 3  # 1 view: RGB, point map, mask
+    assert len(list((tmp_path / "out").glob("*.glb"))) == 1
+
+
 def test_unreachable_server_exits_nonzero():
     res = client("--server", f"http://127.0.0.1:{free_port()}", "--workflow", RENDER_WORKFLOW, timeout=60)
     assert res.returncode == 3

@@ -266,6 +266,9 @@ def main(argv=None) -> int:
         if asset_name:
             print(f"uploaded {args.asset} as {asset_name}", file=sys.stderr)
         filled = apply_settings(graph, args, asset_name)
+        if not args.quiet and not have_websocket():
+            print("websocket-client is not installed: following the run by polling /history "
+                  "(no step-by-step progress)", file=sys.stderr)
         started = time.monotonic()
         submitted: list[str] = []
 
@@ -307,6 +310,14 @@ def main(argv=None) -> int:
     for path in saved:
         print(path)
     return EXIT_OK
+
+
+def have_websocket() -> bool:
+    try:
+        import websocket  # noqa: F401  (websocket-client)
+    except ImportError:
+        return False
+    return True
 
 
 def cancel(client: ComfyClient, prompt_ids: list[str]) -> None:
