@@ -74,10 +74,6 @@ class Layout:
     refs_in_sequence: bool = True
 
     @property
-    def n_refs(self) -> int:
-        return 2 * self.views * self.ref
-
-    @property
     def prefix(self) -> int:
         """Text + both targets."""
         return self.txt + 2 * self.tgt
@@ -129,12 +125,6 @@ def sequence_ids(layout: Layout, axes: int = 3, col_shift: int = REF_COLUMN_SHIF
         ref = grid_ids(*layout.ref_hw, col_shift=col_shift, axes=axes, device=device)
         parts += [ref] * (2 * layout.views)
     return torch.cat(parts, dim=0)
-
-
-def reference_ids(layout: Layout, axes: int = 3, col_shift: int = REF_COLUMN_SHIFT, device=None) -> Tensor:
-    """RoPE ids of the 2N reference views alone: [2·N·m, axes]."""
-    ref = grid_ids(*layout.ref_hw, col_shift=col_shift, axes=axes, device=device)
-    return torch.cat([ref] * (2 * layout.views), dim=0)
 
 
 def rope(flux, ids: Tensor) -> Tensor:
@@ -344,6 +334,16 @@ class _CacheEntry:
     key: tuple
     kv: list = field(default_factory=list)  # per block (k [1,H,2Nm,d], v [1,H,2Nm,d])
 
+    @staticmethod
+    def _same(a: Tensor | None, b: Tensor | None) -> bool:
+        if a is None or b is None:
+            return a is None and b is None
+        return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+
+    def same_sample(self, refs_rgb: Tensor, refs_pm: Tensor, pooled: Tensor | None, key: tuple) -> bool:
+        return (self.key == key and self._same(self.refs_rgb, refs_rgb) and self._same(self.refs_pm, refs_pm)
+                and self._same(self.pooled, pooled))
+
 
 class ReferenceCache:
     """Keys/values of the reference tokens in every block, per sample (cached variant, spec §4).
@@ -368,16 +368,9 @@ class ReferenceCache:
     def __len__(self) -> int:
         return len(self.entries)
 
-    @staticmethod
-    def _same(a: Tensor | None, b: Tensor | None) -> bool:
-        if a is None or b is None:
-            return a is None and b is None
-        return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
-
     def find(self, refs_rgb: Tensor, refs_pm: Tensor, pooled: Tensor | None, key: tuple) -> _CacheEntry | None:
         for i, e in enumerate(self.entries):
-            if e.key == key and self._same(e.refs_rgb, refs_rgb) and self._same(e.refs_pm, refs_pm) \
-                    and self._same(e.pooled, pooled):
+            if e.same_sample(refs_rgb, refs_pm, pooled, key):
                 self.entries.append(self.entries.pop(i))
                 return e
         return None
@@ -401,8 +394,9 @@ class _Ctx:
     masked: list
     isolated_refs: bool
     opts: dict
-    ref_kv: list | None = None       # cached per block (k, v) [B,H,2Nm,d] (refs not in sequence)
-    record: list | None = None       # filled with per block (k, v) of the references
+    cached: list | None = None       # per sample, the cache entry whose reference keys/values are used
+    store: dict | None = None        # sample index -> new cache entry to fill with its reference k/v
+    block: int = 0                   # index of the current block (double blocks, then single blocks)
     dense: bool = False              # one full additive L×L mask instead of block-wise attention
 
 
@@ -416,14 +410,24 @@ def _attention(q, k, v, ctx: _Ctx) -> Tensor:
     from comfy.ldm.flux.math import apply_rope
     q, k = apply_rope(q, k, ctx.pe)
     lay = ctx.lay
-    if ctx.record is not None:
-        ctx.record.append((k[:, :, lay.prefix:], v[:, :, lay.prefix:]))
-    if ctx.ref_kv is not None:
-        kc, vc = ctx.ref_kv.pop(0)
-        k, v = torch.cat([k, kc], dim=2), torch.cat([v, vc], dim=2)
+    i, ctx.block = ctx.block, ctx.block + 1
+    if ctx.store:
+        for s, entry in ctx.store.items():
+            entry.kv.append((k[s:s + 1, :, lay.prefix:].clone(), v[s:s + 1, :, lay.prefix:].clone()))
+    if ctx.cached is not None:
+        k, v = _with_cached(k, ctx.cached, i, 0), _with_cached(v, ctx.cached, i, 1)
     if ctx.dense:
         return dense_attention(q, k, v, lay, ctx.masked, ctx.isolated_refs, ctx.opts)
     return group_attention(q, k, v, lay, ctx.masked, ctx.isolated_refs, ctx.opts)
+
+
+def _with_cached(t: Tensor, entries: list, block: int, j: int) -> Tensor:
+    """Own keys (j=0) or values (j=1) [B, H, L, d] followed by each sample's cached reference ones."""
+    if all(e is entries[0] for e in entries):  # one entry serves the whole batch: no per-sample copies
+        cached = entries[0].kv[block][j].expand(t.shape[0], -1, -1, -1)
+    else:
+        cached = torch.cat([e.kv[block][j] for e in entries])
+    return torch.cat([t, cached], dim=2)
 
 
 def double_block(block, img: Tensor, txt: Tensor, ctx: _Ctx, path: str) -> tuple[Tensor, Tensor]:
@@ -604,7 +608,7 @@ def refany3d_forward(flux, adapter, x_rgb: Tensor, x_point_map: Tensor, refs_rgb
 
     # reference cache lookup: all samples must hit to skip the reference tokens
     cache_key = (id(flux), id(adapter), dtype, str(device), int(ref_column_shift), ref_timestep, ref_guidance)
-    hits = None
+    hits, found = None, [None] * b
     if isolated and reference_cache is not None and N > 0:
         found = [reference_cache.find(refs_rgb[i], refs_point_map[i], None if pooled is None else pooled[i],
                                       cache_key + (flags[i],)) for i in range(b)]
@@ -628,12 +632,17 @@ def refany3d_forward(flux, adapter, x_rgb: Tensor, x_point_map: Tensor, refs_rgb
     vecs = modulation_vectors(flux, adapter, timestep, guidance, pooled, img.dtype, ref_timestep, ref_guidance)
     pe = rope(flux, sequence_ids(lay, col_shift=ref_column_shift, device=device))
 
-    ref_kv = None
-    if hits is not None:
-        ref_kv = [(torch.cat([e.kv[i][0] for e in hits]), torch.cat([e.kv[i][1] for e in hits]))
-                  for i in range(len(hits[0].kv))]
-    record = [] if (isolated and reference_cache is not None and N > 0 and hits is None) else None
-    ctx = _Ctx(adapter, lay, vecs, pe, flags, isolated, opts, ref_kv, record, dense=attention == "dense")
+    store = None
+    if isolated and reference_cache is not None and N > 0 and hits is None:
+        store = {}  # one new entry per distinct sample not cached yet
+        for i in range(b):
+            key = cache_key + (flags[i],)
+            if found[i] is None and not any(
+                    _CacheEntry.same_sample(e, refs_rgb[i], refs_point_map[i], None if pooled is None else pooled[i], key)
+                    for e in store.values()):
+                store[i] = _CacheEntry(refs_rgb[i].clone(), refs_point_map[i].clone(),
+                                       None if pooled is None else pooled[i].clone(), key)
+    ctx = _Ctx(adapter, lay, vecs, pe, flags, isolated, opts, cached=hits, store=store, dense=attention == "dense")
 
     interrupted = _interrupt_check()
     for i, block in enumerate(flux.double_blocks):
@@ -649,12 +658,8 @@ def refany3d_forward(flux, adapter, x_rgb: Tensor, x_point_map: Tensor, refs_rgb
         x = single_block(block, x, ctx, f"single_blocks.{i}")
     img = x[:, lay.txt:]
 
-    if record is not None:
-        for i in range(b):
-            entry = _CacheEntry(refs_rgb[i].clone(), refs_point_map[i].clone(),
-                                None if pooled is None else pooled[i].clone(), cache_key + (flags[i],))
-            entry.kv = [(k[i:i + 1].clone(), v[i:i + 1].clone()) for k, v in record]
-            reference_cache.add(entry)
+    for entry in (store or {}).values():
+        reference_cache.add(entry)
     if capture is not None:
         capture[TEXT] = x[:, :lay.txt]
         for g, a, bb in segs:

@@ -463,9 +463,13 @@ def test_cache_is_keyed_on_references_and_pooled(model, adapter):
     # a batch of identical samples is served by one entry
     cache.clear()
     twice = {k: torch.cat([v, v]) for k, v in inp.items()}
-    fwd(flux, adapter, twice, cached_references=True, reference_cache=cache)
-    fwd(flux, adapter, twice, cached_references=True, reference_cache=cache)
+    first = fwd(flux, adapter, twice, cached_references=True, reference_cache=cache)
+    assert len(cache) == 1
+    again = fwd(flux, adapter, twice, cached_references=True, reference_cache=cache)
     assert cache.hits == 1
+    for x, y in zip(first, again):
+        torch.testing.assert_close(x[0], x[1], rtol=0, atol=1e-12)
+        torch.testing.assert_close(y, x, rtol=0, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------
