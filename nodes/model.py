@@ -1,6 +1,8 @@
 """RefAny3DApply: a FLUX.1 MODEL that samples RefAny3D (see model_patches/patch.py for the design)."""
 from __future__ import annotations
 
+import logging
+
 from comfy_api.latest import io
 
 from ..model_patches.patch import DEFAULT_GUIDANCE_PASS, GUIDANCE_PASSES, apply_refany3d, encode_references, unwrap_flux
@@ -53,6 +55,11 @@ class RefAny3DApply(io.ComfyNode):
         except AdapterError as e:
             raise ValueError(f"RefAny3D Apply: {e}") from None
         refs = encode_references(model, vae, reference_rgb, reference_point_map, black=float(image_guidance) != 1.0)
+        if reference_rgb.shape[2] > 512:
+            logging.getLogger("RefAny3D").warning(
+                "RefAny3D: reference views are %d px wide; the release shifts references by a fixed 32 token "
+                "columns (512 px), so wider views overlap the target's positions. Use 512 px views.",
+                reference_rgb.shape[2])
         return io.NodeOutput(apply_refany3d(model, adapter, *refs, image_guidance=image_guidance,
                                             guidance_pass=guidance_pass, cache_references=cache_references))
 
