@@ -60,6 +60,10 @@ def unwrap_flux(model):
     if inner.params.global_modulation or len(inner.params.axes_dim) != 3 or type(base) is not comfy.model_base.Flux:
         raise RefAny3DError(f"RefAny3D needs a FLUX.1 model (FLUX.1-dev); this is a {type(base).__name__} "
                             "variant of Flux that it does not support")
+    fan_in = getattr(inner.img_in, "in_features", None)
+    if inner.params.in_channels != 16 or (fan_in is not None and fan_in != 16 * inner.patch_size ** 2):
+        raise RefAny3DError(f"RefAny3D needs FLUX.1-dev's 16-channel input; this Flux takes {fan_in} input features "
+                            "per token (a Fill/Depth/Canny-type variant), which the RefAny3D weights do not fit")
     return inner
 
 

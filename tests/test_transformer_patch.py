@@ -330,3 +330,18 @@ def test_text_cfg_batches_cond_and_uncond_in_one_call(parts):
             denoised = d_u + 3.0 * (d_c - d_u)
             x = x + (sigmas[i + 1] - sig) * (x - denoised) / sig
     torch.testing.assert_close(out, patcher.model.process_latent_out(x), rtol=1e-4, atol=1e-4)
+
+
+def test_flux_variants_with_other_inputs_are_rejected():
+    """A Fill/Depth-type FLUX.1 (more input channels) is a comfy Flux, but not one RefAny3D fits."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    cfg = tiny.flux_unet_config(hidden_size=D, num_heads=2, depth=1, depth_single_blocks=1, context_in_dim=CTX,
+                                vec_in_dim=POOLED, in_channels=32)
+    cfg["out_channels"] = 16
+    config = comfy.supported_models.Flux(cfg)
+    config.set_inference_dtype(torch.float32, None)
+    model = comfy.model_patcher.ModelPatcher(config.get_model({}, ""), load_device=torch.device("cpu"),
+                                             offload_device=torch.device("cpu"))
+    with pytest.raises(RefAny3DError, match="needs FLUX.1-dev's 16-channel input; this Flux takes 128 input features"):
+        apply_refany3d(model, None, torch.zeros(1, 16, 4, 4), torch.zeros(1, 16, 4, 4))
