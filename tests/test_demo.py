@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import ROOT
+from demo import REQUIRED, missing_files
 
 
 def test_demo_without_models_runs_the_wiring_check_and_writes_the_contact_sheet(tmp_path):
@@ -34,3 +35,20 @@ def test_demo_without_models_runs_the_wiring_check_and_writes_the_contact_sheet(
     outputs = list((out / "comfyui" / "output").rglob("*.png"))
     assert len([p for p in outputs if "RefAny3D_preview" in str(p)]) == 24
     assert len([p for p in outputs if "RefAny3D_wiring_check" in str(p)]) == 3
+
+
+def test_missing_files_reads_the_loaders_lists():
+    """The full generation runs only when every loader lists its standard file (in any sub-folder)."""
+    def info(files: dict) -> dict:
+        out = {}
+        for _sub, node, name, _fname in REQUIRED:
+            out.setdefault(node, {"input": {"required": {}}})["input"]["required"][name] = [files.get(name, [])]
+        out["RefAny3DLoadAdapter"]["input"]["required"] = {
+            k: ["COMBO", {"options": v[0]}] for k, v in out["RefAny3DLoadAdapter"]["input"]["required"].items()}
+        return out
+
+    assert missing_files(info({})) == [(sub, fname) for sub, _n, _i, fname in REQUIRED]
+    everything = {name: ["other.safetensors", f"release/{fname}"] for _s, _n, name, fname in REQUIRED}
+    assert missing_files(info(everything)) == []
+    everything["clip_name2"] = ["t5xxl_fp8_e4m3fn.safetensors"]
+    assert missing_files(info(everything)) == [("text_encoders", "t5xxl_fp16.safetensors")]

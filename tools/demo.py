@@ -150,7 +150,9 @@ def run(server: ComfyServer, graph: dict, label: str, timeout: float) -> dict:
         data = msg.get("data") or {}
         if msg.get("type") == "progress" and time.monotonic() - last["t"] > 2:
             last["t"] = time.monotonic()
-            print(f"  {label}: node {data.get('node')} {data.get('value')}/{data.get('max')}", flush=True)
+            node = graph.get(str(data.get("node"))) or {}
+            title = (node.get("_meta") or {}).get("title") or node.get("class_type", "?")
+            print(f"  {label}: {title} {data.get('value')}/{data.get('max')}", flush=True)
 
     started = time.monotonic()
     try:
