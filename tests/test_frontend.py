@@ -123,6 +123,31 @@ def test_example_opens_in_the_frontend(name, frontend):
     assert os.path.getsize(ARTIFACTS / f"{name}.png") > 10_000
 
 
+def test_template_browser_lists_the_examples_with_thumbnails_and_opens_them(frontend):
+    """Through the UI itself: Templates → the pack's entry → four cards with their .jpg → click."""
+    _server, page, console = frontend
+    page.evaluate("async () => { await app.extensionManager.command.execute('Comfy.BrowseTemplates'); }")
+    dialog = page.locator(".p-dialog")
+    dialog.get_by_text(PACK_LINK_NAME, exact=True).first.click()
+    dialog.get_by_text("Showing 4 of 4 templates").wait_for(timeout=30_000)
+    for name in NAMES:
+        dialog.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
+    page.wait_for_function("() => { const imgs = [...document.querySelectorAll('.p-dialog img')];"
+                           " return imgs.length >= 4 && imgs.every(i => i.complete && i.naturalWidth === 512); }",
+                           timeout=30_000)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "template_browser.png"))
+    console.clear()
+    name = "refany3d_asset_to_image"
+    dialog.get_by_text(name, exact=True).first.click()
+    expected = len(json.loads((EXAMPLES / f"{name}.json").read_text())["nodes"])
+    page.wait_for_function("n => document.querySelectorAll('.p-dialog').length === 0 && app.graph._nodes.length === n",
+                           arg=expected, timeout=60_000)
+    types = page.evaluate("() => app.graph._nodes.map(n => [n.type, !!LiteGraph.registered_node_types[n.type]])")
+    assert all(ok for _t, ok in types), types
+    assert not [line for line in console if line.startswith("pageerror")]
+
+
 def test_render_preview_queued_from_the_page_runs(frontend):
     server, page, _console = frontend
     page.evaluate(LOAD_JS, [PACK_LINK_NAME, "refany3d_render_preview"])
