@@ -212,29 +212,29 @@ def viewpoint_control() -> Graph:
 def references_from_images() -> Graph:
     g = Graph()
     rgb_names, pm_names = reference_image_names(8)
-    g.group("1 · Reference images (8 views: RGB and point map)", (-1240, 0, 1680, 1060))
+    g.group("1 · Reference images (8 views: RGB and point map)", (-1260, 0, 1700, 1240))
     batches = {}
     for row, (kind, names) in enumerate((("rgb", rgb_names), ("point_map", pm_names))):
         prev = None
         for i, name in enumerate(names):
-            x, y = -1220 + (i % 4) * 200, 50 + row * 520 + (i // 4) * 240
-            load = g.node("LoadImage", (x, y), size=[190, 230], title=f"{'RGB' if kind == 'rgb' else 'Point map'} view {i}",
+            x, y = -1240 + (i % 4) * 210, 50 + row * 600 + (i // 4) * 290
+            load = g.node("LoadImage", (x, y), size=[200, 270], title=f"{'RGB' if kind == 'rgb' else 'Point map'} view {i}",
                           image=name)
             if prev is None:
                 prev = (load, "IMAGE")
                 continue
-            b = g.node("ImageBatch", (-400, 50 + row * 520 + (i - 1) * 56), size=[200, 46])
+            b = g.node("ImageBatch", (-380, 50 + row * 600 + (i - 1) * 60), size=[200, 46])
             g.link(*prev, b, "image1")
             g.link(load, "IMAGE", b, "image2")
             prev = (b, "IMAGE")
         batches[kind] = prev
-    p1 = g.node("PreviewImage", (-180, 50), size=[320, 420], title="RGB references")
-    p2 = g.node("PreviewImage", (-180, 570), size=[320, 420], title="Point-map references")
+    p1 = g.node("PreviewImage", (-160, 50), size=[300, 540], title="RGB references")
+    p2 = g.node("PreviewImage", (-160, 650), size=[300, 540], title="Point-map references")
     g.link(*batches["rgb"], p1, "images")
     g.link(*batches["point_map"], p2, "images")
     generation_section(g, batches["rgb"], batches["point_map"], "RefAny3D_from_images",
                        "a product photo of the box on a shelf in a toy shop")
-    g.note((-1240, -330), [1680, 300], "RefAny3D · references from images (paper Fig. 6)\n\n"
+    g.note((-1260, -330), [1700, 300], "RefAny3D · references from images (paper Fig. 6)\n\n"
            "No 3D file? Give RefAny3D the reference views as images: 8 RGB views of the object and the 8 "
            "matching point maps, same size (512×512 as the release), same order (view i in both rows), on "
            "a pure white background. A point map stores, per pixel, the object's normalised x,y,z as R,G,B "
