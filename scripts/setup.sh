@@ -75,7 +75,17 @@ if [ ! -f "$STAMP_DIR/reqs-$reqs_hash" ]; then
   touch "$STAMP_DIR/reqs-$reqs_hash"
 fi
 
-# 4. The pack inside that ComfyUI's custom_nodes, as a link (never a stale copy)
+# 4. Chromium for the frontend tests (Debian's package; Playwright's own browser download is offline here)
+if [ -z "${CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing chromium (apt-get)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "[setup] the frontend tests need Chromium: sudo apt-get install chromium" >&2
+  fi
+fi
+
+# 5. The pack inside that ComfyUI's custom_nodes, as a link (never a stale copy)
 link="$COMFY/custom_nodes/comfyui-refany3d"
 if [ "$(readlink "$link" 2>/dev/null)" != "$ROOT" ]; then
   rm -rf "$link"

@@ -43,7 +43,8 @@ def pack_tracebacks(log: str) -> list[str]:
 
 
 def test_server_log_has_no_traceback_from_the_pack(comfy):
-    log = comfy.log_text()
+    # start-up only: later tests provoke execution errors on purpose, and ComfyUI logs those
+    log = comfy.log_text().split("got prompt")[0]
     assert not pack_tracebacks(log), pack_tracebacks(log)
     assert "comfyui-refany3d" in log  # the pack was imported (import times list it)
     assert not re.search(r"IMPORT FAILED.*refany3d", log), log[-4000:]
