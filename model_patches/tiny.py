@@ -206,3 +206,21 @@ def write_taesd_vae(path, seed: int = 0, latent_channels: int = 16) -> Path:
     safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, str(path),
                                 metadata={"refany3d": "random TAESD-format VAE for tests"})
     return path
+
+
+#: File names of the stock-loadable tiny models shared by the tests and the demo's wiring check.
+TINY_UNET_NAME = "refany3d_tiny_flux.safetensors"
+TINY_VAE_NAME = "refany3d_tiny_taesd.safetensors"
+
+
+def provide_stock_models(models_dir) -> tuple[str, str]:
+    """The 3072-wide tiny Flux in ``models_dir/diffusion_models`` and the TAESD VAE in
+    ``models_dir/vae``, written once and reused; returns their names for UNETLoader and VAELoader."""
+    models_dir = Path(models_dir)
+    unet = models_dir / "diffusion_models" / TINY_UNET_NAME
+    if not unet.exists():
+        write_flux_checkpoint(unet, seed=0)
+    vae = models_dir / "vae" / TINY_VAE_NAME
+    if not vae.exists():
+        write_taesd_vae(vae, seed=0)
+    return unet.name, vae.name

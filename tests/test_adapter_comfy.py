@@ -131,18 +131,13 @@ def test_pickle_with_code_is_refused_in_the_server(private_comfy, tmp_path):
 def test_tiny_models_load_through_stock_loaders_and_sample(comfy):
     """The 3072-wide checkpoint through UNETLoader, the TAESD VAE through VAELoader, conditioning
     from the test node: a stock KSampler graph runs and decodes an image of the right size."""
-    unet = comfy.models_dir / "diffusion_models" / "refany3d_tiny_flux.safetensors"
-    if not unet.exists():
-        tiny.write_flux_checkpoint(unet, seed=0)
-    vae = comfy.models_dir / "vae" / "refany3d_tiny_taesd.safetensors"
-    if not vae.exists():
-        tiny.write_taesd_vae(vae, seed=0)
+    unet_name, vae_name = tiny.provide_stock_models(comfy.models_dir)
     info = comfy.object_info("RefAny3DTestConditioning")["RefAny3DTestConditioning"]
     assert set(info["input"]["required"]) == {"seed", "tokens", "context_dim", "pooled_dim", "guidance"}
     assert info["output"] == ["CONDITIONING"]
     graph = {
-        "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": unet.name, "weight_dtype": "default"}},
-        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": vae.name}},
+        "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": unet_name, "weight_dtype": "default"}},
+        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": vae_name}},
         "pos": {"class_type": "RefAny3DTestConditioning",
                 "inputs": {"seed": 1, "tokens": 8, "context_dim": 4096, "pooled_dim": 768, "guidance": 3.5}},
         "neg": {"class_type": "RefAny3DTestConditioning",

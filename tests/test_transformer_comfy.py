@@ -22,20 +22,14 @@ from conftest import COMFY_DIR, TEST_NODES
 from model_patches import tiny
 from model_patches.weights import save_release_files
 
-UNET = "refany3d_tiny_flux.safetensors"
-VAE = "refany3d_tiny_taesd.safetensors"
+UNET, VAE = tiny.TINY_UNET_NAME, tiny.TINY_VAE_NAME
 RES, VIEWS, SIZE = 64, 2, 64
 
 
 def provide_models(models_dir, width=3072):
     """The tiny stock-loadable models (shared file names with the other ComfyUI tests) and a
     fresh sub-folder of release-format adapter files; returns the adapter sub-folder name."""
-    unet = models_dir / "diffusion_models" / UNET
-    if not unet.exists():
-        tiny.write_flux_checkpoint(unet, seed=0)
-    vae = models_dir / "vae" / VAE
-    if not vae.exists():
-        tiny.write_taesd_vae(vae, seed=0)
+    tiny.provide_stock_models(models_dir)
     sub = f"transformer_{width}_{uuid.uuid4().hex[:6]}"
     save_release_files(models_dir / "refany3d" / sub, width, 1, 1, rank=16, seed=5)
     return sub

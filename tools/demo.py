@@ -122,12 +122,7 @@ def provide_tiny_models(models_dir: Path) -> None:
     from model_patches import tiny
     from model_patches.weights import save_release_files
 
-    unet = models_dir / "diffusion_models" / TINY_UNET
-    if not unet.exists():
-        tiny.write_flux_checkpoint(unet, seed=0)
-    vae = models_dir / "vae" / TINY_VAE
-    if not vae.exists():
-        tiny.write_taesd_vae(vae, seed=0)
+    tiny.provide_stock_models(models_dir)
     adapter = models_dir / "refany3d" / TINY_ADAPTER
     if not (adapter / "domain_embedder.pth").exists():
         save_release_files(adapter, 3072, 1, 1, rank=16, seed=5)
