@@ -1,23 +1,27 @@
 # RefAny3D for ComfyUI — development commands. See README.md.
+#   make demo / make run / make bench   use the current ComfyUI leg (v0.31.0), or yours with COMFYUI_DIR=…
+#   make test                           the whole suite on ComfyUI v0.3.75 and v0.31.0 (or COMFYUI_DIR's)
 SHELL := /bin/bash
-PY := .venv/bin/python
 PORT ?= 8188
-COMFY = $$(cat .venv/.refany3d-comfyui-dir)
+LEG := $(if $(COMFYUI_DIR),custom,v0.31.0)
+PY := .legs/$(LEG)/venv/bin/python
+COMFY = $$(cat .legs/$(LEG)/venv/.refany3d-comfyui-dir)
 
-.PHONY: setup run test demo lint bench
+.PHONY: setup setup-all run test demo lint bench
 
 setup:
-	@bash scripts/setup.sh
+	@bash scripts/setup.sh $(LEG)
+
+setup-all:
+	@if [ -n "$(COMFYUI_DIR)" ]; then bash scripts/setup.sh custom; \
+	else bash scripts/setup.sh v0.3.75 && bash scripts/setup.sh v0.31.0; fi
 
 run: setup
 	@cd "$(COMFY)" && exec $(CURDIR)/$(PY) main.py --listen 127.0.0.1 --port $(PORT) \
 	  $$($(CURDIR)/$(PY) -c "import torch; print('' if torch.cuda.is_available() else '--cpu')")
 
-test: setup
-	@start=$$(date +%s); \
-	$(PY) -m ruff check . && \
-	$(PY) -m pytest tests; rc=$$?; \
-	echo "[test] tests took $$(( $$(date +%s) - start ))s (exit $$rc)"; exit $$rc
+test:
+	@bash scripts/test.sh
 
 demo: setup
 	@$(PY) tools/demo.py

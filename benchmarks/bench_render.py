@@ -3,7 +3,7 @@
 Prints the median time to render 8 views x 512^2 (RGB + point map + mask, release preset) of a
 textured sphere with about 100k and 500k faces, and the ratio against an Embree ray caster
 (trimesh + embreex) casting one ray per pixel centre of the same 8 views in the same run.
-Run: .venv/bin/python benchmarks/bench_render.py [--repeats 5] [--device cuda]
+Run: .legs/v0.31.0/venv/bin/python benchmarks/bench_render.py [--repeats 5] [--device cuda]
 """
 from __future__ import annotations
 

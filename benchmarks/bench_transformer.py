@@ -1,6 +1,6 @@
 """Benchmark of refany3d_forward (issue 4, "Must show" 8).
 
-    .venv/bin/python benchmarks/bench_transformer.py [--quick] [--no-gpu] [--blocks D S]
+    .legs/v0.31.0/venv/bin/python benchmarks/bench_transformer.py [--quick] [--no-gpu] [--blocks D S]
 
 1. Small config, N = 8 reference views (CPU or GPU): time of one sampling step (one
    refany3d_forward call, reference pass only, and the batched reference + black-reference pass)

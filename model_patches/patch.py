@@ -48,8 +48,69 @@ class RefAny3DError(ValueError):
     """A clear, user-facing error of the RefAny3D model patch."""
 
 
+#: Optional FluxParams fields whose non-default value marks a Flux variant (FLUX.2/Klein: global
+#: modulation, SiLU MLP, no biases; Ovis: yak MLP, text norm; LongCat: text RoPE ids) that the
+#: RefAny3D loop does not know. FLUX.1 keeps every one at its default (``txt_ids_dims``: empty).
+#: Fields that a newer ComfyUI adds are judged the same way: any non-default value is refused.
+FLUX1_REQUIRED_PARAMS = {"in_channels", "out_channels", "vec_in_dim", "context_in_dim", "hidden_size", "mlp_ratio",
+                         "num_heads", "depth", "depth_single_blocks", "axes_dim", "theta", "patch_size", "qkv_bias",
+                         "guidance_embed", "txt_ids_dims"}
+
+
+def _variant_markers(params) -> list[str]:
+    """Names (and values) of the FluxParams fields that are not FLUX.1's."""
+    import dataclasses
+    marks = []
+    if list(getattr(params, "txt_ids_dims", None) or []):
+        marks.append(f"txt_ids_dims={list(params.txt_ids_dims)}")
+    if len(params.axes_dim) != 3:
+        marks.append(f"axes_dim={list(params.axes_dim)}")
+    if not dataclasses.is_dataclass(params):
+        return marks
+    for f in dataclasses.fields(params):
+        if f.name in FLUX1_REQUIRED_PARAMS:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:  # a new required field: FLUX.1 detection would not know it either
+            marks.append(f"{f.name}={getattr(params, f.name)!r}")
+            continue
+        if getattr(params, f.name) != default:
+            marks.append(f"{f.name}={getattr(params, f.name)!r}")
+    return marks
+
+
+def _layout_problems(flux) -> list[str]:
+    """What in the module tree differs from the FLUX.1 blocks the RefAny3D loop runs."""
+    import torch.nn as nn
+    problems = []
+    if getattr(flux, "txt_norm", None) is not None:
+        problems.append("a text norm (txt_norm)")
+    for i, block in enumerate(flux.double_blocks):
+        mlp = getattr(block, "img_mlp", None)
+        if not all(hasattr(block, a) for a in ("img_mod", "txt_mod", "img_attn", "txt_attn", "img_norm1",
+                                                "img_norm2", "txt_norm1", "txt_norm2", "txt_mlp")):
+            problems.append(f"double block {i} has no per-block modulation or a different set of layers")
+        elif not (isinstance(mlp, nn.Sequential) and len(mlp) == 3 and isinstance(mlp[1], nn.GELU)):
+            problems.append(f"double block {i} has a {type(mlp).__name__} MLP, not FLUX.1's Linear-GELU-Linear")
+        if problems:
+            break
+    for i, block in enumerate(flux.single_blocks):
+        if getattr(block, "modulation", None) is None or getattr(block, "yak_mlp", False):
+            problems.append(f"single block {i} has no per-block modulation or a yak MLP")
+        elif getattr(block, "mlp_hidden_dim_first", block.mlp_hidden_dim) != block.mlp_hidden_dim or \
+                not isinstance(block.mlp_act, nn.GELU):
+            problems.append(f"single block {i} has a gated MLP, not FLUX.1's GELU MLP")
+        if problems:
+            break
+    return problems
+
+
 def unwrap_flux(model):
-    """The ``comfy.ldm.flux.model.Flux`` inside a ModelPatcher (FLUX.1 only), or a RefAny3DError."""
+    """The ``comfy.ldm.flux.model.Flux`` inside a ModelPatcher when it is a FLUX.1 whose block layout
+    the RefAny3D loop knows, or a RefAny3DError that says what differs."""
     import comfy.model_base
     from comfy.ldm.flux.model import Flux
     base = getattr(model, "model", None)
@@ -57,14 +118,65 @@ def unwrap_flux(model):
     if not isinstance(base, comfy.model_base.Flux) or not isinstance(inner, Flux):
         kind = type(base).__name__ if base is not None else type(model).__name__
         raise RefAny3DError(f"RefAny3D needs a FLUX.1 model (FLUX.1-dev); the MODEL input is a {kind} model")
-    if inner.params.global_modulation or len(inner.params.axes_dim) != 3 or type(base) is not comfy.model_base.Flux:
+    if type(base) is not comfy.model_base.Flux:
         raise RefAny3DError(f"RefAny3D needs a FLUX.1 model (FLUX.1-dev); this is a {type(base).__name__} "
                             "variant of Flux that it does not support")
+    marks = _variant_markers(inner.params)
+    if marks:
+        raise RefAny3DError("RefAny3D needs a FLUX.1 model (FLUX.1-dev); this Flux is a variant the RefAny3D "
+                            f"transformer does not know ({', '.join(marks)}), so it refuses to run rather than "
+                            "paint a wrong picture")
     fan_in = getattr(inner.img_in, "in_features", None)
     if inner.params.in_channels != 16 or (fan_in is not None and fan_in != 16 * inner.patch_size ** 2):
         raise RefAny3DError(f"RefAny3D needs FLUX.1-dev's 16-channel input; this Flux takes {fan_in} input features "
                             "per token (a Fill/Depth/Canny-type variant), which the RefAny3D weights do not fit")
+    problems = _layout_problems(inner)
+    if problems:
+        raise RefAny3DError("RefAny3D needs a FLUX.1 model (FLUX.1-dev); this Flux's blocks differ from FLUX.1's "
+                            f"({'; '.join(problems)}), which the RefAny3D transformer does not support")
     return inner
+
+
+#: transformer_options["patches"] keys that stock Flux applies inside its own blocks or forward
+#: (ComfyUI v0.3.75 … current) and the RefAny3D loop does not: refused rather than silently dropped.
+#: Keys of UNet-only hooks (input/middle/output block patches, cross-attention attn2 patches) are
+#: never called by Flux, so ignoring them is what stock Flux does too.
+UNET_ONLY_PATCHES = {"input_block_patch", "input_block_patch_after_skip", "middle_block_patch", "middle_patch",
+                     "output_block_patch", "attn2_patch", "attn2_output_patch"}
+PATCH_NAMES = {
+    "attn1_patch": "an attention patch (attn1_patch; e.g. from TomePatchModel, HyperTile, FluxKVCache or a "
+                   "model-patch/IP-adapter node)",
+    "attn1_output_patch": "an attention-output patch (attn1_output_patch; e.g. from Normalized Attention Guidance "
+                          "(NAGuidance), HyperTile or TomePatchModel)",
+    "post_input": "a post-input patch (post_input; e.g. from FluxKVCache or a USO/model-patch node)",
+}
+
+
+def unsupported_features(transformer_options: dict | None) -> list[str]:
+    """What in ComfyUI's ``transformer_options`` would change stock Flux's output but is not applied by the
+    RefAny3D block loop: attention and post-input patches, block replacements, RoPE options."""
+    opts = transformer_options or {}
+    found = []
+    for key, value in (opts.get("patches") or {}).items():
+        if value and key not in UNET_ONLY_PATCHES:
+            found.append(PATCH_NAMES.get(key, f"a model patch '{key}'"))
+    replaced = (opts.get("patches_replace") or {}).get("dit") or {}
+    if replaced:
+        blocks = ", ".join(f"{kind} {i}" for kind, i in sorted(replaced, key=str)[:4])
+        found.append(f"block replacements (patches_replace dit: {blocks}{', …' if len(replaced) > 4 else ''}; "
+                     "e.g. from a caching/speed-up or PuLID-type node)")
+    if opts.get("rope_options"):
+        found.append("RoPE options (rope_options, from ScaleROPE)")
+    return found
+
+
+def check_transformer_options(transformer_options: dict | None, where: str) -> None:
+    """A RefAny3DError naming every unsupported core feature in ``transformer_options``."""
+    found = unsupported_features(transformer_options)
+    if found:
+        raise RefAny3DError(f"{where}: the model carries {'; '.join(found)}. RefAny3D runs its own loop over "
+                            "Flux's blocks and does not apply these, so the result would silently differ; remove "
+                            "the node(s) that add them from the MODEL path of RefAny3D Apply")
 
 
 def split_joined(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -133,9 +245,15 @@ class RefAny3DPatch:
         shape[0] = max(1, -(-shape[0] * passes * area // max(target_area, 1)))
         return shape
 
-    def prepare_sampling(self, executor, model, noise_shape, conds, model_options=None):
-        """PREPARE_SAMPLING wrapper: ComfyUI loads the model with room for RefAny3D's activations."""
-        return executor(model, self.memory_shape(noise_shape), conds, model_options=model_options)
+    def prepare_sampling(self, executor, *args, **kwargs):
+        """PREPARE_SAMPLING wrapper: ComfyUI loads the model with room for RefAny3D's activations.
+        ComfyUI calls it as ``executor(model, noise_shape, conds, ...)`` (keyword options vary by
+        version); only the noise shape is changed, everything else is passed on as given."""
+        if len(args) > 1:
+            args = (args[0], self.memory_shape(args[1]), *args[2:])
+        elif "noise_shape" in kwargs:
+            kwargs["noise_shape"] = self.memory_shape(kwargs["noise_shape"])
+        return executor(*args, **kwargs)
 
     def __call__(self, executor, x, timestep, context, y=None, guidance=None, ref_latents=None, control=None,
                  transformer_options=None, **kwargs):
@@ -146,6 +264,9 @@ class RefAny3DPatch:
             raise RefAny3DError("ControlNets are not supported together with RefAny3D")
         if ref_latents is not None:
             raise RefAny3DError("Kontext-style reference latents (ReferenceLatent) cannot be combined with RefAny3D")
+        if kwargs.get("attention_mask") is not None:
+            raise RefAny3DError("a text attention mask in the conditioning is not supported together with RefAny3D")
+        check_transformer_options(transformer_options, "RefAny3D (sampling)")
         x_rgb, x_pm = split_joined(x)
         b = x.shape[0]
         refs = [r[None].expand(b, *r.shape) for r in self._on("refs", x.device, x.dtype)]
@@ -182,6 +303,7 @@ def apply_refany3d(model, adapter, refs_rgb: Tensor, refs_point_map: Tensor, bla
     from .weights import AdapterError, validate_adapter
     import comfy.patcher_extension as pe
     flux = unwrap_flux(model)
+    check_transformer_options(model.model_options.get("transformer_options"), "RefAny3D Apply")
     try:
         validate_adapter(adapter, flux)
     except AdapterError as e:

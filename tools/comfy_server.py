@@ -21,13 +21,14 @@ PACK_LINK_NAME = "comfyui-refany3d"
 
 
 def default_comfy_dir() -> Path:
-    """The ComfyUI that `make setup` prepared (COMFYUI_DIR wins when set)."""
+    """The ComfyUI of the running venv: COMFYUI_DIR when set, else the one `scripts/setup.sh` recorded
+    in this venv (each test leg has its own venv and ComfyUI), else the current leg's folder."""
     if os.environ.get("COMFYUI_DIR"):
         return Path(os.environ["COMFYUI_DIR"]).resolve()
-    marker = PACK_ROOT / ".venv" / ".refany3d-comfyui-dir"
+    marker = Path(sys.prefix) / ".refany3d-comfyui-dir"
     if marker.exists():
         return Path(marker.read_text().strip())
-    return PACK_ROOT / ".comfyui"
+    return PACK_ROOT / ".legs" / "v0.31.0" / "ComfyUI"
 
 
 def free_port() -> int:

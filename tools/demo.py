@@ -9,7 +9,7 @@
    CHECK (every node executes; the result is noise, not a picture).
 4. Writes demo_output/contact_sheet.png: the references and the results.
 
-    .venv/bin/python tools/demo.py [--out demo_output] [--models DIR] [--prompt TEXT] [--steps N]
+    .legs/v0.31.0/venv/bin/python tools/demo.py [--out demo_output] [--models DIR] [--prompt TEXT] [--steps N]
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ node is created there with LiteGraph, widgets are set by name and sockets connec
 and the frontend's own ``graph.serialize()`` and ``graphToPrompt()`` give the UI workflow and its
 API twin. So the files are exactly what ComfyUI itself saves and exports.
 
-    .venv/bin/python tools/make_workflows.py [--out example_workflows]
+    .legs/v0.31.0/venv/bin/python tools/make_workflows.py [--out example_workflows]
 
 Needs Debian's chromium (/usr/bin/chromium, or CHROMIUM=path) and the playwright package.
 """
