@@ -139,10 +139,11 @@ def unwrap_flux(model):
 
 #: transformer_options["patches"] keys that stock Flux applies inside its own blocks or forward
 #: (ComfyUI v0.3.75 … current) and the RefAny3D loop does not: refused rather than silently dropped.
-#: Keys of UNet-only hooks (input/middle/output block patches, cross-attention attn2 patches) are
-#: never called by Flux, so ignoring them is what stock Flux does too.
-UNET_ONLY_PATCHES = {"input_block_patch", "input_block_patch_after_skip", "middle_block_patch", "middle_patch",
-                     "output_block_patch", "attn2_patch", "attn2_output_patch"}
+#: Keys of hooks that Flux never calls (UNet block and cross-attention patches, other DiTs' hooks)
+#: are ignored, as stock Flux ignores them.
+NOT_FLUX_PATCHES = {"input_block_patch", "input_block_patch_after_skip", "middle_block_patch", "middle_patch",
+                    "middle_block_after_patch", "output_block_patch", "attn2_patch", "attn2_output_patch",
+                    "emb_patch", "forward_timestep_embed_patch", "double_block", "noise_refiner"}
 PATCH_NAMES = {
     "attn1_patch": "an attention patch (attn1_patch; e.g. from TomePatchModel, HyperTile, FluxKVCache or a "
                    "model-patch/IP-adapter node)",
@@ -158,7 +159,7 @@ def unsupported_features(transformer_options: dict | None) -> list[str]:
     opts = transformer_options or {}
     found = []
     for key, value in (opts.get("patches") or {}).items():
-        if value and key not in UNET_ONLY_PATCHES:
+        if value and key not in NOT_FLUX_PATCHES:
             found.append(PATCH_NAMES.get(key, f"a model patch '{key}'"))
     replaced = (opts.get("patches_replace") or {}).get("dit") or {}
     if replaced:
@@ -341,6 +342,7 @@ def encode_references(model, vae, rgb: Tensor, point_map: Tensor, black: bool = 
     """Encodes the reference views once with ``vae`` and puts them in the model's latent scale.
     Returns (refs_rgb, refs_point_map, black_rgb, black_point_map), each [N, 16, h, w] (black ones
     None when ``black`` is False); the black image is encoded once and repeated for the N views."""
+    import comfy.model_management as mm
     check_reference_images(rgb, point_map)
     base = model.model
     try:
@@ -348,6 +350,8 @@ def encode_references(model, vae, rgb: Tensor, point_map: Tensor, black: bool = 
         lat_pm = vae.encode(point_map[..., :3])
         lat_black = vae.encode(torch.zeros_like(rgb[:1, ..., :3])) if black else None
     except Exception as e:
+        if isinstance(e, mm.InterruptProcessingException):  # Cancel (an Exception in older ComfyUI)
+            raise
         raise RefAny3DError(f"the VAE could not encode the reference views ({type(e).__name__}: {e})") from None
     c = base.diffusion_model.params.in_channels
     if lat_rgb.ndim != 4 or lat_rgb.shape[1] != c:

@@ -594,7 +594,7 @@ def refany3d_forward(flux, adapter, x_rgb: Tensor, x_point_map: Tensor, refs_rgb
     stock ``forward_orig`` are not applied (this loop replaces it). ComfyUI's Cancel is checked
     between blocks.
     """
-    opts = {} if transformer_options is None else transformer_options
+    opts = dict(transformer_options or {})  # ComfyUI's dict, copied: block_index etc. are set per call
     _check(flux, adapter, x_rgb, x_point_map, refs_rgb, refs_point_map, timestep, context, pooled, guidance)
     dtype, device = x_rgb.dtype, x_rgb.device
     adapter = adapter.to(device=device, dtype=dtype)
@@ -645,6 +645,7 @@ def refany3d_forward(flux, adapter, x_rgb: Tensor, x_point_map: Tensor, refs_rgb
     ctx = _Ctx(adapter, lay, vecs, pe, flags, isolated, opts, cached=hits, store=store, dense=attention == "dense")
 
     interrupted = _interrupt_check()
+    opts["total_blocks"] = len(flux.double_blocks)
     for i, block in enumerate(flux.double_blocks):
         interrupted()
         opts["block_index"], opts["block_type"] = i, "double"
@@ -652,6 +653,7 @@ def refany3d_forward(flux, adapter, x_rgb: Tensor, x_point_map: Tensor, refs_rgb
     if img.dtype == torch.float16:
         img = torch.nan_to_num(img, nan=0.0, posinf=65504, neginf=-65504)
     x = torch.cat((txt, img), 1)
+    opts["total_blocks"] = len(flux.single_blocks)
     for i, block in enumerate(flux.single_blocks):
         interrupted()
         opts["block_index"], opts["block_type"] = i, "single"

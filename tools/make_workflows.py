@@ -353,12 +353,14 @@ def open_frontend(playwright, url: str, user_data_dir: str, viewport=(1600, 1000
     """Headless Chromium on the ComfyUI frontend at ``url``; returns (context, page, console lines).
 
     The user is marked as past the first-run tutorial (a server setting) so that no template dialog
-    covers the canvas."""
+    covers the canvas, and the frontend's workflow validation is switched on (newer frontends, e.g.
+    1.48, ship with it off; 1.32 has it on)."""
     import urllib.request
 
-    req = urllib.request.Request(f"{url}/settings/Comfy.TutorialCompleted", data=b"true", method="POST",
-                                 headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=30).close()
+    for setting in ("Comfy.TutorialCompleted", "Comfy.Validation.Workflows"):
+        req = urllib.request.Request(f"{url}/settings/{setting}", data=b"true", method="POST",
+                                     headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=30).close()
     ctx = playwright.chromium.launch_persistent_context(
         user_data_dir, executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS,
         viewport={"width": viewport[0], "height": viewport[1]})
