@@ -177,7 +177,7 @@ def check_transformer_options(transformer_options: dict | None, where: str) -> N
     if found:
         raise RefAny3DError(f"{where}: the model carries {'; '.join(found)}. RefAny3D runs its own loop over "
                             "Flux's blocks and does not apply these, so the result would silently differ; remove "
-                            "the node(s) that add them from the MODEL path of RefAny3D Apply")
+                            "the node(s) that add them between the model loader and the sampler")
 
 
 def split_joined(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -209,3 +209,40 @@ def test_odd_joined_latent_is_rejected(private):
     text = failing(server, g, "KSampler")
     assert "must be the RGB and point-map latents side by side (even width); got width 9" in text, text
     assert "RefAny3D Empty Latent" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# core features the RefAny3D block loop does not apply are named, never silently dropped
+
+def test_attention_patch_before_apply_is_named_at_apply(private):
+    server, _, wide, asset = private
+    g = graph(wide, asset, steps=1)
+    g["patch"] = {"class_type": "RefAny3DTestModelPatch", "inputs": {"model": ["unet", 0], "patch": "attn1_patch"}}
+    g["apply"]["inputs"]["model"] = ["patch", 0]
+    text = failing(server, g, "RefAny3DApply")
+    assert "RefAny3D Apply: the model carries an attention patch (attn1_patch" in text, text
+    assert "remove the node(s) that add them between the model loader and the sampler" in text
+
+
+@pytest.mark.parametrize("patch, words", [("attn1_patch", "an attention patch (attn1_patch"),
+                                          ("double_block_replace", "block replacements (patches_replace dit: double_block 0")])
+def test_patch_added_after_apply_is_named_at_the_first_step(private, patch, words):
+    server, _, wide, asset = private
+    g = graph(wide, asset, steps=2)
+    g["patch"] = {"class_type": "RefAny3DTestModelPatch", "inputs": {"model": ["apply", 0], "patch": patch}}
+    g["shift"]["inputs"]["model"] = ["patch", 0]
+    text = failing(server, g, "KSampler")
+    assert f"RefAny3D (sampling): the model carries {words}" in text, text
+
+
+def test_core_nag_guidance_in_front_of_refany3d_is_named(private):
+    server, _, wide, asset = private
+    if "NAGuidance" not in server.object_info():
+        pytest.skip("this ComfyUI has no NAGuidance node (added after v0.3.75)")
+    g = graph(wide, asset, steps=1)
+    g["nag"] = {"class_type": "NAGuidance",
+                "inputs": {"model": ["unet", 0], "nag_scale": 5.0, "nag_alpha": 0.5, "nag_tau": 1.5}}
+    g["apply"]["inputs"]["model"] = ["nag", 0]
+    text = failing(server, g, "RefAny3DApply")
+    assert "attention-output patch (attn1_output_patch; e.g. from Normalized Attention Guidance (NAGuidance)" in text, \
+        text

@@ -345,3 +345,108 @@ def test_flux_variants_with_other_inputs_are_rejected():
                                              offload_device=torch.device("cpu"))
     with pytest.raises(RefAny3DError, match="needs FLUX.1-dev's 16-channel input; this Flux takes 128 input features"):
         apply_refany3d(model, None, torch.zeros(1, 16, 4, 4), torch.zeros(1, 16, 4, 4))
+
+
+def variant_patcher(**params):
+    """A tiny comfy Flux (random init, no weights loaded) built with extra FluxParams options."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    cfg = tiny.flux_unet_config(hidden_size=D, num_heads=2, depth=1, depth_single_blocks=1, context_in_dim=CTX,
+                                vec_in_dim=POOLED)
+    config = comfy.supported_models.Flux({**cfg, **params})
+    config.set_inference_dtype(torch.float32, None)
+    return comfy.model_patcher.ModelPatcher(config.get_model({}, ""), load_device=torch.device("cpu"),
+                                            offload_device=torch.device("cpu"))
+
+
+def flux_params_fields() -> set[str]:
+    import dataclasses
+
+    from comfy.ldm.flux.model import FluxParams
+    return {f.name for f in dataclasses.fields(FluxParams)}
+
+
+@pytest.mark.parametrize("params, words", [
+    (dict(yak_mlp=True), "yak_mlp=True"),                                   # Ovis-type MLP (newer ComfyUI)
+    (dict(txt_norm=True), "txt_norm=True"),                                 # a text RMSNorm (newer ComfyUI)
+    (dict(txt_ids_dims=[1, 2]), "txt_ids_dims=[1, 2]"),                     # LongCat/Ovis text RoPE ids
+    (dict(mlp_silu_act=True), "mlp_silu_act=True"),                         # FLUX.2-type gated MLP
+    (dict(global_modulation=True), "global_modulation=True"),               # FLUX.2-type shared modulation
+], ids=["yak_mlp", "txt_norm", "txt_ids_dims", "mlp_silu_act", "global_modulation"])
+def test_unknown_flux_variants_are_refused_by_name(params, words):
+    missing = set(params) - flux_params_fields()
+    if missing:
+        pytest.skip(f"this ComfyUI's FluxParams has no {', '.join(sorted(missing))}")
+    model = variant_patcher(**params)
+    with pytest.raises(RefAny3DError, match=r"this Flux is a variant the RefAny3D transformer does not know \(.*"
+                                            + words.replace("[", r"\[").replace("]", r"\]")):
+        apply_refany3d(model, None, torch.zeros(1, 16, 4, 4), torch.zeros(1, 16, 4, 4))
+
+
+def test_a_flux_params_option_unknown_to_the_pack_is_refused_when_not_at_its_default():
+    """A FluxParams field that a future ComfyUI adds is judged by its dataclass default."""
+    import dataclasses
+
+    from model_patches.patch import _variant_markers
+    flux = variant_patcher().model.diffusion_model
+    future = dataclasses.make_dataclass("FluxParams", [(f.name, f.type, f) for f in dataclasses.fields(flux.params)]
+                                        + [("new_option", bool, dataclasses.field(default=False))])
+    values = {f.name: getattr(flux.params, f.name) for f in dataclasses.fields(flux.params)}
+    assert _variant_markers(future(**values)) == []
+    assert _variant_markers(future(**values, new_option=True)) == ["new_option=True"]
+
+
+def test_block_layout_that_differs_from_flux1_is_refused():
+    model = variant_patcher()
+    flux = model.model.diffusion_model
+    original = flux.double_blocks[0].img_mlp
+    flux.double_blocks[0].img_mlp = torch.nn.Sequential(original[0], torch.nn.SiLU(), original[2])
+    try:
+        with pytest.raises(RefAny3DError, match="double block 0 has a Sequential MLP, not FLUX.1's Linear-GELU-Linear"):
+            apply_refany3d(model, None, torch.zeros(1, 16, 4, 4), torch.zeros(1, 16, 4, 4))
+    finally:
+        flux.double_blocks[0].img_mlp = original
+
+
+def test_prepare_sampling_wrapper_passes_on_whatever_comfyui_hands_it(parts):
+    """Whatever positional and keyword arguments a ComfyUI version gives the PREPARE_SAMPLING wrapper
+    reach the next executor unchanged, except the noise shape, which is scaled for the references."""
+    patch = RefAny3DPatch(None, torch.zeros(2, 16, 4, 4), torch.zeros(2, 16, 4, 4), torch.zeros(2, 16, 4, 4),
+                          torch.zeros(2, 16, 4, 4), image_guidance=2.0)
+    received = []
+
+    def executor(*args, **kwargs):
+        received.append((args, kwargs))
+        return "loaded"
+    conds, options = {"positive": []}, {"transformer_options": {}}
+    assert patch.prepare_sampling(executor, "model", [1, 16, 8, 16], conds, model_options=options,
+                                  force_full_load=True, force_offload=False, a_future_option=3) == "loaded"
+    args, kwargs = received[-1]
+    assert args[0] == "model" and args[2] is conds
+    assert args[1] == patch.memory_shape([1, 16, 8, 16]) and args[1][0] > 1
+    assert kwargs == dict(model_options=options, force_full_load=True, force_offload=False, a_future_option=3)
+    patch.prepare_sampling(executor, model="model", noise_shape=[1, 16, 8, 16], conds=conds)
+    assert received[-1] == ((), dict(model="model", noise_shape=patch.memory_shape([1, 16, 8, 16]), conds=conds))
+
+
+def test_flux_hooks_that_stock_flux_never_calls_are_ignored():
+    from model_patches.patch import unsupported_features
+    assert unsupported_features({"patches": {"input_block_patch": [print], "attn2_patch": [print],
+                                             "emb_patch": [print], "attn1_patch": []},
+                                 "patches_replace": {"attn1": {("input", 1): print}}}) == []
+    found = unsupported_features({"patches": {"attn1_output_patch": [print], "some_future_hook": [print]},
+                                  "patches_replace": {"dit": {("single_block", 3): print}},
+                                  "rope_options": {"scale_x": 2.0}})
+    assert len(found) == 4 and "a model patch 'some_future_hook'" in found and "ScaleROPE" in found[-1]
+
+
+def test_forward_leaves_comfyuis_transformer_options_as_it_found_them(parts):
+    patcher, adapter = parts[0], parts[1]
+    flux = patcher.model.diffusion_model
+    opts = {"patches": {}, "cond_or_uncond": [0]}
+    x = torch.randn(1, 16, 4, 4)
+    refs = torch.randn(1, 2, 16, 4, 4)
+    with torch.no_grad():
+        refany3d_forward(flux, adapter, x, x, refs, refs, torch.full((1,), 0.5), torch.randn(1, 3, CTX),
+                         torch.randn(1, POOLED), torch.full((1,), 3.5), transformer_options=opts)
+    assert opts == {"patches": {}, "cond_or_uncond": [0]}
