@@ -24,10 +24,10 @@ test:
 	@bash scripts/test.sh
 
 demo: setup
-	@$(PY) tools/demo.py
+	@$(PY) -m tools.demo
 
 lint: setup
 	@$(PY) -m ruff check .
 
 bench: setup
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in benchmarks/bench_*.py; do m=$${b%.py}; echo "== $$b"; $(PY) -m $${m//\//.} || exit 1; done

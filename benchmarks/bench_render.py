@@ -3,25 +3,20 @@
 Prints the median time to render 8 views x 512^2 (RGB + point map + mask, release preset) of a
 textured sphere with about 100k and 500k faces, and the ratio against an Embree ray caster
 (trimesh + embreex) casting one ray per pixel centre of the same 8 views in the same run.
-Run: .legs/v0.31.0/venv/bin/python benchmarks/bench_render.py [--repeats 5] [--device cuda]
+Run: .legs/v0.31.0/venv/bin/python -m benchmarks.bench_render [--repeats 5] [--device cuda]
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-import rendering  # noqa: E402
-from assets_gen import smooth_texture, sphere_with_faces  # noqa: E402
-from rendering.asset import Asset, Texture  # noqa: E402
+import rendering
+from rendering.asset import Asset, Texture
+from tools.assets_gen import smooth_texture, sphere_with_faces
 
 VIEWS, RES = 8, 512
 

@@ -1,6 +1,6 @@
 """Benchmark of refany3d_forward (issue 4, "Must show" 8).
 
-    .legs/v0.31.0/venv/bin/python benchmarks/bench_transformer.py [--quick] [--no-gpu] [--blocks D S]
+    .legs/v0.31.0/venv/bin/python -m benchmarks.bench_transformer [--quick] [--no-gpu] [--blocks D S]
 
 1. Small config, N = 8 reference views (CPU or GPU): time of one sampling step (one
    refany3d_forward call, reference pass only, and the batched reference + black-reference pass)
@@ -14,23 +14,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
-
 
 def setup_comfy(cpu: bool) -> None:
-    from comfy_server import default_comfy_dir
-    comfy_dir = str(default_comfy_dir())
-    if comfy_dir not in sys.path:
-        sys.path.append(comfy_dir)
-    import comfy.options
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = cpu
+    from tools.comfy_env import use_comfy
+    use_comfy(cpu=cpu)
 
 
 CLOCK = time.perf_counter  # wall time on a GPU; CPU time of the process (one thread) on a CPU
@@ -70,10 +58,11 @@ def guidance_batch(torch, inp):
 
 
 def run_suite(torch, flux, adapter, inp, repeats, sync, dense=True, label=""):
-    from model_patches.transformer import ReferenceCache, refany3d_forward
+    from model_patches import ReferenceCache, refany3d_forward
+    from tools.dense_attention import dense_attention
     b = inp["x_rgb"].shape[0]
     pair = guidance_batch(torch, inp)
-    mixed = ["masked"] * b + ["unmasked"] * b
+    mixed = [True] * b + [False] * b
 
     def call(x, **options):
         return lambda: refany3d_forward(flux, adapter, **x, **options)
@@ -91,10 +80,10 @@ def run_suite(torch, flux, adapter, inp, repeats, sync, dense=True, label=""):
     with torch.inference_mode():
         rows["blockwise, reference pass"] = timed(call(inp), repeats, sync)
         if dense:
-            rows["dense L×L mask, reference pass"] = timed(call(inp, attention="dense"), repeats, sync)
+            rows["dense L×L mask, reference pass"] = timed(call(inp, attention=dense_attention), repeats, sync)
         rows["blockwise, ref + black pass (one step)"] = timed(call(pair, masked=mixed), repeats, sync)
         if dense:
-            rows["dense L×L mask, ref + black pass"] = timed(call(pair, masked=mixed, attention="dense"), repeats, sync)
+            rows["dense L×L mask, ref + black pass"] = timed(call(pair, masked=mixed, attention=dense_attention), repeats, sync)
         rows["uncached isolated refs, ref + black pass"] = timed(call(pair, masked=mixed, cached_references=True),
                                                                  repeats, sync)
         rows["cached, first step (fills the cache)"] = timed(cached_first, repeats, sync)
@@ -117,8 +106,9 @@ def run_suite(torch, flux, adapter, inp, repeats, sync, dense=True, label=""):
 
 
 def small(torch, quick: bool, device) -> None:
-    from model_patches import tiny
-    from model_patches.weights import load_adapter, release_state_dicts
+    from model_patches import load_adapter
+    from tools import tiny_models as tiny
+    from tools.release_files import release_state_dicts
     d, heads, depth, single = (64, 2, 1, 1) if quick else (128, 2, 1, 2)
     flux = tiny.build_flux(hidden_size=d, num_heads=heads, depth=depth, depth_single_blocks=single, context_in_dim=64,
                            vec_in_dim=32, seed=0).model.diffusion_model.to(device)
@@ -140,8 +130,9 @@ def small(torch, quick: bool, device) -> None:
 
 
 def real_width(torch, blocks) -> None:
-    from model_patches import tiny
-    from model_patches.weights import load_adapter, release_state_dicts
+    from model_patches import load_adapter
+    from tools import tiny_models as tiny
+    from tools.release_files import release_state_dicts
     depth, single = blocks
     device = torch.device("cuda")
     patcher = tiny.build_flux(hidden_size=3072, num_heads=24, depth=depth, depth_single_blocks=single,
@@ -155,13 +146,14 @@ def real_width(torch, blocks) -> None:
     print(f"\nFLUX.1 width on {torch.cuda.get_device_name()}: D=3072, 24 heads, {depth}+{single} blocks (random bf16 "
           f"weights, {weights / 2**30:.2f} GiB), N=8 views, 512² targets and references, 512 text tokens: "
           f"{tokens} tokens per sample")
-    from model_patches.transformer import ReferenceCache, refany3d_forward
+    from model_patches import ReferenceCache, refany3d_forward
+    from tools.dense_attention import dense_attention
     pair = guidance_batch(torch, inp)
-    mixed = ["masked", "unmasked"]
+    mixed = [True, False]
     cache = ReferenceCache()
     cases = {
         "blockwise, reference pass": lambda: refany3d_forward(flux, adapter, **inp),
-        "dense L×L mask, reference pass": lambda: refany3d_forward(flux, adapter, **inp, attention="dense"),
+        "dense L×L mask, reference pass": lambda: refany3d_forward(flux, adapter, **inp, attention=dense_attention),
         "blockwise, ref + black pass (one step)": lambda: refany3d_forward(flux, adapter, **pair, masked=mixed),
         "cached, first step (fills the cache)": lambda: (cache.clear(), refany3d_forward(
             flux, adapter, **pair, masked=mixed, cached_references=True, reference_cache=cache)),

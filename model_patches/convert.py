@@ -2,7 +2,7 @@
 
     python -m model_patches.convert domain_embedder.pth domain_embedder.safetensors
 
-(run from the pack's folder; ``python model_patches/convert.py IN OUT`` works too). The .pth is read
+(run from the pack's folder). The .pth is read
 with ``torch.load(weights_only=True)`` only, and its keys and shapes are checked.
 """
 from __future__ import annotations
@@ -10,12 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-if __package__:
-    from .weights import AdapterError, convert_domain_embedder
-else:  # run as a script: weights.py has no pack-relative imports
-    import os
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from weights import AdapterError, convert_domain_embedder  # noqa: E402
+from .weights import AdapterError, convert_domain_embedder
 
 
 def main(argv: list[str] | None = None) -> int:

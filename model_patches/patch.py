@@ -1,13 +1,13 @@
-"""RefAny3D on a ComfyUI ModelPatcher: sampling with any ComfyUI sampler (spec §5).
+"""RefAny3D on a ComfyUI ModelPatcher: sampling with any ComfyUI sampler (docs/method.md §5).
 
 Sampling design
 ---------------
-* **One joined latent.** The two targets (RGB and point map, spec §5) are one ComfyUI LATENT of
+* **One joined latent.** The two targets (RGB and point map, §5) are one ComfyUI LATENT of
   shape [B, 16, H, 2W]: the RGB latent in the left half, the point-map latent in the right half
   (``RefAny3DEmptyLatent`` makes it, ``RefAny3DSplitLatent`` splits it for core ``VAEDecode``).
   Both halves therefore start from independent noise and follow the same sigma schedule, and the
   stock ``KSampler``/``KSamplerAdvanced`` and ``SamplerCustomAdvanced`` (any sampler, any
-  scheduler, any noise) work unchanged. For the resolution-dependent Flux shift of spec §5 use core
+  scheduler, any noise) work unchanged. For the resolution-dependent Flux shift of §5 use core
   ``ModelSamplingFlux`` with the width/height of ONE target (not the joined width).
 * **A DIFFUSION_MODEL wrapper** (:class:`RefAny3DPatch`, added with ``add_wrapper_with_key`` on a
   clone of the user's ModelPatcher, so the shared model is never touched) replaces the inside of
@@ -15,7 +15,7 @@ Sampling design
   joins the two velocities again. ComfyUI's own machinery stays in charge of everything else:
   weight loading/offloading, fp8, other LoRAs, cond/uncond batching, ``process_latent_in`` of the
   sampled latent, progress and Cancel (an interrupt raised between steps is never caught here).
-* **Image guidance** (spec §5) is combined inside the step: a second pass with black references,
+* **Image guidance** (docs/method.md §5) is combined inside the step: a second pass with black references,
   ``v = v_empty + s·(v_ref − v_empty)`` for both targets (default s = 2.0; s = 1 skips the second
   pass). The two passes run batched in one call of :func:`refany3d_forward`. The black-reference
   pass is unmasked by default, as the release runs it ("unmasked (release)"), or masked.
@@ -23,7 +23,7 @@ Sampling design
   put in the model's latent scale with ``process_latent_in`` (as core does for Kontext references),
   and the black images are encoded once too. They are stored in the wrapper, moved to the sampling
   device/dtype on first use.
-* **Cached references** (spec §4, optional): the references' keys/values are computed at the first
+* **Cached references** (§4, optional): the references' keys/values are computed at the first
   step and reused for every later step and for the guidance pass. The cache lives in the wrapper;
   an OUTER_SAMPLE wrapper empties it at the start and end of every sampling run, and entries are
   matched on the reference latents and pooled vector, so nothing leaks between prompts.
@@ -37,147 +37,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .transformer import MASKED, UNMASKED, RefAny3DInputError, ReferenceCache, refany3d_forward
+from .cache import ReferenceCache
+from .errors import RefAny3DError
+from .flux_check import check_flux, check_transformer_options
+from .forward import refany3d_forward
 
 WRAPPER_KEY = "refany3d"
-GUIDANCE_PASSES = {"unmasked (release)": UNMASKED, "masked": MASKED}
+#: the black-reference pass: True = with the group mask, False = every group sees every group
+GUIDANCE_PASSES = {"unmasked (release)": False, "masked": True}
 DEFAULT_GUIDANCE_PASS = "unmasked (release)"
-
-
-class RefAny3DError(ValueError):
-    """A clear, user-facing error of the RefAny3D model patch."""
-
-
-#: Optional FluxParams fields whose non-default value marks a Flux variant (FLUX.2/Klein: global
-#: modulation, SiLU MLP, no biases; Ovis: yak MLP, text norm; LongCat: text RoPE ids) that the
-#: RefAny3D loop does not know. FLUX.1 keeps every one at its default (``txt_ids_dims``: empty).
-#: Fields that a newer ComfyUI adds are judged the same way: any non-default value is refused.
-FLUX1_REQUIRED_PARAMS = {"in_channels", "out_channels", "vec_in_dim", "context_in_dim", "hidden_size", "mlp_ratio",
-                         "num_heads", "depth", "depth_single_blocks", "axes_dim", "theta", "patch_size", "qkv_bias",
-                         "guidance_embed", "txt_ids_dims"}
-
-
-def _variant_markers(params) -> list[str]:
-    """Names (and values) of the FluxParams fields that are not FLUX.1's."""
-    import dataclasses
-    marks = []
-    if list(getattr(params, "txt_ids_dims", None) or []):
-        marks.append(f"txt_ids_dims={list(params.txt_ids_dims)}")
-    if len(params.axes_dim) != 3:
-        marks.append(f"axes_dim={list(params.axes_dim)}")
-    if not dataclasses.is_dataclass(params):
-        return marks
-    for f in dataclasses.fields(params):
-        if f.name in FLUX1_REQUIRED_PARAMS:
-            continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:  # a new required field: FLUX.1 detection would not know it either
-            marks.append(f"{f.name}={getattr(params, f.name)!r}")
-            continue
-        if getattr(params, f.name) != default:
-            marks.append(f"{f.name}={getattr(params, f.name)!r}")
-    return marks
-
-
-def _layout_problems(flux) -> list[str]:
-    """What in the module tree differs from the FLUX.1 blocks the RefAny3D loop runs."""
-    import torch.nn as nn
-    problems = []
-    if getattr(flux, "txt_norm", None) is not None:
-        problems.append("a text norm (txt_norm)")
-    for i, block in enumerate(flux.double_blocks):
-        mlp = getattr(block, "img_mlp", None)
-        if not all(hasattr(block, a) for a in ("img_mod", "txt_mod", "img_attn", "txt_attn", "img_norm1",
-                                                "img_norm2", "txt_norm1", "txt_norm2", "txt_mlp")):
-            problems.append(f"double block {i} has no per-block modulation or a different set of layers")
-        elif not (isinstance(mlp, nn.Sequential) and len(mlp) == 3 and isinstance(mlp[1], nn.GELU)):
-            problems.append(f"double block {i} has a {type(mlp).__name__} MLP, not FLUX.1's Linear-GELU-Linear")
-        if problems:
-            break
-    for i, block in enumerate(flux.single_blocks):
-        if getattr(block, "modulation", None) is None or getattr(block, "yak_mlp", False):
-            problems.append(f"single block {i} has no per-block modulation or a yak MLP")
-        elif getattr(block, "mlp_hidden_dim_first", block.mlp_hidden_dim) != block.mlp_hidden_dim or \
-                not isinstance(block.mlp_act, nn.GELU):
-            problems.append(f"single block {i} has a gated MLP, not FLUX.1's GELU MLP")
-        if problems:
-            break
-    return problems
-
-
-def unwrap_flux(model):
-    """The ``comfy.ldm.flux.model.Flux`` inside a ModelPatcher when it is a FLUX.1 whose block layout
-    the RefAny3D loop knows, or a RefAny3DError that says what differs."""
-    import comfy.model_base
-    from comfy.ldm.flux.model import Flux
-    base = getattr(model, "model", None)
-    inner = getattr(base, "diffusion_model", None)
-    if not isinstance(base, comfy.model_base.Flux) or not isinstance(inner, Flux):
-        kind = type(base).__name__ if base is not None else type(model).__name__
-        raise RefAny3DError(f"RefAny3D needs a FLUX.1 model (FLUX.1-dev); the MODEL input is a {kind} model")
-    if type(base) is not comfy.model_base.Flux:
-        raise RefAny3DError(f"RefAny3D needs a FLUX.1 model (FLUX.1-dev); this is a {type(base).__name__} "
-                            "variant of Flux that it does not support")
-    marks = _variant_markers(inner.params)
-    if marks:
-        raise RefAny3DError("RefAny3D needs a FLUX.1 model (FLUX.1-dev); this Flux is a variant the RefAny3D "
-                            f"transformer does not know ({', '.join(marks)}), so it refuses to run rather than "
-                            "paint a wrong picture")
-    fan_in = getattr(inner.img_in, "in_features", None)
-    if inner.params.in_channels != 16 or (fan_in is not None and fan_in != 16 * inner.patch_size ** 2):
-        raise RefAny3DError(f"RefAny3D needs FLUX.1-dev's 16-channel input; this Flux takes {fan_in} input features "
-                            "per token (a Fill/Depth/Canny-type variant), which the RefAny3D weights do not fit")
-    problems = _layout_problems(inner)
-    if problems:
-        raise RefAny3DError("RefAny3D needs a FLUX.1 model (FLUX.1-dev); this Flux's blocks differ from FLUX.1's "
-                            f"({'; '.join(problems)}), which the RefAny3D transformer does not support")
-    return inner
-
-
-#: transformer_options["patches"] keys that stock Flux applies inside its own blocks or forward
-#: (ComfyUI v0.3.75 … current) and the RefAny3D loop does not: refused rather than silently dropped.
-#: Keys of hooks that Flux never calls (UNet block and cross-attention patches, other DiTs' hooks)
-#: are ignored, as stock Flux ignores them.
-NOT_FLUX_PATCHES = {"input_block_patch", "input_block_patch_after_skip", "middle_block_patch", "middle_patch",
-                    "middle_block_after_patch", "output_block_patch", "attn2_patch", "attn2_output_patch",
-                    "emb_patch", "forward_timestep_embed_patch", "double_block", "noise_refiner"}
-PATCH_NAMES = {
-    "attn1_patch": "an attention patch (attn1_patch; e.g. from TomePatchModel, HyperTile, FluxKVCache or a "
-                   "model-patch/IP-adapter node)",
-    "attn1_output_patch": "an attention-output patch (attn1_output_patch; e.g. from Normalized Attention Guidance "
-                          "(NAGuidance), HyperTile or TomePatchModel)",
-    "post_input": "a post-input patch (post_input; e.g. from FluxKVCache or a USO/model-patch node)",
-}
-
-
-def unsupported_features(transformer_options: dict | None) -> list[str]:
-    """What in ComfyUI's ``transformer_options`` would change stock Flux's output but is not applied by the
-    RefAny3D block loop: attention and post-input patches, block replacements, RoPE options."""
-    opts = transformer_options or {}
-    found = []
-    for key, value in (opts.get("patches") or {}).items():
-        if value and key not in NOT_FLUX_PATCHES:
-            found.append(PATCH_NAMES.get(key, f"a model patch '{key}'"))
-    replaced = (opts.get("patches_replace") or {}).get("dit") or {}
-    if replaced:
-        blocks = ", ".join(f"{kind} {i}" for kind, i in sorted(replaced, key=str)[:4])
-        found.append(f"block replacements (patches_replace dit: {blocks}{', …' if len(replaced) > 4 else ''}; "
-                     "e.g. from a caching/speed-up or PuLID-type node)")
-    if opts.get("rope_options"):
-        found.append("RoPE options (rope_options, from ScaleROPE)")
-    return found
-
-
-def check_transformer_options(transformer_options: dict | None, where: str) -> None:
-    """A RefAny3DError naming every unsupported core feature in ``transformer_options``."""
-    found = unsupported_features(transformer_options)
-    if found:
-        raise RefAny3DError(f"{where}: the model carries {'; '.join(found)}. RefAny3D runs its own loop over "
-                            "Flux's blocks and does not apply these, so the result would silently differ; remove "
-                            "the node(s) that add them between the model loader and the sampler")
 
 
 def split_joined(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -194,14 +62,16 @@ def join(rgb: Tensor, point_map: Tensor) -> Tensor:
 
 
 class RefAny3DPatch:
-    """The state of one RefAny3D Apply: adapter, reference latents (model scale, [N, 16, h, w]),
-    black-reference latents, image guidance and mode, reference cache. Called by ComfyUI as the
-    DIFFUSION_MODEL wrapper; :meth:`outer_sample` is the OUTER_SAMPLE wrapper."""
+    """The state of one RefAny3D Apply: the adapter's weights (a module ComfyUI's model management
+    moves, see :mod:`.adapter`), reference latents (model scale, [N, 16, h, w]), black-reference
+    latents, image guidance and mode, reference cache. Called by ComfyUI as the DIFFUSION_MODEL
+    wrapper; :meth:`outer_sample` and :meth:`prepare_sampling` are the OUTER_SAMPLE and
+    PREPARE_SAMPLING wrappers."""
 
     def __init__(self, adapter, refs_rgb: Tensor, refs_point_map: Tensor, black_rgb: Tensor | None = None,
                  black_point_map: Tensor | None = None, image_guidance: float = 2.0,
                  guidance_pass: str = DEFAULT_GUIDANCE_PASS, cache_references: bool = False, max_cached: int = 4):
-        if guidance_pass not in GUIDANCE_PASSES and guidance_pass not in (MASKED, UNMASKED):
+        if guidance_pass not in GUIDANCE_PASSES:
             raise RefAny3DError(f"guidance pass must be one of {list(GUIDANCE_PASSES)}, got '{guidance_pass}'")
         if float(image_guidance) != 1.0 and (black_rgb is None or black_point_map is None):
             raise RefAny3DError("image guidance other than 1.0 needs the black-reference latents")
@@ -209,13 +79,14 @@ class RefAny3DPatch:
         self.refs = (refs_rgb, refs_point_map)
         self.black = (black_rgb, black_point_map)
         self.image_guidance = float(image_guidance)
-        self.guidance_mode = GUIDANCE_PASSES.get(guidance_pass, guidance_pass)
+        self.guidance_masked = GUIDANCE_PASSES[guidance_pass]
         self.cache_references = bool(cache_references)
         self.cache = ReferenceCache(max_entries=max_cached)
         self._moved: dict = {}
         self.calls = 0
 
     def _on(self, which: str, device, dtype) -> tuple[Tensor, Tensor]:
+        """The reference (or black) latents on the sampling device, moved once per run."""
         key = (which, str(device), dtype)
         if key not in self._moved:
             pair = self.refs if which == "refs" else self.black
@@ -275,24 +146,31 @@ class RefAny3DPatch:
         options = dict(cached_references=self.cache_references,
                        reference_cache=self.cache if self.cache_references else None,
                        transformer_options=transformer_options)
-        try:
-            if self.image_guidance == 1.0:
-                return join(*refany3d_forward(flux, self.adapter, x_rgb, x_pm, refs[0], refs[1], timestep, context,
-                                              y, guidance, masked=True, **options))
-            black = [r[None].expand(b, *r.shape) for r in self._on("black", x.device, x.dtype)]
+        if self.image_guidance == 1.0:
+            return join(*refany3d_forward(flux, self.adapter, x_rgb, x_pm, refs[0], refs[1], timestep, context,
+                                          y, guidance, masked=True, **options))
+        black = [r[None].expand(b, *r.shape) for r in self._on("black", x.device, x.dtype)]
 
-            def two(t):
-                return None if t is None else torch.cat([t, t])
-            v_rgb, v_pm = refany3d_forward(
-                flux, self.adapter, two(x_rgb), two(x_pm), torch.cat([refs[0], black[0]]),
-                torch.cat([refs[1], black[1]]), two(timestep), two(context), two(y), two(guidance),
-                masked=[MASKED] * b + [self.guidance_mode] * b, **options)
-        except RefAny3DInputError as e:
-            raise RefAny3DError(str(e)) from None
+        def two(t):
+            return None if t is None else torch.cat([t, t])
+        v_rgb, v_pm = refany3d_forward(
+            flux, self.adapter, two(x_rgb), two(x_pm), torch.cat([refs[0], black[0]]),
+            torch.cat([refs[1], black[1]]), two(timestep), two(context), two(y), two(guidance),
+            masked=[True] * b + [self.guidance_masked] * b, **options)
         s = self.image_guidance
         v_rgb = v_rgb[b:] + s * (v_rgb[:b] - v_rgb[b:])
         v_pm = v_pm[b:] + s * (v_pm[:b] - v_pm[b:])
         return join(v_rgb, v_pm)
+
+
+def check_model(model, adapter):
+    """The boundary checks, once per Apply (and per training run): ``model`` is a FLUX.1 the loop
+    knows without core patches the loop would drop, and ``adapter`` fits it. Returns the Flux module."""
+    from .weights import validate_adapter
+    flux = check_flux(model)
+    check_transformer_options(model.model_options.get("transformer_options"), "RefAny3D Apply")
+    validate_adapter(adapter, flux)
+    return flux
 
 
 def apply_refany3d(model, adapter, refs_rgb: Tensor, refs_point_map: Tensor, black_rgb: Tensor | None = None,
@@ -300,24 +178,40 @@ def apply_refany3d(model, adapter, refs_rgb: Tensor, refs_point_map: Tensor, bla
                    guidance_pass: str = DEFAULT_GUIDANCE_PASS, cache_references: bool = False):
     """A clone of ModelPatcher ``model`` that samples RefAny3D. ``refs_*``: reference latents in the
     model's scale (after ``process_latent_in``), [N, 16, h, w]; ``black_*`` likewise for the black
-    references (needed when image_guidance != 1). Validates the model and the adapter."""
-    from .weights import AdapterError, validate_adapter
+    references (needed when image_guidance != 1). Checks model and adapter (:func:`check_model`)."""
+    check_model(model, adapter)
+    return _patched_clone(model, adapter, refs_rgb, refs_point_map, black_rgb, black_point_map, image_guidance,
+                          guidance_pass, cache_references)
+
+
+def apply_to_views(model, adapter, vae, reference_rgb: Tensor, reference_point_map: Tensor,
+                   image_guidance: float = 2.0, guidance_pass: str = DEFAULT_GUIDANCE_PASS,
+                   cache_references: bool = False):
+    """RefAny3D Apply: checks model and adapter, encodes the reference IMAGE batches once with ``vae``
+    (:func:`encode_references`) and returns the patched clone."""
+    check_model(model, adapter)
+    refs = encode_references(model, vae, reference_rgb, reference_point_map, black=float(image_guidance) != 1.0)
+    return _patched_clone(model, adapter, *refs, image_guidance, guidance_pass, cache_references)
+
+
+def _patched_clone(model, adapter, refs_rgb, refs_point_map, black_rgb, black_point_map, image_guidance,
+                   guidance_pass, cache_references):
+    """The clone with the three wrappers, and the adapter's weights as an additional model of it
+    (``set_additional_models``): ComfyUI loads them onto the compute device with the model, counts
+    them, and offloads and unloads them with it."""
     import comfy.patcher_extension as pe
-    flux = unwrap_flux(model)
-    check_transformer_options(model.model_options.get("transformer_options"), "RefAny3D Apply")
-    try:
-        validate_adapter(adapter, flux)
-    except AdapterError as e:
-        raise RefAny3DError(str(e)) from None
-    patch = RefAny3DPatch(adapter, refs_rgb, refs_point_map, black_rgb, black_point_map, image_guidance,
+
+    from .adapter import adapter_patcher
+    weights = adapter_patcher(adapter, model)
+    patch = RefAny3DPatch(weights.model, refs_rgb, refs_point_map, black_rgb, black_point_map, image_guidance,
                           guidance_pass, cache_references)
     m = model.clone()
-    m.remove_wrappers_with_key(pe.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)
-    m.remove_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY)
-    m.remove_wrappers_with_key(pe.WrappersMP.PREPARE_SAMPLING, WRAPPER_KEY)
+    for kind in (pe.WrappersMP.DIFFUSION_MODEL, pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.PREPARE_SAMPLING):
+        m.remove_wrappers_with_key(kind, WRAPPER_KEY)
     m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, patch)
     m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, patch.outer_sample)
     m.add_wrapper_with_key(pe.WrappersMP.PREPARE_SAMPLING, WRAPPER_KEY, patch.prepare_sampling)
+    m.set_additional_models(WRAPPER_KEY, [weights])
     return m
 
 

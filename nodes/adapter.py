@@ -6,7 +6,7 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from ..model_patches.weights import RELEASE_FILES, load_adapter
+from ..model_patches import RELEASE_FILES, load_adapter
 from . import folders
 from .sockets import Adapter
 

@@ -5,7 +5,7 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io
 
-from ..model_patches.patch import RefAny3DError, split_joined
+from ..model_patches import RefAny3DError, split_joined
 
 LATENT_CHANNELS = 16
 

@@ -5,8 +5,7 @@ import logging
 
 from comfy_api.latest import io
 
-from ..model_patches.patch import DEFAULT_GUIDANCE_PASS, GUIDANCE_PASSES, apply_refany3d, encode_references, unwrap_flux
-from ..model_patches.weights import AdapterError, validate_adapter
+from ..model_patches import DEFAULT_GUIDANCE_PASS, GUIDANCE_PASSES, apply_to_views
 from .sockets import Adapter
 
 
@@ -39,7 +38,7 @@ class RefAny3DApply(io.ComfyNode):
                                        "sees every token, as the authors' inference code runs it (reproduces the "
                                        "release). 'masked': the same group mask as the reference pass."),
                 io.Boolean.Input("cache_references", default=False,
-                                 tooltip="Cached variant (spec §4): references attend only to themselves, so their "
+                                 tooltip="Cached variant (docs/method.md §4): references attend only to references, so their "
                                          "keys/values are computed at the first step and reused. Faster; uses "
                                          "more memory; results differ slightly from the default."),
             ],
@@ -49,19 +48,13 @@ class RefAny3DApply(io.ComfyNode):
     @classmethod
     def execute(cls, model, adapter, vae, reference_rgb, reference_point_map, image_guidance=2.0,
                 guidance_pass=DEFAULT_GUIDANCE_PASS, cache_references=False) -> io.NodeOutput:
-        flux = unwrap_flux(model)  # clear error for a non-Flux MODEL before any encoding
-        try:
-            validate_adapter(adapter, flux)
-        except AdapterError as e:
-            raise ValueError(f"RefAny3D Apply: {e}") from None
-        refs = encode_references(model, vae, reference_rgb, reference_point_map, black=float(image_guidance) != 1.0)
         if reference_rgb.shape[2] > 512:
             logging.getLogger("RefAny3D").warning(
                 "RefAny3D: reference views are %d px wide; the release shifts references by a fixed 32 token "
                 "columns (512 px), so wider views overlap the target's positions. Use 512 px views.",
                 reference_rgb.shape[2])
-        return io.NodeOutput(apply_refany3d(model, adapter, *refs, image_guidance=image_guidance,
-                                            guidance_pass=guidance_pass, cache_references=cache_references))
+        return io.NodeOutput(apply_to_views(model, adapter, vae, reference_rgb, reference_point_map, image_guidance,
+                                            guidance_pass, cache_references))
 
 
 NODES = [RefAny3DApply]

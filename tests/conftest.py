@@ -1,8 +1,9 @@
 """Shared test set-up.
 
-* The repo root, tools/ and the ComfyUI folder go on sys.path, and ComfyUI is put in CPU mode
-  before anything imports comfy.model_management, so tests can use the pack's plain libraries
-  (``import rendering``, ``import model_patches``) and ComfyUI's own modules in-process.
+* The pack's folder is on sys.path through pytest's ``pythonpath`` setting (pyproject.toml), so tests
+  import the plain libraries (``rendering``, ``model_patches``) and the tools (``tools.…``) as they are;
+  ComfyUI's own modules are made importable in CPU mode by ``tools.comfy_env.use_comfy`` before any
+  test imports them.
 * ``comfy``: one real headless ComfyUI server for the whole run (main.py, the pack linked into its
   custom_nodes, the test-only nodes of tests/comfy_test_nodes added through
   --extra-model-paths-config), with a temporary base directory. On a test failure the tail of
@@ -10,28 +11,17 @@
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
+from tools.comfy_env import use_comfy
+from tools.comfy_server import ComfyServer
+
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
-
-from comfy_server import ComfyServer, default_comfy_dir  # noqa: E402
-
-COMFY_DIR = default_comfy_dir()
+COMFY_DIR = use_comfy(cpu=True)
 TEST_NODES = TESTS / "comfy_test_nodes"
-if str(COMFY_DIR) not in sys.path:
-    sys.path.append(str(COMFY_DIR))
-
-import comfy.options  # noqa: E402
-
-comfy.options.enable_args_parsing(False)
-import comfy.cli_args  # noqa: E402
-
-comfy.cli_args.args.cpu = True
 
 
 @pytest.fixture(scope="session")

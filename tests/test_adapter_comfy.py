@@ -11,11 +11,12 @@ import uuid
 
 import pytest
 import torch
-from comfy_server import ComfyServer
+from tools.comfy_server import ComfyServer
 
 from conftest import COMFY_DIR, TEST_NODES
-from model_patches import tiny
-from model_patches.weights import load_adapter, save_release_files
+from tools import tiny_models as tiny
+from model_patches import load_adapter
+from tools.release_files import save_release_files
 
 D = 64
 
@@ -77,7 +78,7 @@ def test_release_files_appear_in_the_combos_and_load(comfy):
 
 
 def test_converted_embedder_and_replaced_files_are_picked_up(comfy):
-    from model_patches.weights import convert_domain_embedder
+    from model_patches import convert_domain_embedder
     sub, paths = release_in(comfy.models_dir, seed=12)
     st = convert_domain_embedder(paths["domain_embedder"], paths["domain_embedder"].with_suffix(".safetensors"))
     graph = adapter_graph(f"{sub}/default.safetensors", f"{sub}/coord.safetensors", f"{sub}/{st.name}")

@@ -15,9 +15,9 @@ import sys
 import time
 
 import pytest
-from comfy_server import ComfyServer, free_port
-from demo import FULL_WORKFLOW, RENDER_WORKFLOW, provide_tiny_models, wiring_graph
-from demo_asset import write_demo_asset
+from tools.comfy_server import ComfyServer, free_port
+from tools.demo import FULL_WORKFLOW, RENDER_WORKFLOW, provide_tiny_models, wiring_graph
+from tools.demo_asset import write_demo_asset
 from PIL import Image
 
 from conftest import COMFY_DIR, ROOT, TEST_NODES

@@ -1,4 +1,4 @@
-"""`make demo` (tools/demo.py) from a clean output folder: it generates its own asset, runs the
+"""`make demo` (python -m tools.demo) from a clean output folder: it generates its own asset, runs the
 render-only workflow, names every missing model file and where it goes, runs the whole graph with
 the tiny model as a labelled wiring check, and writes the contact sheet."""
 from __future__ import annotations
@@ -10,13 +10,13 @@ import numpy as np
 from PIL import Image
 
 from conftest import ROOT
-from demo import REQUIRED, missing_files
+from tools.demo import REQUIRED, missing_files
 
 
 def test_demo_without_models_runs_the_wiring_check_and_writes_the_contact_sheet(tmp_path):
     out, models = tmp_path / "demo_output", tmp_path / "empty_models"
     models.mkdir()
-    res = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--out", str(out), "--models", str(models)],
+    res = subprocess.run([sys.executable, "-m", "tools.demo", "--out", str(out), "--models", str(models)],
                          capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     text = res.stdout

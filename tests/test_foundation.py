@@ -6,7 +6,7 @@ import re
 import sys
 
 import pytest
-from comfy_server import ComfyServer
+from tools.comfy_server import ComfyServer
 
 from conftest import COMFY_DIR, ROOT
 

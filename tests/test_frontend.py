@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-from comfy_server import PACK_LINK_NAME, ComfyServer
-from demo_asset import write_example_inputs
-from make_workflows import FIT_JS, WORKFLOWS, chromium_path, open_frontend, write_placeholder_models
+from tools.comfy_server import PACK_LINK_NAME, ComfyServer
+from tools.demo_asset import write_example_inputs
+from tools.make_workflows import FIT_JS, WORKFLOWS, chromium_path, open_frontend, write_placeholder_models
 
 from conftest import COMFY_DIR, ROOT, TEST_NODES
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import trimesh
-from assets_gen import GltfPart, box, corrupt_glb, smooth_texture, uv_sphere, write_glb
-from comfy_http import PromptRejected
+from tools.assets_gen import GltfPart, box, corrupt_glb, smooth_texture, uv_sphere, write_glb
+from tools.comfy_http import PromptRejected
 from PIL import Image
 
 

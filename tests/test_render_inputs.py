@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from assets_gen import (
+from tools.assets_gen import (
     GltfPart,
     box,
     corrupt_glb,
@@ -224,7 +224,7 @@ def test_corrupt_truncated_and_empty_glb(tmp_path):
 
 
 def test_gltf_with_missing_texture_or_buffer_file(tmp_path):
-    from assets_gen import marked_texture, write_gltf
+    from tools.assets_gen import marked_texture, write_gltf
     v, f, uv = marked_quad()
     path = write_gltf(tmp_path / "q.gltf", [GltfPart(v, f, uv=uv, texture=marked_texture(16))])
     assert len(rendering.load_asset(path).textures) == 1
@@ -354,7 +354,7 @@ def test_two_million_faces_render_within_memory_budget(tmp_path):
         sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
         import torch
         import rendering
-        from assets_gen import sphere_with_faces
+        from tools.assets_gen import sphere_with_faces
         v, f, _ = sphere_with_faces(2_000_000)
         asset = rendering.asset_from_mesh(v, f)
         del v, f

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from assets_gen import (
+from tools.assets_gen import (
     QUADRANT_COLOURS,
     GltfPart,
     box,

@@ -14,13 +14,13 @@ import uuid
 
 import numpy as np
 import pytest
-from assets_gen import GltfPart, box, smooth_texture, uv_sphere, write_glb
-from comfy_server import ComfyServer
+from tools.assets_gen import GltfPart, box, smooth_texture, uv_sphere, write_glb
+from tools.comfy_server import ComfyServer
 from PIL import Image
 
 from conftest import COMFY_DIR, TEST_NODES
-from model_patches import tiny
-from model_patches.weights import save_release_files
+from tools import tiny_models as tiny
+from tools.release_files import save_release_files
 
 UNET, VAE = tiny.TINY_UNET_NAME, tiny.TINY_VAE_NAME
 RES, VIEWS, SIZE = 64, 2, 64

@@ -1,7 +1,7 @@
 """refany3d_forward on tiny random ComfyUI Flux models, in-process (issue 4, "Must show" 1, 2, 3, 5, 6).
 
 Every reference computation here is built from ComfyUI's own parts, independently of
-model_patches.transformer: stock ``Flux.forward_orig`` (item 1), and for item 3 stock
+the module under test: stock ``Flux.forward_orig`` (item 1), and for item 3 stock
 Double/SingleStreamBlocks of models whose weights ComfyUI itself merged with the LoRAs routed to
 a group (``comfy.lora.load_lora`` + ``ModelPatcher.add_patches`` + ``patch_model``), with the group
 mask applied as a dense additive matrix through ComfyUI's ``optimized_attention_override`` hook.
@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_patches import tiny
-from model_patches.transformer import (
+from tools import tiny_models as tiny
+from model_patches import (
     GROUPS,
     REFERENCE_POINT_MAP,
     REFERENCE_RGB,
@@ -23,7 +23,9 @@ from model_patches.transformer import (
     ReferenceCache,
     refany3d_forward,
 )
-from model_patches.weights import load_adapter, release_state_dicts
+from model_patches import load_adapter
+from tools.dense_attention import dense_attention
+from tools.release_files import release_state_dicts
 
 D, HEADS, CTX, POOLED = 32, 2, 24, 12
 DEPTH, DEPTH_SINGLE = 2, 2
@@ -302,7 +304,7 @@ def test_blockwise_equals_dense_mask_in_every_mode(model, adapter):
     for masked in (True, False, [True, False, True]):
         for cached in (False, True):
             a = fwd(flux, adapter, inp, masked=masked, cached_references=cached)
-            d = fwd(flux, adapter, inp, masked=masked, cached_references=cached, attention="dense")
+            d = fwd(flux, adapter, inp, masked=masked, cached_references=cached, attention=dense_attention)
             for x, y in zip(a, d):
                 torch.testing.assert_close(x, y, rtol=0, atol=ATOL)
 
@@ -415,7 +417,7 @@ def test_cond_uncond_and_mixed_mask_batches_equal_separate_calls(model, adapter)
     # the masked reference pass and the unmasked black-reference pass in one call
     black = dict(cond, refs_rgb=torch.zeros_like(cond["refs_rgb"]), refs_point_map=torch.zeros_like(cond["refs_rgb"]))
     pair = {k: torch.cat([cond[k], black[k]]) for k in cond}
-    mixed = fwd(flux, adapter, pair, masked=["masked", "unmasked"])
+    mixed = fwd(flux, adapter, pair, masked=[True, False])
     for x, y in zip(mixed, fwd(flux, adapter, cond, masked=True)):
         torch.testing.assert_close(x[:1], y, rtol=0, atol=ATOL)
     for x, y in zip(mixed, fwd(flux, adapter, black, masked=False)):
@@ -489,7 +491,7 @@ def test_bad_inputs_give_clear_errors(model, adapter):
         fwd(flux, wide, inp)
     with pytest.raises(RefAny3DInputError, match="needs ComfyUI's Flux transformer"):
         fwd(torch.nn.Linear(2, 2), adapter, inp)
-    with pytest.raises(RefAny3DInputError, match="mask must be 'masked' or 'unmasked'"):
+    with pytest.raises(RefAny3DInputError, match="mask must be True/False or one bool per sample"):
         fwd(flux, adapter, inp, masked="open")
 
 

@@ -16,10 +16,9 @@ import pytest
 import torch
 
 from conftest import ROOT
-from model_patches import tiny
-from model_patches.patch import RefAny3DError, RefAny3DPatch, apply_refany3d, split_joined
-from model_patches.transformer import refany3d_forward
-from model_patches.weights import load_adapter, release_state_dicts
+from tools import tiny_models as tiny
+from model_patches import RefAny3DError, RefAny3DPatch, apply_refany3d, load_adapter, refany3d_forward, split_joined
+from tools.release_files import release_state_dicts
 
 D, CTX, POOLED = 32, 24, 12
 
@@ -179,7 +178,7 @@ def test_apply_node_encodes_references_once_in_model_scale(parts, vae):
     black = base.process_latent_in(vae.encode(torch.zeros(1, 32, 32, 3))).float()
     assert patch.black[0].shape == (2, 16, 4, 4)
     torch.testing.assert_close(patch.black[0], black.expand(2, -1, -1, -1))
-    assert patch.guidance_mode == "unmasked" and patch.image_guidance == 2.0
+    assert patch.guidance_masked is False and patch.image_guidance == 2.0
     one = model_nodes.RefAny3DApply.execute(patcher, adapter, vae, rgb, pm, 1.0, "masked", True).result[0]
     assert one.get_wrappers("diffusion_model", "refany3d")[0].black == (None, None)
 
@@ -387,7 +386,7 @@ def test_a_flux_params_option_unknown_to_the_pack_is_refused_when_not_at_its_def
     """A FluxParams field that a future ComfyUI adds is judged by its dataclass default."""
     import dataclasses
 
-    from model_patches.patch import _variant_markers
+    from model_patches.flux_check import _variant_markers
     flux = variant_patcher().model.diffusion_model
     future = dataclasses.make_dataclass("FluxParams", [(f.name, f.type, f) for f in dataclasses.fields(flux.params)]
                                         + [("new_option", bool, dataclasses.field(default=False))])
@@ -430,7 +429,7 @@ def test_prepare_sampling_wrapper_passes_on_whatever_comfyui_hands_it(parts):
 
 
 def test_flux_hooks_that_stock_flux_never_calls_are_ignored():
-    from model_patches.patch import unsupported_features
+    from model_patches import unsupported_features
     assert unsupported_features({"patches": {"input_block_patch": [print], "attn2_patch": [print],
                                              "emb_patch": [print], "attn1_patch": []},
                                  "patches_replace": {"attn1": {("input", 1): print}}}) == []
@@ -450,3 +449,34 @@ def test_forward_leaves_comfyuis_transformer_options_as_it_found_them(parts):
         refany3d_forward(flux, adapter, x, x, refs, refs, torch.full((1,), 0.5), torch.randn(1, 3, CTX),
                          torch.randn(1, POOLED), torch.full((1,), 3.5), transformer_options=opts)
     assert opts == {"patches": {}, "cond_or_uncond": [0]}
+
+
+def test_adapter_weights_are_loaded_counted_and_unloaded_with_the_model(parts):
+    """The adapter's compute-device copy belongs to ComfyUI's model management: sampling loads it as an
+    additional model of the patched clone (counted at its real size), and unloading the models moves
+    it to the offload device: here "meta", so the copy on the load device is provably gone."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    from model_patches import AdapterWeights
+    _, adapter, refs, cond = parts
+    own = tiny.build_flux(hidden_size=D, num_heads=2, depth=1, depth_single_blocks=1, context_in_dim=CTX,
+                          vec_in_dim=POOLED, seed=0)  # its weights end on "meta": not the shared fixture
+    model = comfy.model_patcher.ModelPatcher(own.model, load_device=torch.device("cpu"),
+                                             offload_device=torch.device("meta"))
+    patched = apply_refany3d(model, adapter, *refs, image_guidance=2.0)
+    weights = patched.get_additional_models_with_key("refany3d")[0]
+    module = weights.model
+    assert isinstance(module, AdapterWeights) and module is patched.get_wrappers("diffusion_model", "refany3d")[0].adapter
+    assert weights.model_size() == module.nbytes() > 0
+    mm.unload_all_models()
+    try:
+        ksample(patched, cond, torch.zeros(1, 16, 4, 8), steps=1)
+        loaded = [m.model.model for m in mm.current_loaded_models]
+        assert module in loaded and own.model in loaded  # loaded together, counted by ComfyUI
+        assert module.loras["domain"]["img_in"][0].device.type == "cpu"
+        mm.unload_all_models()
+        assert module not in [m.model.model for m in mm.current_loaded_models]
+        assert {p.device.type for p in module.parameters()} == {"meta"}  # no copy left on the load device
+    finally:
+        mm.unload_all_models()

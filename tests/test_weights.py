@@ -19,9 +19,13 @@ import torch
 import comfy.lora
 import comfy.utils
 from conftest import ROOT
-from model_patches import tiny
-from model_patches.weights import (AdapterError, RefAny3DAdapter, convert_domain_embedder, load_adapter,
-                                   release_modules, release_state_dicts, save_release_files, validate_adapter)
+from tools import tiny_models as tiny
+from model_patches import (AdapterError, RefAny3DAdapter, convert_domain_embedder, load_adapter, release_modules,
+                           validate_adapter)
+from model_patches import AdapterWeights
+from model_patches.modulation import domain_embeddings
+from model_patches.routing import lora_delta
+from tools.release_files import release_state_dicts, save_release_files
 
 D, DEPTH, SINGLE = 64, 2, 2
 
@@ -64,7 +68,7 @@ def check_against_comfy(adapter, name, lora_sd, patcher):
     g = torch.Generator().manual_seed(0)
     for module, dw in deltas.items():
         x = torch.randn(5, dw.shape[1], generator=g)
-        ours = adapter.delta(name, module, x)
+        ours = lora_delta(x, *adapter.loras[name][module])
         want = x @ dw.T
         assert ours.shape == want.shape, module
         torch.testing.assert_close(ours, want, rtol=1e-5, atol=1e-5, msg=f"{name} {module}")
@@ -82,9 +86,7 @@ def test_release_files_load_and_cover_every_adapted_layer(adapter, flux):
     expected |= {f"single_blocks.{i}.{m}" for i in range(SINGLE) for m in ("modulation.lin", "linear1", "linear2")}
     for name in ("reference", "domain"):
         assert set(adapter.loras[name]) == expected
-    validate_adapter(adapter, flux, require_all_layers=True)
-    validate_adapter(adapter, flux.model.diffusion_model)  # the bare module works too
-    assert adapter.check_against(flux) is adapter
+    validate_adapter(adapter, flux.model.diffusion_model, require_all_layers=True)
     down, up = adapter.loras["reference"]["single_blocks.1.linear1"]
     assert down.shape == (4 * 4, D) and up.shape == (3 * D + 4 * D, 4 * 4)
     down, up = adapter.loras["domain"]["double_blocks.0.img_attn.qkv"]
@@ -124,8 +126,9 @@ def test_alpha_key_scales_by_alpha_over_rank(release, flux, tmp_path):
     scaled = load_adapter(path, release["domain"], release["domain_embedder"])
     plain = load_adapter(release["reference"], release["domain"], release["domain_embedder"])
     x = torch.randn(2, D)
-    torch.testing.assert_close(scaled.delta("reference", "double_blocks.1.img_attn.proj", x),
-                               0.5 * plain.delta("reference", "double_blocks.1.img_attn.proj", x))
+    module = "double_blocks.1.img_attn.proj"
+    torch.testing.assert_close(lora_delta(x, *scaled.loras["reference"][module]),
+                               0.5 * lora_delta(x, *plain.loras["reference"][module]))
     check_against_comfy(scaled, "reference", alpha_sd, flux)
 
 
@@ -134,7 +137,7 @@ def test_domain_embedder_is_the_release_mlp(adapter, release):
     for d in (0, 1):
         h = sd["1.weight"] @ sd["0.weight"][d] + sd["1.bias"]
         want = sd["3.weight"] @ torch.nn.functional.silu(h) + sd["3.bias"]
-        torch.testing.assert_close(adapter.domain_embedding(d), want)
+        torch.testing.assert_close(domain_embeddings(adapter, torch.float32, "cpu")[d], want)
     emb = adapter.domain_embedder
     assert isinstance(emb, torch.nn.Sequential) and set(emb.state_dict()) == {"0.weight", "1.weight", "1.bias",
                                                                               "3.weight", "3.bias"}
@@ -156,19 +159,26 @@ def test_zero_release_files_give_zero_deltas(tmp_path):
     for mods in a.loras.values():
         for module, (_, up) in mods.items():
             assert not up.any(), module
-    assert not a.domain_embedding(torch.tensor([0, 1])).any()
+    assert not domain_embeddings(a, torch.float32, "cpu").any()
 
 
-def test_to_returns_a_cached_moved_copy(adapter):
-    half = adapter.to("cpu", torch.bfloat16)
-    assert half is adapter.to("cpu", torch.bfloat16) and half is not adapter
-    assert half.loras["domain"]["img_in"][0].dtype == torch.bfloat16
+def test_adapter_weights_module_holds_one_copy_that_moves_in_place(adapter):
+    """AdapterWeights (what ComfyUI's model management moves) in the compute dtype; its ``loras`` view
+    follows the module wherever it is moved, and the loaded adapter is left as it was."""
+    half = AdapterWeights(adapter, torch.bfloat16)
+    down, up = half.loras["domain"]["img_in"]
+    assert down.dtype == up.dtype == torch.bfloat16 and not down.requires_grad
+    assert torch.equal(down.float(), adapter.loras["domain"]["img_in"][0].to(torch.bfloat16).float())
     assert next(half.domain_embedder.parameters()).dtype == torch.bfloat16
     assert adapter.loras["domain"]["img_in"][0].dtype == torch.float32
     assert next(adapter.domain_embedder.parameters()).dtype == torch.float32
     assert half.hidden_size == D and half.files == adapter.files
-    adapter.drop_copies()
-    assert adapter.to("cpu", torch.bfloat16) is not half
+    counted = sum(d.nbytes + u.nbytes for mods in half.loras.values() for d, u in mods.values())
+    counted += sum(p.nbytes for p in half.domain_embedder.parameters())
+    assert half.nbytes() == counted  # what ComfyUI counts (module_size) is exactly the adapter
+    half.to("meta")  # the view reads the module's parameters as they are after a move
+    assert half.loras["domain"]["img_in"][0].device.type == "meta" and set(half.loras["domain"]) == \
+        set(adapter.loras["domain"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,7 +269,7 @@ def test_width_different_from_the_model_is_rejected(tmp_path, flux):
     paths = save_release_files(tmp_path, 2 * D, DEPTH, SINGLE, rank=4)
     wide = load_adapter(paths["reference"], paths["domain"], paths["domain_embedder"])
     with pytest.raises(AdapterError, match=r"D=128 wide Flux \(domain embedder 'domain_embedder.pth'\).*hidden size is 64"):
-        validate_adapter(wide, flux)
+        validate_adapter(wide, flux.model.diffusion_model)
 
 
 def test_deeper_files_than_the_model_are_rejected(tmp_path, flux):
@@ -267,22 +277,22 @@ def test_deeper_files_than_the_model_are_rejected(tmp_path, flux):
     deep = load_adapter(paths["reference"], paths["domain"], paths["domain_embedder"])
     with pytest.raises(AdapterError, match=r"'default.safetensors': module 'double_blocks.2.img_attn.proj' is block 2 "
                                            r"but the model has 2 double_blocks"):
-        validate_adapter(deep, flux)
+        validate_adapter(deep, flux.model.diffusion_model)
 
 
 def test_partial_files_fail_only_the_strict_check(tmp_path, flux):
     paths = save_release_files(tmp_path, D, DEPTH - 1, SINGLE, rank=4)
     part = load_adapter(paths["reference"], paths["domain"], paths["domain_embedder"])
-    validate_adapter(part, flux)
+    validate_adapter(part, flux.model.diffusion_model)
     with pytest.raises(AdapterError, match=r"no LoRA for 6 adapted layer\(s\).*transformer.transformer_blocks.1"):
-        validate_adapter(part, flux, require_all_layers=True)
+        validate_adapter(part, flux.model.diffusion_model, require_all_layers=True)
 
 
 def test_mlp_width_mismatch_against_the_model(tmp_path, flux):
     paths = save_release_files(tmp_path, D, DEPTH, SINGLE, rank=4, mlp_ratio=2.0)
     a = load_adapter(paths["reference"], paths["domain"], paths["domain_embedder"])
     with pytest.raises(AdapterError, match=r"module 'double_blocks.0.img_mlp.2' takes 128 input features.*takes 256"):
-        validate_adapter(a, flux)
+        validate_adapter(a, flux.model.diffusion_model)
 
 
 def test_non_flux_model_is_rejected(adapter):
@@ -406,8 +416,8 @@ def test_converter_cli(tmp_path, release):
     assert set(safetensors.torch.load_file(str(out))) == {"0.weight", "1.weight", "1.bias", "3.weight", "3.bias"}
     bad = tmp_path / "bad.pth"
     torch.save({"0.weight": torch.zeros(2, 256)}, str(bad))
-    run = subprocess.run([sys.executable, str(ROOT / "model_patches" / "convert.py"), str(bad), str(tmp_path / "x.safetensors")],
-                         cwd=tmp_path, capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "model_patches.convert", str(bad), str(tmp_path / "x.safetensors")],
+                         cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 1 and "error: domain embedder file 'bad.pth'" in run.stderr and "missing" in run.stderr
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from client import StrictClient
-from comfy_http import PromptRejected
-from comfy_server import ComfyServer
-from demo_asset import ASSET_NAME, write_example_inputs
-from make_workflows import MODEL_FILES, WORKFLOWS, write_placeholder_models
+from tools.client import StrictClient
+from tools.comfy_http import PromptRejected
+from tools.comfy_server import ComfyServer
+from tools.demo_asset import ASSET_NAME, write_example_inputs
+from tools.make_workflows import MODEL_FILES, WORKFLOWS, write_placeholder_models
 from PIL import Image
 
 from conftest import COMFY_DIR, ROOT, TEST_NODES

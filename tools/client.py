@@ -26,8 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_http import ComfyClient, ComfyError, PromptRejected  # noqa: E402
+if __package__:  # python -m tools.client
+    from .comfy_http import ComfyClient, ComfyError, PromptRejected
+else:  # python tools/client.py: this folder is first on sys.path
+    from comfy_http import ComfyClient, ComfyError, PromptRejected
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORKFLOW = PACK_ROOT / "example_workflows" / "api" / "refany3d_asset_to_image.json"

@@ -14,35 +14,16 @@ import sys
 import time
 from pathlib import Path
 
-from comfy_http import ComfyClient, ComfyError
+from .comfy_env import PACK_ROOT, cuda_available, default_comfy_dir
+from .comfy_http import ComfyClient, ComfyError
 
-PACK_ROOT = Path(__file__).resolve().parent.parent
 PACK_LINK_NAME = "comfyui-refany3d"
-
-
-def default_comfy_dir() -> Path:
-    """The ComfyUI of the running venv: COMFYUI_DIR when set, else the one `scripts/setup.sh` recorded
-    in this venv (each test leg has its own venv and ComfyUI), else the current leg's folder."""
-    if os.environ.get("COMFYUI_DIR"):
-        return Path(os.environ["COMFYUI_DIR"]).resolve()
-    marker = Path(sys.prefix) / ".refany3d-comfyui-dir"
-    if marker.exists():
-        return Path(marker.read_text().strip())
-    return PACK_ROOT / ".legs" / "v0.31.0" / "ComfyUI"
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cuda_available() -> bool:
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
 
 
 class ComfyServer:

@@ -9,24 +9,20 @@
    CHECK (every node executes; the result is noise, not a picture).
 4. Writes demo_output/contact_sheet.png: the references and the results.
 
-    .legs/v0.31.0/venv/bin/python tools/demo.py [--out demo_output] [--models DIR] [--prompt TEXT] [--steps N]
+    .legs/v0.31.0/venv/bin/python -m tools.demo [--out demo_output] [--models DIR] [--prompt TEXT] [--steps N]
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
-import sys
 import time
 from pathlib import Path
 
-TOOLS = Path(__file__).resolve().parent
-PACK_ROOT = TOOLS.parent
-sys.path.insert(0, str(TOOLS))
-
-from comfy_http import ComfyError, PromptRejected  # noqa: E402
-from comfy_server import ComfyServer, default_comfy_dir  # noqa: E402
-from demo_asset import write_example_inputs  # noqa: E402
+from .comfy_env import PACK_ROOT, default_comfy_dir, use_comfy
+from .comfy_http import ComfyError, PromptRejected
+from .comfy_server import ComfyServer
+from .demo_asset import write_example_inputs
 
 API_DIR = PACK_ROOT / "example_workflows" / "api"
 RENDER_WORKFLOW = API_DIR / "refany3d_render_preview.json"
@@ -108,19 +104,10 @@ def wiring_graph(api: dict, unet: str = TINY_UNET, vae: str = TINY_VAE, adapter_
 
 
 def provide_tiny_models(models_dir: Path) -> None:
-    """The tiny random models of the wiring check (model_patches/tiny.py), written once."""
-    sys.path.insert(0, str(PACK_ROOT))
-    comfy_dir = str(default_comfy_dir())
-    if comfy_dir not in sys.path:
-        sys.path.append(comfy_dir)
-    import comfy.options
-
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True  # only builds tensors on the CPU; the server picks its own device
-    from model_patches import tiny
-    from model_patches.weights import save_release_files
+    """The tiny random models of the wiring check (tools/tiny_models.py), written once."""
+    use_comfy(default_comfy_dir(), cpu=True)  # only builds tensors on the CPU; the server picks its own device
+    from . import tiny_models as tiny
+    from .release_files import save_release_files
 
     tiny.provide_stock_models(models_dir)
     adapter = models_dir / "refany3d" / TINY_ADAPTER

@@ -112,14 +112,10 @@ def write_example_inputs(input_dir, num_views: int = 8, resolution: int = 512) -
     """Puts what the example workflows load into a ComfyUI input folder: the demo box as
     input/3d/refany3d_demo_box.glb, and its release-preset reference views as PNGs (RGB and point
     map, view i in refany3d_ref_*_i.png). Returns {"asset": path, "rgb": [paths], "point_map": [paths]}."""
-    import sys
+    import rendering  # the pack's own renderer (plain library)
 
     input_dir = Path(input_dir)
     asset = write_demo_asset(input_dir / ASSET_NAME)
-    pack_root = str(Path(__file__).resolve().parent.parent)
-    if pack_root not in sys.path:
-        sys.path.insert(0, pack_root)
-    import rendering  # the pack's own renderer (plain library)
 
     views = rendering.render_views(rendering.load_asset(asset), num_views=num_views, resolution=resolution)
     rgb_names, pm_names = reference_image_names(num_views)

@@ -6,7 +6,7 @@ node is created there with LiteGraph, widgets are set by name and sockets connec
 and the frontend's own ``graph.serialize()`` and ``graphToPrompt()`` give the UI workflow and its
 API twin. So the files are exactly what ComfyUI itself saves and exports.
 
-    .legs/v0.31.0/venv/bin/python tools/make_workflows.py [--out example_workflows]
+    .legs/v0.31.0/venv/bin/python -m tools.make_workflows [--out example_workflows]
 
 Needs Debian's chromium (/usr/bin/chromium, or CHROMIUM=path) and the playwright package.
 """
@@ -16,15 +16,11 @@ import argparse
 import io
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-TOOLS = Path(__file__).resolve().parent
-PACK_ROOT = TOOLS.parent
-sys.path.insert(0, str(TOOLS))
-
-from demo_asset import ASSET_NAME, reference_image_names, write_example_inputs  # noqa: E402
+from .comfy_env import PACK_ROOT
+from .demo_asset import ASSET_NAME, reference_image_names, write_example_inputs
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -241,7 +237,7 @@ def references_from_images() -> Graph:
            "(0..1 over its bounding box, white = background); see RefAny3D Render Views for the exact "
            "convention and the release's camera angles (0°, 42°, 84°, … around the object).\n\n"
            "What to set: the 16 Load Image nodes (upload your images). The files refany3d_ref_*.png are the "
-           "demo box's renders, written by `python tools/demo.py`. Fewer views also work: remove Load Image / "
+           "demo box's renders, written by `make demo`. Fewer views also work: remove Load Image / "
            "Batch Images pairs from both rows alike.\n\n" + FILES_NOTE)
     g.note((900, -330), [840, 300], SIZE_NOTE)
     return g
@@ -379,7 +375,6 @@ def thumbnail(screenshot_png: bytes, name: str, inputs: dict) -> bytes:
     import numpy as np
     from PIL import Image
 
-    sys.path.insert(0, str(PACK_ROOT))
     import rendering
 
     canvas = Image.new("RGB", (512, 512), (255, 255, 255))
@@ -403,7 +398,7 @@ def thumbnail(screenshot_png: bytes, name: str, inputs: dict) -> bytes:
 
 
 def build(out_dir: Path, names=None) -> list[Path]:
-    from comfy_server import ComfyServer
+    from .comfy_server import ComfyServer
     from playwright.sync_api import sync_playwright
 
     out_dir = Path(out_dir)
