@@ -16,6 +16,7 @@ import torch
 
 import rendering
 from rendering.asset import Asset, Texture
+from rendering.views import pixel_rays
 from tools.assets_gen import smooth_texture, sphere_with_faces
 
 VIEWS, RES = 8, 512
@@ -47,7 +48,7 @@ def embree_setup(asset: Asset):
     caster = RayMeshIntersector(mesh)
     rays = []
     for cam in rendering.orbit_cameras(VIEWS):
-        d = cam.pixel_rays(RES).reshape(-1, 3).numpy()
+        d = torch.stack(pixel_rays(cam, torch.arange(RES * RES), RES), -1).numpy()
         rays.append((np.repeat(cam.eye.numpy()[None], len(d), 0), d / np.linalg.norm(d, axis=1, keepdims=True)))
     return caster, rays
 

@@ -51,7 +51,7 @@ SINGLE_LAYERS = {
 TOP_LAYERS = {"x_embedder": ("img_in", None)}
 FUSED_PARTS = {"q": 0, "k": 1, "v": 2, "mlp": 3}  # order of the row slices in the fused weight
 
-# Text-stream layers of diffusers' Flux: never adapted by RefAny3D (spec §3).
+# Text-stream layers of diffusers' Flux: never adapted by RefAny3D (docs/method.md §3).
 DOUBLE_TEXT_LAYERS = ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
                       "ff_context.net.0.proj", "ff_context.net.2", "norm1_context.linear",
                       "attn.norm_added_q", "attn.norm_added_k")
@@ -120,24 +120,18 @@ def read_state_dict(src, what: str = "weights") -> dict[str, torch.Tensor]:
 def map_diffusers_module(module: str) -> tuple[str, str | None]:
     """ComfyUI module path and fused part for a diffusers Flux module name (without the
     ``transformer.`` prefix). Raises AdapterError (with the reason) for a layer RefAny3D does not adapt."""
-    m = _DOUBLE.match(module)
-    if m:
-        rest = m["rest"]
-        if rest in DOUBLE_LAYERS:
-            target, part = DOUBLE_LAYERS[rest]
-            return f"double_blocks.{int(m['i'])}.{target}", part
-        if rest in DOUBLE_TEXT_LAYERS:
+    for pattern, layers, text_layers, blocks, kind in (
+            (_DOUBLE, DOUBLE_LAYERS, DOUBLE_TEXT_LAYERS, "double_blocks", "a double block"),
+            (_SINGLE, SINGLE_LAYERS, (), "single_blocks", "a single block")):
+        m = pattern.match(module)
+        if not m:
+            continue
+        if m["rest"] in layers:
+            target, part = layers[m["rest"]]
+            return f"{blocks}.{int(m['i'])}.{target}", part
+        if m["rest"] in text_layers:
             raise AdapterError("a text-stream layer: RefAny3D never adapts the text stream")
-        raise AdapterError("not a layer RefAny3D adapts in a double block "
-                           f"(expected one of {', '.join(DOUBLE_LAYERS)})")
-    m = _SINGLE.match(module)
-    if m:
-        rest = m["rest"]
-        if rest in SINGLE_LAYERS:
-            target, part = SINGLE_LAYERS[rest]
-            return f"single_blocks.{int(m['i'])}.{target}", part
-        raise AdapterError("not a layer RefAny3D adapts in a single block "
-                           f"(expected one of {', '.join(SINGLE_LAYERS)})")
+        raise AdapterError(f"not a layer RefAny3D adapts in {kind} (expected one of {', '.join(layers)})")
     if module in TOP_LAYERS:
         return TOP_LAYERS[module]
     if any(module == t or module.startswith(t + ".") for t in TOP_TEXT_LAYERS):

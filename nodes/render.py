@@ -1,4 +1,4 @@
-"""RefAny3DRenderViews: the reference views RefAny3D conditions on (spec §1), rendered in plain
+"""RefAny3DRenderViews: the reference views RefAny3D conditions on (docs/method.md §1), rendered in plain
 PyTorch on ComfyUI's device."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The in-memory 3D asset: one flattened triangle mesh with its base-colour sources.
 
-Conventions (shared/spec/method.md §1):
+Conventions (docs/method.md §1):
 * ``vertices`` are in the asset's own frame, every scene transform applied.
 * Point-map colour of a point p: ``(p - vmin) / (vmax - vmin)`` per axis over all vertices;
   an axis with zero extent (flat asset) gets the constant 0.5 instead of a division by zero.
@@ -65,11 +65,11 @@ class Asset:
         return v.min(dim=0).values, v.max(dim=0).values
 
     def point_map_colors(self) -> torch.Tensor:
-        """[V, 3] float32 point-map colour of every vertex (spec §1.2)."""
+        """[V, 3] float32 point-map colour of every vertex (docs/method.md §1.2)."""
         return point_map_coords(self.vertices.double(), *self.bounds()).float()
 
     def normalisation(self) -> tuple[torch.Tensor, float]:
-        """(centre [3] float64, scale): rendering frame = (p - centre) * scale (spec §1.3)."""
+        """(centre [3] float64, scale): rendering frame = (p - centre) * scale (docs/method.md §1.3)."""
         vmin, vmax = self.bounds()
         return (vmin + vmax) / 2, 2.0 / float((vmax - vmin).max())
 
@@ -84,10 +84,6 @@ class Asset:
             from .topology import closed_orientation
             self._orientation = closed_orientation(self.vertices, self.faces)
         return self._orientation
-
-    def describe(self) -> str:
-        return (f"{self.name or 'asset'}: {self.num_faces} faces, {self.num_vertices} vertices, "
-                f"{len(self.textures)} texture(s)")
 
 
 def point_map_coords(p: torch.Tensor, vmin: torch.Tensor, vmax: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Orbit cameras of spec §1.4-1.5: perspective, fov 45°, near 0.1, far 100, up +Y."""
+"""Orbit cameras of docs/method.md §1.4-1.5: perspective, fov 45°, near 0.1, far 100, up +Y."""
 from __future__ import annotations
 
 import math
@@ -33,19 +33,6 @@ class Camera:
         """[..., 3] world points -> camera coordinates (same dtype as p)."""
         r = self.rotation.to(p)
         return (p - self.eye.to(p)) @ r.T
-
-    def pixel_rays(self, resolution: int) -> torch.Tensor:
-        """[H, W, 3] float64 world ray directions through pixel centres (camera z component 1).
-
-        Pixel (i, j) centre: NDC x = (j + 0.5) / W * 2 - 1, NDC y = 1 - (i + 0.5) / H * 2
-        (row 0 is the top of the picture).
-        """
-        s = resolution
-        t = (torch.arange(s, dtype=torch.float64) + 0.5) / s * 2 - 1
-        x = t[None, :].expand(s, s) / self.focal
-        y = -t[:, None].expand(s, s) / self.focal
-        d = torch.stack([x, y, torch.ones_like(x)], dim=-1)
-        return d @ self.rotation
 
 
 def whole_number(value, what: str) -> int:

@@ -1,4 +1,4 @@
-"""Reference views of an asset (spec §1): unlit RGB, point map, mask and depth per orbit view."""
+"""Reference views of an asset (docs/method.md §1): unlit RGB, point map, mask and depth per orbit view."""
 from __future__ import annotations
 
 import math
@@ -49,7 +49,7 @@ def render_views(asset: Asset, num_views: int = 8, preset: str = "release", reso
                  pitch: float = 0.0, y_rotation: float = 0.0, radius: float = 4.0, fov: float = 45.0,
                  device=None, progress: Callable[[int, int], None] | None = None,
                  cull_back_faces: bool | None = None) -> Views:
-    """Render ``num_views`` orbit views of ``asset`` with the release's conventions (spec §1).
+    """Render ``num_views`` orbit views of ``asset`` with the release's conventions (docs/method.md §1).
 
     progress(done, total) is called after each view (it may raise to cancel).
     Outputs live on the CPU; the work runs on ``device`` (default CPU).
@@ -139,7 +139,7 @@ class Shader:
                 if sel.numel() == 0:
                     continue
                 c = sample_bilinear(image, values[sel, 6:8])
-                if has_factor:  # texels are sRGB, the factor is linear (spec §1.6)
+                if has_factor:  # texels are sRGB, the factor is linear (docs/method.md §1.6)
                     c = linear_to_srgb(srgb_to_linear(c) * factor)
                 rgb[sel] = c
         return rgb.clamp(0, 1), pm, t.float()
@@ -147,7 +147,8 @@ class Shader:
 
 def pixel_rays(cam: Camera, pixels: torch.Tensor, s: int) -> list[torch.Tensor]:
     """World ray directions (x, y, z: 3 x [P] float64) through the centres of flat pixel indices
-    [P], scaled so that their camera-space z is 1 (see Camera.pixel_rays for the full grid)."""
+    [P], scaled so that their camera-space z is 1; row 0 is the top of the picture. Pixel (i, j) centre:
+    NDC x = (j + 0.5) / s * 2 - 1, NDC y = 1 - (i + 0.5) / s * 2."""
     x = ((pixels % s).double() + 0.5) * (2 / s) - 1
     y = 1 - ((pixels // s).double() + 0.5) * (2 / s)
     x, y = x / cam.focal, y / cam.focal

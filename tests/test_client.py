@@ -83,8 +83,8 @@ def test_without_websocket_client_the_run_is_followed_by_polling(comfy, tmp_path
     asset = write_demo_asset(tmp_path / "polling_box.glb")
     argv = [str(CLIENT), "--server", comfy.url, "--workflow", str(RENDER_WORKFLOW), "--asset", str(asset),
             "--views", 1, "--out", str(tmp_path / "out")]
-    code = ("import runpy, sys; sys.modules['websocket'] = None; sys.argv = %r; "
-            "runpy.run_path(sys.argv[0], run_name='__main__')" % [str(a) for a in argv])
+    code = ("import runpy, sys; sys.modules['websocket'] = None; sys.argv = %r; "  # also: python -m tools.client
+            "runpy.run_module('tools.client', run_name='__main__')" % [str(a) for a in argv])
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert "polling /history" in res.stderr

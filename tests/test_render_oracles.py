@@ -29,7 +29,7 @@ import rendering
 
 
 def spec_camera(theta: float, pitch_deg: float, radius: float = 4.0):
-    """eye and (right, up, forward) straight from spec §1.4, in numpy."""
+    """eye and (right, up, forward) straight from docs/method.md §1.4, in numpy."""
     phi = math.radians(pitch_deg)
     eye = radius * np.array([math.cos(phi) * math.cos(theta), math.sin(phi), math.cos(phi) * math.sin(theta)])
     fwd = -eye / np.linalg.norm(eye)

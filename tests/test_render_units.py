@@ -9,7 +9,7 @@ import torch
 
 import rendering
 from rendering.colors import linear_to_srgb, srgb_to_linear
-from rendering.views import sample_bilinear
+from rendering.views import pixel_rays, sample_bilinear
 
 
 def test_bilinear_texel_centres_midpoints_wrap_and_v_flip():
@@ -42,7 +42,7 @@ def test_interpolation_is_perspective_correct():
     res = 64
     views = rendering.render_views(asset, num_views=1, resolution=res, radius=2.2)
     cam = views.cameras[0]
-    dirs = cam.pixel_rays(res).reshape(-1, 3).numpy()
+    dirs = torch.stack(pixel_rays(cam, torch.arange(res * res), res), -1).numpy()
     eye = cam.eye.numpy()
     # plane x + z = 0 (in the rendering frame, which equals the asset frame here)
     n = np.array([1.0, 0.0, 1.0])

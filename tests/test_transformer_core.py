@@ -176,7 +176,7 @@ def spec_vectors(flux, sds, inp):
 
 
 def spec_allow(lt, bounds, n_views, masked=True):
-    """[L, L] bool: spec §4's table, written out per (query group, key group)."""
+    """[L, L] bool: docs/method.md §4's table, written out per (query group, key group)."""
     owner = ["text"] * lt
     for g, a, b in bounds:
         per = (b - a) // (n_views if g in (REFERENCE_RGB, REFERENCE_POINT_MAP) else 1)

@@ -1,7 +1,7 @@
 """The RefAny3D model patch and nodes in-process, with ComfyUI's real samplers on tiny Flux models.
 
 * KSampler (comfy.sample.sample) on the joined latent equals Euler integration written out by hand
-  with refany3d_forward and the image-guidance formula of spec §5.
+  with refany3d_forward and the image-guidance formula of docs/method.md §5.
 * SamplerCustomAdvanced's path (CFGGuider + a SAMPLER object + SIGMAS) gives the same result.
 * The shared model is never modified; the reference cache is used within a run and emptied after.
 * Every clear error of the nodes (called directly; the pack imported as a package).

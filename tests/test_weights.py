@@ -1,4 +1,4 @@
-"""The released RefAny3D files (spec §3, §7): loading, mapping onto ComfyUI's Flux, rejection of
+"""The released RefAny3D files (docs/method.md §3, §7): loading, mapping onto ComfyUI's Flux, rejection of
 malformed files, the .pth -> .safetensors converter, and the tiny test models.
 
 Oracle for the mapping: ComfyUI's own diffusers-LoRA path (comfy.lora.model_lora_keys_unet +

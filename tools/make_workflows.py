@@ -33,7 +33,7 @@ MODEL_FILES = {
     "refany3d": ["default.safetensors", "coord.safetensors", "domain_embedder.pth"],
 }
 
-SIZE = 512  # target image size: RefAny3D Empty Latent and ModelSamplingFlux must agree (spec §5)
+SIZE = 512  # target image size: RefAny3D Empty Latent and ModelSamplingFlux must agree (docs/method.md §5)
 
 
 def chromium_path() -> str:
@@ -195,7 +195,7 @@ def viewpoint_control() -> Graph:
                        "a product photo of the box on a kitchen counter, morning light")
     g.note((0, -330), [860, 300], "RefAny3D · viewpoint control\n\n"
            "The same pipeline as 'asset to image', set up to show a different side of the asset "
-           "(paper §3, spec §1.8).\n\nRefAny3D Render Views:\n• y_rotation (here 90°) rotates the point-map "
+           "(paper §3, docs/method.md §1.8).\n\nRefAny3D Render Views:\n• y_rotation (here 90°) rotates the point-map "
            "coordinate frame of the references about the vertical axis. The model generates the object in "
            "the frame the point maps describe, so this turns the object in the generated picture: try 0, 90, "
            "180, 270 with the same seed and compare the point-map outputs.\n• pitch (here 20°) lifts the "
