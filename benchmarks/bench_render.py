@@ -3,6 +3,8 @@
 Prints the median time to render 8 views x 512^2 (RGB + point map + mask, release preset) of a
 textured sphere with about 100k and 500k faces, and the ratio against an Embree ray caster
 (trimesh + embreex) casting one ray per pixel centre of the same 8 views in the same run.
+Where PyTorch3D loads, the "pytorch3d" backend is timed beside both: on the CPU only on small
+meshes at 256^2 (PyTorch3D's CPU rasterizer is slow), on CUDA at every size.
 Run: .legs/v0.31.0/venv/bin/python -m benchmarks.bench_render [--repeats 5] [--device cuda]
 """
 from __future__ import annotations
@@ -40,7 +42,7 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def embree_setup(asset: Asset):
+def embree_setup(asset: Asset, res: int = RES):
     import trimesh
     from trimesh.ray.ray_pyembree import RayMeshIntersector
 
@@ -48,7 +50,7 @@ def embree_setup(asset: Asset):
     caster = RayMeshIntersector(mesh)
     rays = []
     for cam in rendering.orbit_cameras(VIEWS):
-        d = torch.stack(pixel_rays(cam, torch.arange(RES * RES), RES), -1).numpy()
+        d = torch.stack(pixel_rays(cam, torch.arange(res * res), res), -1).numpy()
         rays.append((np.repeat(cam.eye.numpy()[None], len(d), 0), d / np.linalg.norm(d, axis=1, keepdims=True)))
     return caster, rays
 
@@ -68,6 +70,39 @@ def main():
           f"{VIEWS} views x {RES}^2, median of {args.repeats}")
     for n in args.faces:
         bench_one(textured_sphere(n), args.device, args.repeats)
+    if not pytorch3d_loads():
+        print("PyTorch3D does not load here: the 'pytorch3d' backend is not timed")
+        return
+    small = args.faces if args.device.startswith("cuda") else [1_280, 5_120]
+    res = RES if args.device.startswith("cuda") else 256
+    print(f"backends side by side, {VIEWS} views x {res}^2, median of {args.repeats}:")
+    for n in small:
+        bench_backends(textured_sphere(n), args.device, args.repeats, res)
+
+
+def pytorch3d_loads() -> bool:
+    from rendering.pytorch3d_backend import require_pytorch3d
+    try:
+        require_pytorch3d()
+        return True
+    except rendering.AssetError:
+        return False
+
+
+def bench_backends(asset: Asset, device: str, repeats: int, res: int) -> None:
+    def run(backend):
+        def go():
+            rendering.render_views(asset, VIEWS, resolution=res, device=device, backend=backend)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+        go()  # warm-up
+        return median_time(go, repeats)
+    t_pack, t_p3d = run("pack"), run("pytorch3d")
+    caster, rays = embree_setup(asset, res)
+    embree_cast(caster, rays)
+    t_embree = median_time(lambda: embree_cast(caster, rays), repeats)
+    print(f"{asset.num_faces:>8} faces: pack {t_pack:.3f} s | pytorch3d {t_p3d:.3f} s | Embree {t_embree:.3f} s | "
+          f"pytorch3d/pack = {t_p3d / t_pack:.2f}, pack/Embree = {t_pack / t_embree:.2f}")
 
 
 def bench_one(asset: Asset, device: str, repeats: int) -> None:
@@ -91,6 +126,7 @@ def bench_one(asset: Asset, device: str, repeats: int) -> None:
     print(f"{asset.num_faces:>8} faces: ours {t_ours:.3f} s (back faces not skipped: {t_nocull:.3f} s; "
           f"one-time closed-mesh check {analysis:.3f} s) | Embree ray cast {t_embree:.3f} s "
           f"(+ BVH build/first cast {build:.3f} s) | ours/Embree = {t_ours / t_embree:.2f}")
+
 
 if __name__ == "__main__":
     main()

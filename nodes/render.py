@@ -6,7 +6,7 @@ import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
 
-from ..rendering import MAX_VIEWS, PRESETS, AssetError, check_resolution, render_views
+from ..rendering import BACKENDS, MAX_VIEWS, PRESETS, AssetError, check_resolution, render_views
 from .sockets import Asset
 
 
@@ -40,6 +40,10 @@ class RefAny3DRenderViews(io.ComfyNode):
                                        "2-unit cube). Release: 4."),
                 io.Float.Input("fov", default=45.0, min=1.0, max=120.0, step=0.5,
                                tooltip="Vertical field of view in degrees. Release: 45."),
+                io.Combo.Input("backend", options=list(BACKENDS), default="pack", optional=True,
+                               tooltip="pack: the pack's own renderer (pure PyTorch, always available). pytorch3d: "
+                                       "PyTorch3D's rasterizer where it is installed (pip install "
+                                       "easypytorch3d, built for torch 2.11); the same views, faster on CUDA."),
             ],
             outputs=[
                 io.Image.Output(display_name="rgb", tooltip="Unlit base-colour views on white, N×H×W×3."),
@@ -62,10 +66,10 @@ class RefAny3DRenderViews(io.ComfyNode):
 
     @classmethod
     def execute(cls, asset, num_views=8, preset="release", resolution=512, pitch=0.0, y_rotation=0.0,
-                radius=4.0, fov=45.0) -> io.NodeOutput:
+                radius=4.0, fov=45.0, backend="pack") -> io.NodeOutput:
         pbar = comfy.utils.ProgressBar(num_views)
         views = render_views(asset, num_views=num_views, preset=preset, resolution=resolution, pitch=pitch,
-                             y_rotation=y_rotation, radius=radius, fov=fov,
+                             y_rotation=y_rotation, radius=radius, fov=fov, backend=backend,
                              device=comfy.model_management.get_torch_device(),
                              progress=lambda done, total: pbar.update_absolute(done, total))
         return io.NodeOutput(views.rgb, views.point_map, views.mask)

@@ -10,10 +10,10 @@ from .export import asset_to_mesh_arrays
 from .loading import SUPPORTED_EXTENSIONS, load_asset, texture_to_uint8
 from .paths import resolve_in_folder
 from .raster import rasterize
-from .views import RESOLUTION_MULTIPLE, Views, check_resolution, render_views
+from .views import BACKENDS, RESOLUTION_MULTIPLE, Views, check_resolution, render_views
 
 __all__ = [
-    "FAR", "MAX_VIEWS", "NEAR", "PRESETS", "RESOLUTION_MULTIPLE", "SUPPORTED_EXTENSIONS",
+    "BACKENDS", "FAR", "MAX_VIEWS", "NEAR", "PRESETS", "RESOLUTION_MULTIPLE", "SUPPORTED_EXTENSIONS",
     "Asset", "AssetError", "Camera", "Texture", "Views",
     "asset_from_mesh", "asset_to_mesh_arrays", "check_resolution", "load_asset",
     "orbit_camera", "orbit_cameras", "point_map_coords", "rasterize", "render_views",

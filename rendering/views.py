@@ -19,6 +19,7 @@ MAX_RESOLUTION = 4096
 MAX_FACES = 50_000_000
 AUTO_CULL_FACES = 50_000
 SHADE_CHUNK = 1 << 20  # covered pixels shaded at once
+BACKENDS = ("pack", "pytorch3d")
 
 
 @dataclass
@@ -48,7 +49,7 @@ def check_resolution(resolution) -> int:
 def render_views(asset: Asset, num_views: int = 8, preset: str = "release", resolution: int = 512,
                  pitch: float = 0.0, y_rotation: float = 0.0, radius: float = 4.0, fov: float = 45.0,
                  device=None, progress: Callable[[int, int], None] | None = None,
-                 cull_back_faces: bool | None = None) -> Views:
+                 cull_back_faces: bool | None = None, backend: str = "pack") -> Views:
     """Render ``num_views`` orbit views of ``asset`` with the release's conventions (docs/method.md §1).
 
     progress(done, total) is called after each view (it may raise to cancel).
@@ -56,7 +57,12 @@ def render_views(asset: Asset, num_views: int = 8, preset: str = "release", reso
     cull_back_faces: None = automatic (skip back faces when the asset has at least
     AUTO_CULL_FACES faces and is made of closed, consistently wound shells: same image, half
     the work); False = never; True = whenever the asset is closed and consistently wound.
+    backend: "pack" (the pack's own rasterizer and exact ray/triangle step, pure PyTorch) or
+    "pytorch3d" (visibility and barycentrics from PyTorch3D's rasterizer where it is installed;
+    colours by the same rules): see rendering/pytorch3d_backend.py.
     """
+    if backend not in BACKENDS:
+        raise AssetError(f"rendering backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     resolution = check_resolution(resolution)
     if asset.num_faces > MAX_FACES:
         raise AssetError(f"the asset has {asset.num_faces:,} faces; at most {MAX_FACES:,} can be rendered "
@@ -79,6 +85,10 @@ def render_views(asset: Asset, num_views: int = 8, preset: str = "release", reso
         cull = asset.closed_orientation()
     shader = Shader(asset, verts, y_rotation, device)
     s = resolution
+    p3d = None
+    if backend == "pytorch3d":
+        from .pytorch3d_backend import PyTorch3DRasterizer
+        p3d = PyTorch3DRasterizer(shader.verts, shader.faces, s, device)
     n = len(cameras)
     rgb = torch.ones(n, s * s, 3)
     point_map = torch.ones(n, s * s, 3)
@@ -86,12 +96,19 @@ def render_views(asset: Asset, num_views: int = 8, preset: str = "release", reso
     depth = torch.zeros(n, s * s)
     verts32 = shader.verts.float()
     for i, cam in enumerate(cameras):
-        cam_v = cam.to_camera(verts32)  # [V, 3] float32
-        face = rasterize(cam_v, shader.face_cols, cam.focal, s, cull=cull)  # [H*W]
+        if p3d is None:
+            cam_v = cam.to_camera(verts32)  # [V, 3] float32
+            face = rasterize(cam_v, shader.face_cols, cam.focal, s, cull=cull)  # [H*W]
+        else:
+            face, bary, z = p3d.view(cam)
         hit = (face >= 0).nonzero().squeeze(1)  # [P] covered pixels
         for start in range(0, hit.shape[0], SHADE_CHUNK):
             pix = hit[start:start + SHADE_CHUNK]
-            c, pm, t = shader.shade(pix, face[pix], cam, s)
+            if p3d is None:
+                c, pm, t = shader.shade(pix, face[pix], cam, s)
+            else:
+                c, pm = shader.surface(face[pix], bary[pix].unbind(1))
+                t = z[pix]
             pix = pix.cpu()
             rgb[i, pix] = c.cpu()
             point_map[i, pix] = pm.cpu()
@@ -127,6 +144,14 @@ class Shader:
         tri = [[self.verts_t[d].index_select(0, c) for d in range(3)] for c in corner]  # [corner][xyz] -> [P]
         rays = pixel_rays(cam, pixels, s)  # 3 x [P] float64
         bary, t = ray_barycentrics([float(e) for e in cam.eye], rays, tri)  # 3 x [P], [P]
+        rgb, pm = self.surface(faces, bary, corner)
+        return rgb, pm, t.float()
+
+    def surface(self, faces: torch.Tensor, bary, corner=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Faces [P] and barycentrics (3 x [P]) -> base colour [P, 3] and point map [P, 3]: attribute
+        interpolation, y_rotation of the point-map frame, texture lookup and colour rules."""
+        if corner is None:
+            corner = [c.index_select(0, faces) for c in self.face_cols]
         values = sum(b.float()[:, None] * self.attrs.index_select(0, c) for b, c in zip(bary, corner))  # [P, 8]
         pm = values[:, 0:3].clamp(0, 1)
         if self.rot is not None:
@@ -142,7 +167,7 @@ class Shader:
                 if has_factor:  # texels are sRGB, the factor is linear (docs/method.md §1.6)
                     c = linear_to_srgb(srgb_to_linear(c) * factor)
                 rgb[sel] = c
-        return rgb.clamp(0, 1), pm, t.float()
+        return rgb.clamp(0, 1), pm
 
 
 def pixel_rays(cam: Camera, pixels: torch.Tensor, s: int) -> list[torch.Tensor]:

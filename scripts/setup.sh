@@ -22,9 +22,13 @@ HORDE_VERSION=2.22.2
 HORDE_SHA256=ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47
 V031_SHA256=3b482f68bc5c00002f15fcfb64612e10b2beb595d1be4465f90efebc51bbf46f
 
+# EXTRA: test-only packages of a leg. PyTorch3D's PyPI build (easypytorch3d) is compiled for torch 2.11,
+# the torch of the v0.31.0 leg, where it exercises the optional "pytorch3d" rendering backend.
+EXTRA=""
 case "$LEG" in
   v0.3.75) TORCH_PINS_DEFAULT="torch==2.14.1 torchvision==0.29.1" ;;
-  v0.31.0|custom) TORCH_PINS_DEFAULT="torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0" ;;
+  v0.31.0) TORCH_PINS_DEFAULT="torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0"; EXTRA="easypytorch3d==0.7.9.post1" ;;
+  custom) TORCH_PINS_DEFAULT="torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0" ;;
   *) echo "[setup] unknown leg '$LEG' (v0.3.75, v0.31.0 or custom)" >&2; exit 2 ;;
 esac
 TORCH_PINS=${TORCH_PINS:-$TORCH_PINS_DEFAULT}
@@ -99,14 +103,14 @@ PY
 fi
 
 # 3. Python requirements: ComfyUI's (minus torch*, kept at the leg's pins), the pack's, the tests'
-reqs_hash=$(cat "$COMFY/requirements.txt" requirements.txt requirements-test.txt <(echo "$TORCH_PINS") 2>/dev/null \
+reqs_hash=$(cat "$COMFY/requirements.txt" requirements.txt requirements-test.txt <(echo "$TORCH_PINS $EXTRA") 2>/dev/null \
             | sha256sum | cut -c1-16)
 if [ ! -f "$STAMP_DIR/reqs-$reqs_hash" ]; then
   log "installing requirements"
   grep -v -E '^\s*(torch|torchvision|torchaudio)\s*([<>=!~].*)?$' "$COMFY/requirements.txt" > "$STAMP_DIR/comfy-requirements.txt"
   # shellcheck disable=SC2086
   $PIP install -q -r "$STAMP_DIR/comfy-requirements.txt" requests \
-      -r requirements.txt -r requirements-test.txt $TORCH_PINS
+      -r requirements.txt -r requirements-test.txt $TORCH_PINS $EXTRA
   rm -f "$STAMP_DIR"/reqs-*
   touch "$STAMP_DIR/reqs-$reqs_hash"
 fi
