@@ -213,6 +213,10 @@ def texture_to_uint8(image) -> np.ndarray:
 
 def decode_texture(image, name: str) -> np.ndarray:
     """texture_to_uint8, with a damaged image (it is decoded only here) as an AssetError."""
+    from PIL import Image
+    if not isinstance(image, Image.Image):  # e.g. a glTF whose baseColorTexture is not a texture reference
+        raise AssetError(f"a material of {name} has a base-colour texture that is not an image "
+                         f"({type(image).__name__}): the file is damaged; export it again")
     try:
         return texture_to_uint8(image)
     except AssetError:

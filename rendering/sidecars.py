@@ -53,13 +53,18 @@ class Reference:
 # ---------------------------------------------------------------- names
 
 
+def short(name: str, limit: int = 120) -> str:
+    """A name as quoted in messages: very long ones shortened in the middle."""
+    return name if len(name) <= limit else f"{name[:70]}…{name[-40:]}"
+
+
 def reference_path(folder: Path, name: str, owner: str, kind: str, url: bool = False) -> Path:
     """Path of ``name`` (as written in ``owner``) inside ``folder``; AssetError for a name that
     leaves the folder (absolute, a URL, or ``..`` above it). Judged on the name only: links are
     followed wherever they point, like the asset file itself."""
     text = unquote(name) if url else name
     text = text.strip()
-    refused = (f"{owner} names the {kind} '{name}', which is outside the asset's folder: refused (only files "
+    refused = (f"{owner} names the {kind} '{short(name)}', which is outside the asset's folder: refused (only files "
                f"in the asset's own folder or below it are read). Copy the file beside {owner} and name it "
                "by its file name.")
     if not text:
@@ -80,6 +85,14 @@ def reference_path(folder: Path, name: str, owner: str, kind: str, url: bool = F
     if not parts:
         raise AssetError(refused)
     return Path(folder).joinpath(*parts)
+
+
+def is_file(path: Path) -> bool:
+    """Path.is_file, False also for names the system refuses (too long, NUL, …)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def make_reference(folder: Path, name: str, owner: str, kind: str, url: bool = False) -> Reference:
@@ -201,7 +214,7 @@ def references(path: Path) -> list[Reference]:
             if name:
                 mtl = make_reference(folder, name, owner, "material library")
                 refs.append(mtl)
-                if mtl.path is not None and mtl.path.is_file():
+                if mtl.path is not None and is_file(mtl.path):
                     # trimesh looks the textures up beside the OBJ, whatever folder the library is in
                     refs += [make_reference(folder, tex, mtl.path.name, "texture") for tex in mtl_textures(mtl.path)]
         elif ext in (".gltf", ".glb"):
@@ -261,13 +274,14 @@ def check_references(path: Path, root: Path | None = None) -> None:
     for ref in refs:
         if ref.problem:
             raise AssetError(ref.problem)
-        if not ref.path.is_file():
-            raise AssetError(f"{ref.owner} names the {ref.kind} '{ref.name}', which is missing: it was looked for "
-                             f"as '{ref.path.name}' in the folder {shown(ref.path.parent, root)}. Upload it there, "
+        if not is_file(ref.path):
+            raise AssetError(f"{ref.owner} names the {ref.kind} '{short(ref.name)}', which is missing: it was looked "
+                             f"for as '{short(ref.path.name)}' in the folder {short(shown(ref.path.parent, root))}. "
+                             "Upload it there, "
                              f"{hints[ref.kind]}.")
     for ref in refs:
         if ref.kind == "texture":
-            check_texture(ref.path, f"texture '{ref.name}' of {ref.owner}")
+            check_texture(ref.path, f"texture '{short(ref.name)}' of {ref.owner}")
     if path.suffix.lower() in (".gltf", ".glb"):
         check_gltf_textures(path)
 
@@ -331,11 +345,13 @@ def buffer_view_bytes(path: Path, tree: dict, view_index) -> bytes | None:
                 return None
         else:
             return None
+        if start + offset + length > source.stat().st_size:  # a lying length: never allocate it
+            return None
         with open(source, "rb") as f:
             f.seek(start + offset)
             data = f.read(length)
         return data if len(data) == length else None
-    except (OSError, AssetError):
+    except (OSError, ValueError, OverflowError, AssetError):
         return None
 
 
@@ -374,6 +390,9 @@ def check_texture(source, label: str) -> None:
         raise AssetError(f"the {label} is {size}, over the limit of {limit:,} pixels that the image library "
                          "(Pillow) sets against decompression bombs: it cannot be read. Downscale it (8192 × 8192 "
                          "is plenty for a reference view) and upload it again.") from None
+    except Image.UnidentifiedImageError:
+        raise AssetError(f"the {label} is not an image that can be read (not a PNG, JPEG or other format Pillow "
+                         "knows): save it again as PNG or JPEG") from None
     except (OSError, ValueError, SyntaxError, EOFError, struct.error, MemoryError) as e:
         raise AssetError(f"the {label} is not an image that can be read ({type(e).__name__}: {e}): save it "
                          "again as PNG or JPEG") from None
@@ -432,7 +451,7 @@ def folder_resolver(path: Path):
             try:
                 return target.read_bytes()
             except OSError as e:
-                self.problems.append(f"{self.owner} names the file '{name}', which cannot be read "
+                self.problems.append(f"{self.owner} names the file '{short(str(name))}', which cannot be read "
                                      f"({type(e).__name__}: {e.strerror or e})")
                 raise FileNotFoundError(name) from None
 

@@ -329,8 +329,12 @@ def test_blank_views_are_named_and_all_blank_is_an_error():
     assert rendering.blank_views(views) == [0, 2]
     assert "2 of 4 views are blank (nothing of the asset is visible): view 0 (0°), view 2 (180°)" in \
         rendering.check_coverage(views)
-    # the advice works: the 'even' preset with 3 views (0°, 120°, 240°) sees the card every time
-    assert rendering.check_coverage(rendering.render_views(card, num_views=3, preset="even", resolution=32)) is None
+    # the advice works: a card lying flat is blank in every view at pitch 0 and seen in all at pitch 20
+    v, f, _ = flat_card()
+    rug = rendering.asset_from_mesh(v[:, [0, 2, 1]], f)
+    with pytest.raises(AssetError, match="all 8 views are blank"):
+        rendering.check_coverage(rendering.render_views(rug, num_views=8, resolution=32))
+    assert rendering.check_coverage(rendering.render_views(rug, num_views=8, resolution=32, pitch=20.0)) is None
     box_asset = rendering.asset_from_mesh(*box()[:2])
     assert rendering.check_coverage(rendering.render_views(box_asset, num_views=2, resolution=32)) is None
 
