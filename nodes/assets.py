@@ -2,38 +2,67 @@
 RefAny3DAssetToMesh (back to a core MESH that core SaveGLB / Preview3D show)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import folder_paths
 from comfy_api.latest import Types, io
 
-from ..rendering import SUPPORTED_EXTENSIONS, AssetError, asset_from_mesh, load_asset, resolve_in_folder
+from ..rendering import (
+    SUPPORTED_EXTENSIONS,
+    AssetError,
+    asset_from_mesh,
+    load_asset,
+    resolve_in_folder,
+    sources_key,
+)
 from ..rendering.export import asset_to_mesh_arrays
+from .notify import report
 from .sockets import Asset
 
 ASSET_SUBFOLDER = "3d"
 
 
 def asset_files() -> list[str]:
-    """Supported 3D files under input/3d, as '3d/…' names (what core Load3D lists and uploads to)."""
+    """Supported 3D files under input/3d, as '3d/…' names (what core Load3D lists and uploads to).
+
+    Linked files and linked sub-folders are listed too (a studio's asset library linked into
+    input/3d); a folder reached twice through links is walked once."""
     base = Path(folder_paths.get_input_directory())
     folder = base / ASSET_SUBFOLDER
     folder.mkdir(parents=True, exist_ok=True)
-    files = [p.relative_to(base).as_posix() for p in folder.rglob("*")
-             if p.suffix.lower() in SUPPORTED_EXTENSIONS and p.is_file()]
+    files, seen = [], set()
+    for dirpath, subdirs, names in os.walk(folder, followlinks=True):
+        try:
+            real = os.path.realpath(dirpath)
+        except OSError:
+            continue
+        if real in seen:
+            subdirs[:] = []
+            continue
+        seen.add(real)
+        subdirs.sort()
+        for name in names:
+            p = Path(dirpath, name)
+            if p.suffix.lower() in SUPPORTED_EXTENSIONS and p.is_file():
+                files.append(p.relative_to(base).as_posix())
     return sorted(files)
+
+
+def input_root(name: str) -> tuple[str, Path]:
+    """(name without its ' [input]'-style annotation, the folder it is relative to)."""
+    name, base = folder_paths.annotated_filepath(str(name))
+    return name, Path(base if base is not None else folder_paths.get_input_directory())
 
 
 def input_path(name: str) -> Path:
     """Safe path of an input-folder file name (an optional ' [input]'-style annotation allowed)."""
-    name, base = folder_paths.annotated_filepath(str(name))
-    if base is None:
-        base = folder_paths.get_input_directory()
+    name, base = input_root(name)
     return resolve_in_folder(name, base)
 
 
 def path_problem(name: str) -> str | None:
-    """A user-facing reason why ``name`` can never be loaded ('..', absolute, link out), else None."""
+    """A user-facing reason why ``name`` can never be loaded ('..', absolute), else None."""
     try:
         input_path(name)
     except AssetError as e:
@@ -67,6 +96,7 @@ class RefAny3DLoadAsset(io.ComfyNode):
             ],
             outputs=[Asset.Output(display_name="asset",
                                   tooltip="The loaded asset, for RefAny3D Render Views and RefAny3D Asset To Mesh.")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -79,17 +109,23 @@ class RefAny3DLoadAsset(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, asset_file=None, mesh=None):
+        """Changes when the file or any file it names (material library, textures, buffers, images)
+        changes, appears or goes away, so that uploading a missing texture is seen at the next run."""
         try:
-            st = input_path(asset_file).stat()
-            return f"{asset_file}:{st.st_mtime_ns}:{st.st_size}"
-        except (AssetError, OSError, TypeError):
+            return f"{asset_file}\n{sources_key(input_path(asset_file))}"
+        except (AssetError, OSError, TypeError, ValueError):
             return str(asset_file)
 
     @classmethod
     def execute(cls, asset_file=None, mesh=None) -> io.NodeOutput:
         if mesh is not None:
-            return io.NodeOutput(mesh_to_asset(mesh))
-        return io.NodeOutput(load_asset(input_path(asset_file or "")))
+            asset = mesh_to_asset(mesh)
+        else:
+            name, root = input_root(asset_file or "")
+            asset = load_asset(resolve_in_folder(name, root), root=root)
+        text = report(cls.hidden.unique_id if cls.hidden else None, "Load 3D Asset", asset.description(),
+                      warning=bool(asset.warnings))
+        return io.NodeOutput(asset, ui=text)
 
 
 def mesh_to_asset(mesh):

@@ -6,7 +6,8 @@ import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
 
-from ..rendering import BACKENDS, MAX_VIEWS, PRESETS, AssetError, check_resolution, render_views
+from ..rendering import BACKENDS, MAX_VIEWS, PRESETS, AssetError, check_coverage, check_resolution, render_views
+from .notify import report
 from .sockets import Asset
 
 
@@ -51,6 +52,7 @@ class RefAny3DRenderViews(io.ComfyNode):
                                 tooltip="Point-map views (normalised x,y,z as R,G,B) on white, N×H×W×3."),
                 io.Mask.Output(display_name="mask", tooltip="1 where the asset covers the pixel, N×H×W."),
             ],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -72,7 +74,12 @@ class RefAny3DRenderViews(io.ComfyNode):
                              y_rotation=y_rotation, radius=radius, fov=fov, backend=backend,
                              device=comfy.model_management.get_torch_device(),
                              progress=lambda done, total: pbar.update_absolute(done, total))
-        return io.NodeOutput(views.rgb, views.point_map, views.mask)
+        warning = check_coverage(views)  # AssetError when every view is blank
+        n = views.mask.shape[0]
+        text = report(cls.hidden.unique_id if cls.hidden else None, "Render Views",
+                      warning or f"{n} view{'s' if n > 1 else ''} rendered: the asset is visible in each.",
+                      warning=warning is not None)
+        return io.NodeOutput(views.rgb, views.point_map, views.mask, ui=text)
 
 
 NODES = [RefAny3DRenderViews]

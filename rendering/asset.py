@@ -42,6 +42,7 @@ class Asset:
     face_texture: torch.Tensor | None = None  # [F] int64, index into textures or -1
     textures: list[Texture] = field(default_factory=list)
     name: str = ""
+    warnings: list[str] = field(default_factory=list)  # what the loader could not honour (the asset still renders)
     _orientation: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -58,6 +59,16 @@ class Asset:
     @property
     def num_vertices(self) -> int:
         return int(self.vertices.shape[0])
+
+    def description(self) -> str:
+        """A few lines for the user: name, size, textures, then each warning."""
+        textures = ""
+        if self.textures:
+            sizes = ", ".join(f"{t.image.shape[1]}×{t.image.shape[0]}" for t in self.textures[:4])
+            more = ", …" if len(self.textures) > 4 else ""
+            textures = f", {len(self.textures)} texture{'s' if len(self.textures) > 1 else ''} ({sizes}{more})"
+        lines = [f"{self.name or 'asset'}: {self.num_faces:,} faces, {self.num_vertices:,} vertices{textures}"]
+        return "\n".join(lines + [f"WARNING: {w}" for w in self.warnings])
 
     def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(vmin [3], vmax [3]) float64 over all vertices."""

@@ -15,6 +15,7 @@ import torch
 from .asset import MID_GREY, Asset, Texture
 from .colors import linear_to_srgb
 from .errors import AssetError
+from .sidecars import check_references, folder_resolver
 
 SUPPORTED_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
 UNSUPPORTED_HINT = {".fbx": "FBX is not supported: export the asset as GLB (e.g. from Blender)"}
@@ -40,8 +41,13 @@ class Part:
     factor: tuple = (1.0, 1.0, 1.0)  # linear base-colour factor applied to the texture
 
 
-def load_asset(path) -> Asset:
-    """Read a GLB/glTF/OBJ(+MTL)/PLY/STL/OFF file into one Asset (scene transforms applied)."""
+def load_asset(path, root=None) -> Asset:
+    """Read a GLB/glTF/OBJ(+MTL)/PLY/STL/OFF file into one Asset (scene transforms applied).
+
+    Every file it names (material library, textures, buffers, images) must be present, inside the
+    asset's folder, and readable: otherwise AssetError naming it (rendering/sidecars.py). ``root``
+    (ComfyUI's input folder) only shortens the folders named in messages.
+    """
     path = Path(path)
     name = path.name
     if not path.exists():
@@ -56,18 +62,23 @@ def load_asset(path) -> Asset:
     if path.stat().st_size == 0:
         raise AssetError(f"{name} is empty (0 bytes): the upload or export did not finish")
     if ext == ".gltf":
-        check_gltf_resources(path)
+        check_gltf_json(path)
+    check_references(path, root)
     trimesh = import_trimesh()
+    resolver = folder_resolver(path)
     try:
         if hasattr(trimesh, "load_scene"):  # trimesh >= 4.6
-            scene = trimesh.load_scene(str(path), process=False)
+            scene = trimesh.load_scene(str(path), process=False, resolver=resolver)
         else:
-            scene = trimesh.load(str(path), force="scene", process=False)
+            scene = trimesh.load(str(path), force="scene", process=False, resolver=resolver)
     except Exception as e:  # trimesh raises many types for damaged files
         raise AssetError(f"could not read {name}: not a valid {ext[1:].upper()} file, damaged or "
                          f"truncated ({type(e).__name__}: {e})") from e
+    if resolver.problems:  # a named file trimesh asked for and would have dropped without a word
+        raise AssetError(resolver.problems[0])
+    warnings: list[str] = []
     try:
-        parts = list(scene_parts(scene))
+        parts = list(scene_parts(scene, warnings))
     except AssetError:
         raise
     except Exception as e:
@@ -75,32 +86,25 @@ def load_asset(path) -> Asset:
     if not parts:
         raise AssetError(f"{name} contains no triangle faces: nothing to render "
                          "(point clouds and lines are not supported)")
-    return combine_parts(parts, name)
+    asset = combine_parts(parts, name)
+    asset.warnings = [f"{name}: {w}" for w in warnings]
+    return asset
 
 
-def check_gltf_resources(path: Path) -> None:
-    """A .gltf names its buffers and images as separate files: say which one is missing (trimesh
-    would silently drop a missing texture and the asset would render grey)."""
+def check_gltf_json(path: Path) -> None:
+    """A .gltf is JSON: say so plainly when it is not."""
     import json
-    from urllib.parse import unquote
     try:
         gltf = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise AssetError(f"could not read {path.name}: not a valid GLTF (JSON) file ({e})") from e
     if not isinstance(gltf, dict):
         raise AssetError(f"could not read {path.name}: not a valid GLTF file")
-    for kind in ("buffers", "images"):
-        for item in gltf.get(kind) or []:
-            uri = item.get("uri") if isinstance(item, dict) else None
-            if not uri or uri.startswith("data:"):
-                continue
-            if not (path.parent / unquote(uri)).is_file():
-                raise AssetError(f"{path.name} needs the file '{unquote(uri)}' beside it, which is missing: "
-                                 "upload it to the same folder, or use a single-file .glb")
 
 
-def scene_parts(scene):
-    """Yield a Part for every (node, triangle geometry) of a trimesh Scene."""
+def scene_parts(scene, warnings: list[str] | None = None):
+    """Yield a Part for every (node, triangle geometry) of a trimesh Scene; textures that cannot be
+    placed (no UVs) are reported in ``warnings``."""
     trimesh = import_trimesh()
     for node in scene.graph.nodes_geometry:
         transform, geom_name = scene.graph[node]
@@ -109,10 +113,11 @@ def scene_parts(scene):
             continue
         vertices = trimesh.transformations.transform_points(
             np.asarray(geom.vertices, dtype=np.float64), np.asarray(transform, dtype=np.float64))
-        yield make_part(vertices, np.asarray(geom.faces, dtype=np.int64), geom.visual)
+        yield make_part(vertices, np.asarray(geom.faces, dtype=np.int64), geom.visual, warnings, geom_name)
 
 
-def make_part(vertices: np.ndarray, faces: np.ndarray, visual) -> Part:
+def make_part(vertices: np.ndarray, faces: np.ndarray, visual, warnings: list[str] | None = None,
+              label: str = "") -> Part:
     """Base colour of one primitive: texture x factor, else vertex colours, else factor, else grey."""
     n = len(vertices)
     grey = np.full((n, 3), MID_GREY, dtype=np.float32)
@@ -124,6 +129,11 @@ def make_part(vertices: np.ndarray, faces: np.ndarray, visual) -> Part:
         if image is not None and uv is not None and len(uv) == n:
             uv = np.nan_to_num(np.asarray(uv, dtype=np.float32)[:, :2], nan=0.0, posinf=0.0, neginf=0.0)
             return Part(vertices, faces, grey, uv, image, factor)
+        if image is not None and warnings is not None:
+            texture = image.info.get("file_path") if hasattr(image, "info") else None
+            warnings.append(f"the part '{label}' has a base-colour texture{f' ({texture})' if texture else ''} but "
+                            "no UV coordinates, so the texture cannot be placed: that part shows its flat colour "
+                            "instead. Export the asset with UVs to see its texture.")
         colors = vertex_colours(visual, n)
         if colors is not None:
             return Part(vertices, faces, colors)
@@ -201,6 +211,22 @@ def texture_to_uint8(image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
 
 
+def decode_texture(image, name: str) -> np.ndarray:
+    """texture_to_uint8, with a damaged image (it is decoded only here) as an AssetError."""
+    from PIL import Image
+    if not isinstance(image, Image.Image):  # e.g. a glTF whose baseColorTexture is not a texture reference
+        raise AssetError(f"a material of {name} has a base-colour texture that is not an image "
+                         f"({type(image).__name__}): the file is damaged; export it again")
+    try:
+        return texture_to_uint8(image)
+    except AssetError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError, TypeError) as e:
+        texture = image.info.get("file_path") if hasattr(image, "info") else None
+        raise AssetError(f"a base-colour texture of {name}{f' ({texture})' if texture else ''} cannot be decoded, "
+                         f"damaged or truncated ({type(e).__name__}: {e}): save it again as PNG or JPEG") from e
+
+
 def combine_parts(parts: list[Part], name: str) -> Asset:
     """Concatenate the parts' geometry; textures are kept one per (image, factor)."""
     vertices, faces, colors, uvs, face_tex = [], [], [], [], []
@@ -216,7 +242,7 @@ def combine_parts(parts: list[Part], name: str) -> Asset:
             key = (id(part.texture), tuple(float(f) for f in part.factor))
             if key not in tex_index:
                 tex_index[key] = len(textures)
-                textures.append(Texture(torch.from_numpy(texture_to_uint8(part.texture).copy()),
+                textures.append(Texture(torch.from_numpy(decode_texture(part.texture, name).copy()),
                                         torch.tensor(part.factor, dtype=torch.float32)))
             uvs.append(part.uv)
             face_tex.append(np.full(len(part.faces), tex_index[key], dtype=np.int64))

@@ -2,7 +2,9 @@
 AssetError for every kind of bad input (issue 3)."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -180,12 +182,12 @@ def test_missing_file(tmp_path):
         rendering.load_asset(tmp_path / "nope.glb")
 
 
-def test_paths_outside_the_input_folder_are_refused(tmp_path):
+def test_names_leaving_the_input_folder_are_refused_links_inside_it_are_followed(tmp_path):
     inp = tmp_path / "input"
     (inp / "3d").mkdir(parents=True)
     good = textured_box_glb(inp / "3d" / "ok.glb")
     outside = textured_box_glb(tmp_path / "secret.glb")
-    assert rendering.resolve_in_folder("3d/ok.glb", inp) == good.resolve()
+    assert rendering.resolve_in_folder("3d/ok.glb", inp) == good
     with pytest.raises(AssetError, match=r"\.\."):
         rendering.resolve_in_folder("3d/../../secret.glb", inp)
     with pytest.raises(AssetError, match=r"\.\."):
@@ -194,18 +196,147 @@ def test_paths_outside_the_input_folder_are_refused(tmp_path):
         rendering.resolve_in_folder(str(outside), inp)
     with pytest.raises(AssetError, match="absolute"):
         rendering.resolve_in_folder("C:\\models\\x.glb", inp)
+    # links the user put inside the input folder work wherever they point (a studio's asset library)
     os.symlink(outside, inp / "3d" / "link.glb")
-    with pytest.raises(AssetError, match="outside"):
-        rendering.resolve_in_folder("3d/link.glb", inp)
+    assert rendering.resolve_in_folder("3d/link.glb", inp) == inp / "3d" / "link.glb"
     os.symlink(tmp_path, inp / "3d" / "dirlink")
-    with pytest.raises(AssetError, match="outside"):
-        rendering.resolve_in_folder("3d/dirlink/secret.glb", inp)
-    os.symlink(good, inp / "3d" / "inner.glb")  # a link that stays inside is fine
-    assert rendering.resolve_in_folder("3d/inner.glb", inp) == good.resolve()
+    assert rendering.resolve_in_folder("3d/dirlink/secret.glb", inp).resolve() == outside.resolve()
+    assert rendering.load_asset(rendering.resolve_in_folder("3d/dirlink/secret.glb", inp)).num_faces == 12
+    os.symlink(tmp_path / "gone.glb", inp / "3d" / "dangling.glb")
+    with pytest.raises(AssetError, match="link whose target is missing"):
+        rendering.resolve_in_folder("3d/dangling.glb", inp)
     with pytest.raises(AssetError, match="not found"):
         rendering.resolve_in_folder("3d/missing.glb", inp)
     with pytest.raises(AssetError, match="no 3D file"):
         rendering.resolve_in_folder("", inp)
+    with pytest.raises(AssetError, match="NUL"):
+        rendering.resolve_in_folder("3d/a\x00.glb", inp)
+
+
+def test_asset_sources_cover_every_named_file_even_missing_ones(tmp_path):
+    """The cache key of Load Asset (issue 10, case 4): the .mtl, its textures, .bin and images count,
+    and a file missing now counts too, so that uploading it later changes the key."""
+    from PIL import Image
+    from tools.assets_gen import marked_texture, write_gltf
+    v, f, uv = box()
+    obj = write_obj(tmp_path / "a.obj", v, f, uv, texture=Image.new("RGB", (4, 4), (255, 0, 0)))
+    assert rendering.asset_sources(obj) == [obj, tmp_path / "a.mtl", tmp_path / "a_kd.png"]
+    key = rendering.sources_key(obj)
+    texture = (tmp_path / "a_kd.png").read_bytes()
+    (tmp_path / "a_kd.png").unlink()
+    assert rendering.asset_sources(obj)[-1] == tmp_path / "a_kd.png"  # still listed
+    missing = rendering.sources_key(obj)
+    assert missing != key and "a_kd.png|missing" in missing
+    (tmp_path / "a_kd.png").write_bytes(texture)
+    assert rendering.sources_key(obj) != missing
+    (tmp_path / "a.mtl").unlink()  # its textures are unknown until it is back
+    assert rendering.asset_sources(obj) == [obj, tmp_path / "a.mtl"]
+    q = write_gltf(tmp_path / "q.gltf", [GltfPart(*marked_quad()[:2], uv=marked_quad()[2], texture=marked_texture(16))])
+    assert rendering.asset_sources(q) == [q, tmp_path / "q.bin", tmp_path / "q_tex0.png"]
+    glb = textured_box_glb(tmp_path / "b.glb")
+    assert rendering.asset_sources(glb) == [glb]
+
+
+def test_named_files_leaving_the_asset_folder_are_refused_by_name(tmp_path):
+    from PIL import Image
+    from tools.assets_gen import marked_texture, write_gltf
+    v, f, uv = box()
+    (tmp_path / "lib").mkdir()
+    obj = write_obj(tmp_path / "lib" / "a.obj", v, f, uv, texture=Image.new("RGB", (4, 4), (255, 0, 0)))
+    Image.new("RGB", (4, 4)).save(tmp_path / "outside.png")
+    for name in ("../outside.png", str(tmp_path / "outside.png"), "..\\outside.png", "C:\\tex\\outside.png"):
+        (tmp_path / "lib" / "a.mtl").write_text(f"newmtl m0\nmap_Kd {name}\n")
+        with pytest.raises(AssetError, match=re.escape(f"'{name}', which is outside the asset's folder")):
+            rendering.load_asset(obj)
+    (tmp_path / "lib" / "a.mtl").write_text("newmtl m0\nmap_Kd sub/../a_kd.png\n")  # stays inside: fine
+    assert len(rendering.load_asset(obj).textures) == 1
+    obj.write_text(obj.read_text().replace("mtllib a.mtl", "mtllib ../a.mtl"))
+    with pytest.raises(AssetError, match="material library '../a.mtl'"):
+        rendering.load_asset(obj)
+    q = write_gltf(tmp_path / "lib" / "q.gltf", [GltfPart(*marked_quad()[:2], uv=marked_quad()[2],
+                                                          texture=marked_texture(16))])
+    tree = json.loads(q.read_text())
+    tree["buffers"][0]["uri"] = "%2E%2E/q.bin"  # percent-encoded '..'
+    q.write_text(json.dumps(tree))
+    with pytest.raises(AssetError, match="buffer '%2E%2E/q.bin', which is outside"):
+        rendering.load_asset(q)
+
+
+def test_links_beside_the_asset_are_followed_wherever_they_point(tmp_path):
+    """A studio library whose every file is a link: trimesh's own resolver refuses the .mtl and the
+    texture (they resolve outside the folder) and renders grey; here they are read."""
+    from PIL import Image
+    v, f, uv = box()
+    (tmp_path / "library").mkdir()
+    (tmp_path / "input").mkdir()
+    write_obj(tmp_path / "library" / "c.obj", v, f, uv, texture=Image.new("RGB", (4, 4), (0, 0, 255)))
+    for name in ("c.obj", "c.mtl", "c_kd.png"):
+        os.symlink(tmp_path / "library" / name, tmp_path / "input" / name)
+    asset = rendering.load_asset(tmp_path / "input" / "c.obj")
+    assert len(asset.textures) == 1 and asset.textures[0].image[0, 0].tolist() == [0, 0, 255]
+
+
+def test_texture_problems_are_errors_naming_the_file(tmp_path):
+    from PIL import Image
+    from tools.assets_gen import huge_png, png_bytes
+    v, f, uv = box()
+    (tmp_path / "input" / "3d").mkdir(parents=True)
+    obj = write_obj(tmp_path / "input" / "3d" / "a.obj", v, f, uv, texture=Image.new("RGB", (64, 64), (9, 9, 9)))
+    good = (tmp_path / "input" / "3d" / "a_kd.png").read_bytes()
+    (tmp_path / "input" / "3d" / "a_kd.png").unlink()
+    with pytest.raises(AssetError, match=r"texture 'a_kd.png', which is missing: .* in the folder input/3d\."):
+        rendering.load_asset(obj, root=tmp_path / "input")
+    huge_png(tmp_path / "input" / "3d" / "a_kd.png", 15_000, 12_000)
+    limit = 2 * Image.MAX_IMAGE_PIXELS
+    with pytest.raises(AssetError, match=f"15,000 × 12,000 = 180,000,000 pixels, over the limit of {limit:,}"):
+        rendering.load_asset(obj)
+    (tmp_path / "input" / "3d" / "a_kd.png").write_bytes(b"not an image at all")
+    with pytest.raises(AssetError, match="texture 'a_kd.png' of a.mtl is not an image"):
+        rendering.load_asset(obj)
+    (tmp_path / "input" / "3d" / "a_kd.png").write_bytes(good[: len(good) // 2])  # decoded only when used
+    with pytest.raises(AssetError, match=r"a.obj \(a_kd.png\) cannot be decoded"):
+        rendering.load_asset(obj)
+    bomb = write_glb(tmp_path / "bomb.glb", [GltfPart(v, f, uv=uv, texture=huge_png(tmp_path / "h.png", 20_000,
+                                                                                         10_000).read_bytes())])
+    with pytest.raises(AssetError, match="base-colour image 0 of bomb.glb is 20,000 × 10,000"):
+        rendering.load_asset(bomb)
+    junk = write_glb(tmp_path / "junk.glb", [GltfPart(v, f, uv=uv, texture=b"\x89PNG garbage")])
+    with pytest.raises(AssetError, match="base-colour image 0 of junk.glb is not an image"):
+        rendering.load_asset(junk)
+    fine = write_glb(tmp_path / "fine.glb", [GltfPart(v, f, uv=uv, texture=png_bytes(Image.new("RGB", (4, 4))))])
+    assert len(rendering.load_asset(fine).textures) == 1
+
+
+def test_texture_without_uvs_is_a_warning_in_the_description(tmp_path):
+    from PIL import Image
+    v, f, _ = box()
+    obj = write_obj(tmp_path / "n.obj", v, f, None, texture=Image.new("RGB", (4, 4), (255, 0, 0)),
+                    diffuse=(0.2, 0.4, 0.6))
+    asset = rendering.load_asset(obj)
+    assert len(asset.warnings) == 1 and "no UV coordinates" in asset.warnings[0] and "n_kd.png" in asset.warnings[0]
+    assert asset.description().splitlines()[0] == "n.obj: 12 faces, 24 vertices"
+    assert asset.description().splitlines()[1].startswith("WARNING: n.obj: ")
+    assert np.allclose(front_colour(obj), [0.2, 0.4, 0.6], atol=1 / 255)
+    assert rendering.load_asset(write_obj(tmp_path / "t.obj", v, f, box()[2], texture=Image.new("RGB", (4, 4)))).warnings == []
+
+
+def test_blank_views_are_named_and_all_blank_is_an_error():
+    from tools.assets_gen import flat_card
+    card = rendering.asset_from_mesh(*flat_card()[:2])
+    with pytest.raises(AssetError, match=r"all 2 views are blank: .* view 0 \(0°\), view 1 \(180°\)"):
+        rendering.check_coverage(rendering.render_views(card, num_views=2, resolution=32))
+    views = rendering.render_views(card, num_views=4, resolution=32)
+    assert rendering.blank_views(views) == [0, 2]
+    assert "2 of 4 views are blank (nothing of the asset is visible): view 0 (0°), view 2 (180°)" in \
+        rendering.check_coverage(views)
+    # the advice works: a card lying flat is blank in every view at pitch 0 and seen in all at pitch 20
+    v, f, _ = flat_card()
+    rug = rendering.asset_from_mesh(v[:, [0, 2, 1]], f)
+    with pytest.raises(AssetError, match="all 8 views are blank"):
+        rendering.check_coverage(rendering.render_views(rug, num_views=8, resolution=32))
+    assert rendering.check_coverage(rendering.render_views(rug, num_views=8, resolution=32, pitch=20.0)) is None
+    box_asset = rendering.asset_from_mesh(*box()[:2])
+    assert rendering.check_coverage(rendering.render_views(box_asset, num_views=2, resolution=32)) is None
 
 
 def test_corrupt_truncated_and_empty_glb(tmp_path):

@@ -73,6 +73,16 @@ def marked_quad():
     return v, f, uv_gltf
 
 
+def flat_card(width: float = 2.0, height: float = 1.0):
+    """A flat rectangle in the plane z = 0 (two faces, UVs glTF-style): seen edge-on from the +X and
+    -X sides, i.e. by the views at 0° and 180° of the orbit."""
+    w, h = width / 2, height / 2
+    v = np.array([[-w, h, 0], [w, h, 0], [w, -h, 0], [-w, -h, 0]], dtype=np.float64)
+    f = np.array([[0, 3, 2], [0, 2, 1]], dtype=np.int64)
+    uv = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], dtype=np.float64)
+    return v, f, uv
+
+
 def low_poly():
     """Large triangles: an octahedron-like shape with uneven extents."""
     v = np.array([[1.0, 0, 0], [-1, 0, 0], [0, 1.4, 0], [0, -0.7, 0], [0, 0, 0.9], [0, 0, -1.2]])
@@ -134,6 +144,26 @@ def texture_in_mode(mode: str, size: int = 32) -> tuple[Image.Image, np.ndarray]
     return Image.fromarray(rgb, "RGB"), rgb / 255
 
 
+def huge_png(path, width: int, height: int) -> Path:
+    """A valid 1-bit greyscale PNG of width x height pixels (all black), streamed: a few kB on disk
+    and in memory however many pixels it has (e.g. a texture over Pillow's decompression-bomb limit)."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    z = zlib.compressobj(9)
+    idat = bytearray()
+    for _ in range(height):
+        idat += z.compress(row)
+    idat += z.flush()
+    path = Path(path)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", bytes(idat)) + chunk(b"IEND", b""))
+    return path
+
+
 def png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
@@ -151,7 +181,7 @@ class GltfPart:
     faces: np.ndarray  # [F,3]
     uv: np.ndarray | None = None  # [V,2] glTF convention (v down, (0,0) = image top-left)
     colors: np.ndarray | None = None  # [V,3|4] float 0..1 (COLOR_0)
-    texture: Image.Image | None = None
+    texture: Image.Image | bytes | None = None  # bytes: stored as they are (damaged or huge images)
     factor: tuple | None = None  # baseColorFactor RGBA (linear)
     matrix: np.ndarray | None = None  # 4x4 node transform (world = matrix @ local)
     translation: tuple | None = None
@@ -226,7 +256,7 @@ def build_gltf(parts, external_images: Path | None = None, stem: str = "asset"):
                 gltf.setdefault("images", [])
                 gltf.setdefault("textures", [])
                 gltf.setdefault("samplers", [{"magFilter": 9729, "minFilter": 9729}])
-                data = png_bytes(part.texture)
+                data = part.texture if isinstance(part.texture, bytes) else png_bytes(part.texture)
                 if external_images is not None:
                     name = f"{stem}_tex{len(gltf['images'])}.png"
                     (external_images / name).write_bytes(data)

@@ -74,6 +74,16 @@ def describe_rejection(body) -> str:
     return "; ".join(line for line in lines if line) or json.dumps(body)
 
 
+def progress_text(frame: bytes) -> dict | None:
+    """A binary /ws frame of type 3 (PromptServer.send_progress_text: the text the frontend shows on
+    a node) as {"type": "progress_text", "data": {"node": id, "text": text}}; None for other frames."""
+    if len(frame) < 8 or int.from_bytes(frame[:4], "big") != 3:
+        return None
+    n = int.from_bytes(frame[4:8], "big")
+    node = frame[8:8 + n].decode("utf-8", errors="replace")
+    return {"type": "progress_text", "data": {"node": node, "text": frame[8 + n:].decode("utf-8", errors="replace")}}
+
+
 @dataclass
 class RunResult:
     prompt_id: str
@@ -84,6 +94,11 @@ class RunResult:
 
     def progress(self) -> list[dict]:
         return [m["data"] for m in self.messages if m.get("type") == "progress"]
+
+    def node_texts(self, node_id: str) -> list[str]:
+        """The texts node ``node_id`` showed on itself during the run (progress_text frames)."""
+        return [m["data"]["text"] for m in self.messages
+                if m.get("type") == "progress_text" and m["data"].get("node") == str(node_id)]
 
     def error_text(self) -> str:
         if not self.error:
@@ -228,7 +243,12 @@ class ComfyClient:
                 except websocket.WebSocketTimeoutException:
                     raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s") from None
                 if not isinstance(raw, str):
-                    continue  # binary preview frames
+                    text = progress_text(raw)  # a text a node shows on itself; other frames are previews
+                    if text is not None:
+                        messages.append(text)
+                        if on_message:
+                            on_message(text)
+                    continue
                 msg = json.loads(raw)
                 data = msg.get("data") or {}
                 if data.get("prompt_id") not in (None, prompt_id):
