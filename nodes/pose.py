@@ -30,19 +30,34 @@ def _batch_mask(mask: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
 
 
 def read_batch(point_maps: torch.Tensor, masks: torch.Tensor, asset, y_rotation: float, progress=None):
-    """One PoseReadout per image of the batch (checks once, here)."""
+    """One PoseReadout per image of the batch (checks once, here). An image whose camera cannot be
+    read (e.g. no object in its mask) gets None and a warning, so the rest of a batch of seeds is
+    still scored; when no image can be read, the first image's error is raised."""
     if point_maps.ndim != 4 or point_maps.shape[-1] < 3:
         raise AssetError(f"point_map must be an IMAGE batch N×H×W×3, got shape {tuple(point_maps.shape)}")
     if not math.isfinite(y_rotation):
         raise AssetError(f"y_rotation must be a finite number, got {y_rotation}")
     n, h, w = point_maps.shape[:3]
     masks = _batch_mask(masks, n, h, w)
-    out = []
+    out, errors = [], []
     for i in range(n):
-        out.append(read_pose(point_maps[i], masks[i], asset, y_rotation=y_rotation))
+        try:
+            out.append(read_pose(point_maps[i], masks[i], asset, y_rotation=y_rotation))
+        except AssetError as e:
+            if n == 1:
+                raise
+            out.append(None)
+            errors.append(f"image {i}: {e}")
+            log.warning("RefAny3D Read Pose: image %d of %d: %s (score 0)", i, n, e)
         if progress is not None:
             progress(i + 1, n)
+    if len(errors) == n:
+        raise AssetError(f"no camera could be read from any of the {n} images; {errors[0]}")
     return out
+
+
+def score_of(pose) -> float:
+    return 0.0 if pose is None else pose.score
 
 
 class RefAny3DReadPose(io.ComfyNode):
@@ -98,16 +113,17 @@ class RefAny3DReadPose(io.ComfyNode):
         pm = torch.ones(n, h, w, 3)
         rmask = torch.zeros(n, h, w)
         for i, p in enumerate(poses):
-            if p.rerender is not None:
+            if p is not None and p.rerender is not None:
                 rgb[i], pm[i], rmask[i] = p.rerender.rgb[0], p.rerender.point_map[0], p.rerender.mask[0]
         over = torch.stack([overlay(base[i].cpu(), rmask[i]) for i in range(n)])
-        summary = [p.to_json() for p in poses]
+        summary = [None if p is None else p.to_json() for p in poses]
         text = json.dumps(summary, indent=1)
         for i, p in enumerate(poses):
-            log.info("RefAny3D Read Pose: image %d: score %.3f (mask IoU %.3f, median 3D error %.2f %%, inliers "
-                     "%.0f %%), vertical fov %.1f°", i, p.score, p.iou, p.median_error_pct, 100 * p.inlier_ratio,
-                     p.camera.fov)
-        scores = [p.score for p in poses]
+            if p is not None:
+                log.info("RefAny3D Read Pose: image %d: score %.3f (mask IoU %.3f, median 3D error %.2f %%, inliers "
+                         "%.0f %%), vertical fov %.1f°", i, p.score, p.iou, p.median_error_pct, 100 * p.inlier_ratio,
+                         p.camera.fov)
+        scores = [score_of(p) for p in poses]
         ui = {"text": [f"image {i}: score {s:.3f}" for i, s in enumerate(scores)], "refany3d_pose": summary}
         return io.NodeOutput(poses, text, rgb, pm, rmask, over, scores, ui=ui)
 
@@ -157,11 +173,11 @@ class RefAny3DBestOf(io.ComfyNode):
             raise AssetError(f"{len(pose)} read poses for {n} images: use Read Pose on the same batch")
         h, w = point_maps.shape[1:3]
         masks = _batch_mask(masks, n, h, w)
-        order = sorted(range(n), key=lambda i: -pose[i].score)[:max(1, int(top_k))]
-        ranking = json.dumps([{"index": i, "score": pose[i].score} for i in order])
+        order = sorted(range(n), key=lambda i: -score_of(pose[i]))[:max(1, int(top_k))]
+        ranking = json.dumps([{"index": i, "score": score_of(pose[i])} for i in order])
         idx = torch.tensor(order)
         return io.NodeOutput(images[idx], point_maps[idx], masks[idx], ranking,
-                             ui={"text": [f"best: image {order[0]} (score {pose[order[0]].score:.3f})"]})
+                             ui={"text": [f"best: image {order[0]} (score {score_of(pose[order[0]]):.3f})"]})
 
 
 NODES = [RefAny3DReadPose, RefAny3DBestOf]

@@ -180,3 +180,23 @@ def test_read_pose_node_returns_the_render_cameras(comfy, tmp_path):
         assert np.allclose(cam["pack"]["eye"], want.eye.numpy(), atol=0.02)
         assert abs(cam["pack"]["fov_deg"] - 45.0) < 0.3 and cam["scores"]["score"] > 0.95
     json.dumps(cameras)  # JSON-ready
+
+
+def test_best_seed_example_runs_with_the_tiny_model(comfy):
+    """The 'check and pick the best seed' example (API twin), with the tiny random Flux of the wiring
+    check: 4 seeds sampled, each read by Read Pose (scores present), overlays saved, the best kept."""
+    from tools.demo import provide_tiny_models, wiring_graph
+    from tools.demo_asset import ASSET_NAME, write_demo_asset
+    from tools.make_workflows import PACK_ROOT
+    provide_tiny_models(comfy.models_dir)
+    if not (comfy.input_dir / ASSET_NAME).exists():
+        write_demo_asset(comfy.input_dir / ASSET_NAME)
+    api = json.loads((PACK_ROOT / "example_workflows" / "api" / "refany3d_best_seed.json").read_text())
+    result = comfy.run(wiring_graph(api, steps=1, views=2), timeout=900)
+    assert result.status == "success", result.error_text()
+    node = next(i for i, n in api.items() if n["class_type"] == "RefAny3DReadPose")
+    poses = result.outputs[node]["refany3d_pose"]
+    assert len(poses) == 4 and all(p is None or 0.0 <= p["scores"]["score"] <= 1.0 for p in poses)
+    saves = {n["inputs"]["filename_prefix"]: i for i, n in api.items() if n["class_type"] == "SaveImage"}
+    assert len(comfy.output_files(result, saves["RefAny3D_best_seed/overlay"])) == 4
+    assert len(comfy.output_files(result, saves["RefAny3D_best_seed/best"])) == 1
