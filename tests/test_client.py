@@ -15,6 +15,8 @@ import sys
 import time
 
 import pytest
+from tools.asset_refs import SUPPORTED_EXTENSIONS, AssetInputError, collect, gltf_uris, map_file_name
+from tools.client import upload_folder
 from tools.comfy_server import ComfyServer, free_port
 from tools.demo import FULL_WORKFLOW, RENDER_WORKFLOW, provide_tiny_models, wiring_graph
 from tools.demo_asset import write_demo_asset
@@ -58,10 +60,20 @@ def test_dry_run_fills_the_example_workflow(tmp_path):
     rv = by_class["RefAny3DRenderViews"][1]
     assert (rv["num_views"], rv["pitch"], rv["y_rotation"]) == (6, 15.0, 90.0)
     assert by_class["RefAny3DApply"][1]["image_guidance"] == 1.5
+    # every output gets a folder of this run (names never collide with another run's)
+    prefixes = {nid: g[nid]["inputs"]["filename_prefix"] for nid in g if "filename_prefix" in g[nid]["inputs"]}
+    run_ids = set()
+    for nid, prefix in prefixes.items():
+        head, tail = original[nid]["inputs"]["filename_prefix"].rsplit("/", 1)
+        m = re.fullmatch(re.escape(head) + r"/(client-[0-9-]+-[0-9a-f]{8})/" + re.escape(tail), prefix)
+        assert m, prefix
+        run_ids.add(m.group(1))
+    assert len(run_ids) == 1
+    assert run_ids.isdisjoint(re.findall(r"client-[0-9-]+-[0-9a-f]{8}", client("--dry-run").stdout))
     # nothing else changed
     changed = {(nid, k) for nid in g for k in g[nid]["inputs"] if g[nid]["inputs"][k] != original[nid]["inputs"][k]}
     assert {k for _, k in changed} == {"text", "seed", "steps", "sampler_name", "num_views", "pitch", "y_rotation",
-                                        "image_guidance"}
+                                        "image_guidance", "filename_prefix"}
 
 
 def test_a_setting_no_node_takes_is_an_error():
@@ -75,6 +87,10 @@ def test_a_ui_example_is_replaced_by_its_api_twin():
     g = json.loads(res.stdout)
     expected = json.loads(RENDER_WORKFLOW.read_text())
     expected["2"]["inputs"]["num_views"] = 3
+    for node in g.values():  # the run's own output folder aside
+        if "filename_prefix" in node["inputs"]:
+            node["inputs"]["filename_prefix"] = re.sub(r"client-[0-9-]+-[0-9a-f]{8}/", "",
+                                                       node["inputs"]["filename_prefix"])
     assert g == expected
 
 
@@ -107,7 +123,8 @@ def test_end_to_end_with_the_tiny_model(comfy, tmp_path):
     res = client("--server", comfy.url, "--workflow", workflow, "--asset", asset, "--seed", 3, "--steps", 2,
                  "--views", 2, "--image-guidance", 2.0, "--pitch", 10, "--out", out)
     assert res.returncode == 0, res.stderr + comfy.log_text()[-3000:]
-    assert "uploaded" in res.stderr and "3d/client_box.glb" in res.stderr
+    asset_name = re.search(r"uploaded \S+ as (3d/refany3d_client/[0-9a-f]{16}/client_box\.glb)", res.stderr)
+    assert asset_name, res.stderr
     assert re.search(r"KSampler \(node \d+\): 2/2", res.stderr), res.stderr  # progress from /ws
     saved = sorted(p.name for p in out.iterdir())
     assert saved == sorted(line.rsplit("/", 1)[-1] for line in res.stdout.split())
@@ -122,7 +139,7 @@ def test_end_to_end_with_the_tiny_model(comfy, tmp_path):
     assert (nodes["KSampler"]["seed"], nodes["KSampler"]["steps"]) == (3, 2)
     assert (nodes["RefAny3DRenderViews"]["num_views"], nodes["RefAny3DRenderViews"]["pitch"]) == (2, 10.0)
     assert nodes["RefAny3DApply"]["image_guidance"] == 2.0
-    assert nodes["RefAny3DLoadAsset"]["asset_file"] == "3d/client_box.glb"
+    assert nodes["RefAny3DLoadAsset"]["asset_file"] == asset_name.group(1)
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +187,109 @@ def test_validation_error_exits_nonzero_with_the_server_message(private_comfy, t
         if item["prompt"][2].get("5", {}).get("inputs", {}).get("mask") == ["2", 0]:
             kinds = [m[0] for m in item["status"]["messages"]]
             assert "execution_interrupted" in kinds and "execution_success" not in kinds, kinds
+
+
+# --- the files an asset references (tools/asset_refs.py), read locally
+
+def test_supported_extensions_are_the_loaders():
+    import rendering
+    assert SUPPORTED_EXTENSIONS == rendering.SUPPORTED_EXTENSIONS
+
+
+@pytest.mark.parametrize("args, name", [
+    (["tex.png"], "tex.png"),
+    (["-s", "1", "1", "1", "tex.png"], "tex.png"),
+    (["-o", "0.5", "-s", "2", "2", "-clamp", "on", "tex.png"], "tex.png"),
+    (["-bm", "0.3", "maps/bump map.png"], "maps/bump map.png"),
+    (["-imfchan", "r", "-mm", "0", "1", "rough.png"], "rough.png"),
+    (["-type", "sphere", "env.png"], "env.png"),
+    (["-blendu", "off", "-blendv", "off", "-texres", "512", "t.jpg"], "t.jpg"),
+    (["1.png"], "1.png"),
+])
+def test_mtl_map_options_are_skipped(args, name):
+    assert map_file_name(args) == name
+
+
+def test_obj_mtl_and_maps_are_collected(tmp_path):
+    (tmp_path / "mats" / "tex").mkdir(parents=True)
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "a.obj").write_text("# mtllib commented.mtl\nmtllib mats/a.mtl other.mtl\nv 0 0 0\n")
+    (tmp_path / "mats" / "a.mtl").write_text(
+        "newmtl m\nmap_Kd -s 1 1 1 tex/kd.png\nmap_Bump -bm 0.5 shared/n.png\nbump tex/kd.png\n# map_Ks gone.png\n")
+    (tmp_path / "other.mtl").write_text("newmtl o\nKd 1 0 0\nmap_d tex\\alpha.png\n")
+    (tmp_path / "tex").mkdir()
+    for rel in ("mats/tex/kd.png", "shared/n.png", "tex/alpha.png"):
+        (tmp_path / rel).write_bytes(b"png")
+    bundle = collect(tmp_path / "a.obj")
+    # kd.png beside the MTL, n.png relative to the OBJ (as trimesh reads it), Windows separators
+    assert sorted(bundle.files) == ["a.obj", "mats/a.mtl", "mats/tex/kd.png", "other.mtl", "shared/n.png",
+                                    "tex/alpha.png"]
+    assert bundle.sidecars[0] != "a.obj" and len(bundle.sidecars) == 5
+
+
+def test_gltf_and_glb_uris(tmp_path):
+    from tools.assets_gen import GltfPart, box, write_glb
+    v, f, uv = box()
+    doc = {"asset": {"version": "2.0"}, "buffers": [{"uri": "data:application/octet-stream;base64,AAAA"},
+                                                     {"uri": "my%20mesh.bin"}],
+           "images": [{"uri": "tex/a%2Bb.png"}, {"bufferView": 0}, {"uri": "data:image/png;base64,AA=="}]}
+    (tmp_path / "s.gltf").write_text(json.dumps(doc))
+    assert gltf_uris(tmp_path / "s.gltf") == ["my mesh.bin", "tex/a+b.png"]
+    glb = write_glb(tmp_path / "m.glb", [GltfPart(v, f, uv=uv)])
+    assert gltf_uris(glb) == [] and list(collect(glb).files) == ["m.glb"]
+    (tmp_path / "broken.gltf").write_text("{ not json")
+    assert gltf_uris(tmp_path / "broken.gltf") == []  # the server's loader reports it
+    (tmp_path / "broken.glb").write_bytes(b"glTF\x02\0\0\0 truncated")
+    assert gltf_uris(tmp_path / "broken.glb") == []
+
+
+def test_same_content_same_folder_different_content_different_folder(tmp_path):
+    from tools.assets_gen import box, write_obj
+    from PIL import Image
+    v, f, uv = box()
+    for name, colour in (("a", (255, 0, 0)), ("b", (255, 0, 0)), ("c", (0, 0, 255))):
+        (tmp_path / name).mkdir()
+        write_obj(tmp_path / name / "model.obj", v, f, uv, texture=Image.new("RGB", (4, 4), colour))
+    a, b, c = (upload_folder(collect(tmp_path / n / "model.obj")) for n in "abc")
+    assert a == b != c  # only the texture differs between a and c
+    assert re.fullmatch(r"3d/refany3d_client/[0-9a-f]{16}", a)
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("../up.png", "outside the asset's folder"),
+    ("sub/../../up.png", "outside the asset's folder"),
+    ("/etc/passwd", "absolute path"),
+    ("C:\\textures\\a.png", "absolute path"),
+    ("file:///etc/passwd", "a URL"),
+    ("missing.png", "which is missing"),
+])
+def test_references_outside_the_folder_or_missing_are_refused(tmp_path, ref, message):
+    (tmp_path / "up.png").write_bytes(b"png")
+    src = tmp_path / "asset"
+    src.mkdir()
+    (src / "m.obj").write_text("mtllib m.mtl\nv 0 0 0\n")
+    (src / "m.mtl").write_text(f"newmtl a\nmap_Kd {ref}\n")
+    with pytest.raises(AssetInputError, match=re.escape(message)):
+        collect(src / "m.obj")
+
+
+def test_a_link_out_of_the_folder_is_refused(tmp_path):
+    (tmp_path / "secret.png").write_bytes(b"png")
+    src = tmp_path / "asset"
+    src.mkdir()
+    (src / "tex.png").symlink_to(tmp_path / "secret.png")
+    (src / "m.obj").write_text("mtllib m.mtl\nv 0 0 0\n")
+    (src / "m.mtl").write_text("newmtl a\nmap_Kd tex.png\n")
+    with pytest.raises(AssetInputError, match="through a link"):
+        collect(src / "m.obj")
+
+
+def test_saving_never_replaces_a_file_without_overwrite(tmp_path):
+    from tools.client import save_file
+    (tmp_path / "a.png").write_bytes(b"old")
+    assert save_file(tmp_path, "a.png", b"new") == tmp_path / "a-1.png"
+    assert save_file(tmp_path, "a.png", b"newer") == tmp_path / "a-2.png"
+    assert (tmp_path / "a.png").read_bytes() == b"old"
+    assert save_file(tmp_path, "a.png", b"replaced", overwrite=True) == tmp_path / "a.png"
+    assert (tmp_path / "a.png").read_bytes() == b"replaced"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-1.png", "a-2.png", "a.png"]  # no .part left

@@ -1,35 +1,57 @@
 """Headless RefAny3D client: run an API-format workflow on a running ComfyUI and fetch the results.
 
-It uploads a 3D asset to the server's input/3d folder, fills the workflow's settings (prompt, seed,
-steps, number of views, image guidance, pitch, y rotation, or any NODE.INPUT=VALUE), submits it
-through POST /prompt, shows progress from the /ws stream (or polls /history when the
-websocket-client package is missing), and downloads every output file into a folder.
+It checks everything local first (workflow, settings, --out, the asset and the files it references),
+uploads the asset with its sidecar files (an OBJ's .mtl and textures, a glTF's .bin and images) into
+one folder of the server's input/3d, fills the workflow's settings (prompt, seed, steps, number of
+views, image guidance, pitch, y rotation, or any NODE.INPUT=VALUE), submits it through POST /prompt,
+shows progress from the /ws stream (or polls /history when the websocket-client package is missing),
+and downloads every output file into a folder.
 
 Examples:
 
     python tools/client.py --asset box.glb --prompt "a toy box on a wooden desk" --out results/
     python tools/client.py --workflow example_workflows/api/refany3d_render_preview.json \\
-        --asset box.glb --views 4 --pitch 20 --out previews/
-    python tools/client.py --server http://10.0.0.5:8188 --set 12.text="..." --out results/
+        --asset chair.obj --views 4 --pitch 20 --out previews/
+    python tools/client.py --server 10.0.0.5:8188 --set 12.text="..." --out results/
 
-Exit status: 0 when the run succeeded; 1 when the server reported an execution error (its own
-message is printed); 2 for bad arguments (argparse) or a setting that no node of the workflow takes;
-3 when the server cannot be reached; 4 when the server rejected the workflow at validation (its
-per-node messages are printed); 5 on timeout or interruption.
+Names never collide: the asset and its sidecars go to input/3d/refany3d_client/<first 16 hex digits
+of the sha256 of their content>/ (the same content shares a folder; a different file of the same
+name never replaces another), every filename_prefix gets a folder of its own per run, and files
+already in --out are kept (a new download gets a -1, -2... suffix) unless --overwrite is given.
+
+Exit status:
+  0  the run succeeded and its outputs were downloaded
+  1  the run failed on the server (the server's own message is printed)
+  2  bad arguments or local input, found before anything is sent: a setting no node takes, a workflow
+     that is not API format, an --asset that is missing or not .glb .gltf .obj .ply .stl .off, a file
+     it references that is missing or outside its folder, --out naming a file, a --server that is
+     not http(s)
+  3  the server cannot be reached (or answers out of protocol)
+  4  rejected by the server: the workflow failed validation (its per-node messages are printed,
+     also when only some outputs failed), an upload was refused (e.g. larger than the server's
+     --max-upload-size), or model files the workflow loads are not on the server (each is named
+     with its models/ folder); nothing is left queued
+  5  timeout or interruption (the prompt is cancelled)
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
+import os
 import sys
 import time
-from pathlib import Path
+import uuid
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 if __package__:  # python -m tools.client
-    from .comfy_http import ComfyClient, ComfyError, PromptRejected
+    from .asset_refs import AssetBundle, AssetInputError, collect
+    from .comfy_http import ComfyClient, ComfyError, PromptRejected, UploadRejected, normalize_url
 else:  # python tools/client.py: this folder is first on sys.path
-    from comfy_http import ComfyClient, ComfyError, PromptRejected
+    from asset_refs import AssetBundle, AssetInputError, collect
+    from comfy_http import ComfyClient, ComfyError, PromptRejected, UploadRejected, normalize_url
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORKFLOW = PACK_ROOT / "example_workflows" / "api" / "refany3d_asset_to_image.json"
@@ -49,29 +71,30 @@ TARGETS = {
 SAMPLERS = {"KSampler": "positive", "KSamplerAdvanced": "positive", "CFGGuider": "positive",
             "BasicGuider": "conditioning"}
 TEXT_ENCODERS = {"CLIPTextEncode": "text", "CLIPTextEncodeFlux": "t5xxl"}
+# loader class -> {input: models sub-folder}: the files checked on the server before anything is sent
+MODEL_INPUTS = {
+    "UNETLoader": {"unet_name": "diffusion_models"},
+    "DualCLIPLoader": {"clip_name1": "text_encoders", "clip_name2": "text_encoders"},
+    "CLIPLoader": {"clip_name": "text_encoders"},
+    "VAELoader": {"vae_name": "vae"},
+    "CheckpointLoaderSimple": {"ckpt_name": "checkpoints"},
+    "LoraLoader": {"lora_name": "loras"},
+    "LoraLoaderModelOnly": {"lora_name": "loras"},
+    "RefAny3DLoadAdapter": {"reference_lora": "refany3d", "domain_lora": "refany3d", "domain_embedder": "refany3d"},
+}
+UPLOAD_FOLDER = "3d/refany3d_client"  # under the server's input folder
 
 
 class UsageError(Exception):
     """A setting that the workflow cannot take."""
 
 
-class StrictClient(ComfyClient):
-    """A ComfyClient whose submit() also refuses a partly valid graph.
+class UploadConflict(ComfyError):
+    """The server already holds a different file where an upload was to go."""
 
-    ComfyUI answers 200 and runs the outputs that validated when only some output nodes fail
-    validation; their errors come back in ``node_errors``. A scripted run wants all of its outputs,
-    so such a prompt is taken off the queue again and reported like a rejected one."""
 
-    def submit(self, graph: dict) -> str:
-        status, body = self._json("POST", "/prompt", {"prompt": graph, "client_id": self.client_id})
-        if status == 200 and isinstance(body, dict) and body.get("node_errors"):
-            cancel(self, [body.get("prompt_id")])
-            raise PromptRejected(status, body)
-        if status == 400:
-            raise PromptRejected(status, body)
-        if status != 200:
-            raise ComfyError(f"POST /prompt answered {status}: {body}")
-        return body["prompt_id"]
+# ComfyClient.submit itself refuses a partly valid graph (HTTP 200 with node_errors); kept for callers
+StrictClient = ComfyClient
 
 
 def load_api_workflow(path: Path) -> dict:
@@ -191,21 +214,150 @@ class Progress:
             self.last_line = line
 
 
-def download_outputs(client: ComfyClient, result, out_dir: Path, include_temp: bool = False) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    saved = []
-    for _node_id, outputs in sorted(result.outputs.items(), key=lambda kv: kv[0]):
-        for records in outputs.values():
-            if not isinstance(records, list):
+def server_url(text: str) -> str:
+    """The --server address as a URL: ``host:port`` means ``http://host:port``."""
+    url = normalize_url(text)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"--server {text!r}: give ComfyUI's address as http://HOST:PORT (or https://…)")
+    return url
+
+
+def check_out_dir(out: Path) -> None:
+    """--out must be a folder, or creatable as one; checked before anything is sent."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is an existing file: name a folder for the outputs (it is created if "
+                         "missing)")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--out {out}: {parent} is a file, so the folder cannot be created; name another folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: no permission to write in {parent}")
+
+
+def upload_folder(bundle: AssetBundle) -> str:
+    """The asset's folder on the server (under input/): named by the content of all its files."""
+    return f"{UPLOAD_FOLDER}/{bundle.digest()[:16]}"
+
+
+def unique_prefixes(graph: dict, run_id: str) -> None:
+    """Every filename_prefix gets a folder of this run: 'RefAny3D/image' -> 'RefAny3D/<run_id>/image'."""
+    for node in graph.values():
+        inputs = node.get("inputs") or {}
+        prefix = inputs.get("filename_prefix")
+        if isinstance(prefix, str):
+            head, sep, tail = prefix.rpartition("/")
+            inputs["filename_prefix"] = f"{head}/{run_id}/{tail}" if sep else f"{run_id}/{prefix}"
+
+
+def combo_values(info: dict, node_class: str, name: str) -> list | None:
+    """The options of a combo input from /object_info; None when the input is not a combo."""
+    spec = (info.get(node_class, {}).get("input", {}).get("required", {}).get(name)
+            or info.get(node_class, {}).get("input", {}).get("optional", {}).get(name))
+    if not spec:
+        return None
+    if isinstance(spec[0], list):
+        return spec[0]
+    options = (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}).get("options")
+    return options if isinstance(options, list) else None
+
+
+def missing_model_files(client: ComfyClient, graph: dict) -> list[str]:
+    """'models/<folder>/<file> (node N Class.input)' for each model file the graph loads that the
+    server does not list, the RefAny3D adapter files included (its node checks them only when it
+    runs)."""
+    missing, infos = [], {}
+    for node_id, node in sorted(graph.items(), key=lambda kv: (len(kv[0]), kv[0])):
+        cls = node.get("class_type")
+        if cls not in MODEL_INPUTS:
+            continue
+        if cls not in infos:
+            infos[cls] = client.object_info(cls)
+        if cls not in infos[cls]:
+            continue  # not installed: the server's validation names it
+        for name, folder in MODEL_INPUTS[cls].items():
+            value = (node.get("inputs") or {}).get(name)
+            options = combo_values(infos[cls], cls, name)
+            if not isinstance(value, str) or options is None:
                 continue
-            for rec in records:
+            if value not in options and value.replace("\\", "/") not in [str(o).replace("\\", "/") for o in options]:
+                missing.append(f"models/{folder}/{value} (node {node_id}, {cls}.{name})")
+    return missing
+
+
+def upload_bundle(client: ComfyClient, bundle: AssetBundle, folder: str) -> str:
+    """Uploads the asset and its sidecars into ``folder`` (their relative layout kept), the largest
+    first: a file the server refuses as too large is refused before anything is written. Never
+    overwrites: the same file already there is kept; a different one is an UploadConflict."""
+    for rel in sorted(bundle.files, key=lambda r: (-bundle.files[r].stat().st_size, r)):
+        parent = PurePosixPath(rel).parent.as_posix()
+        subfolder = folder if parent == "." else f"{folder}/{parent}"
+        expected = f"{subfolder}/{PurePosixPath(rel).name}"
+        got = client.upload(bundle.files[rel], subfolder=subfolder, overwrite=False)
+        if got != expected:
+            raise UploadConflict(
+                f"the server already holds a different file at input/{expected} (the upload was kept as "
+                f"input/{got}); remove that folder from the server's input/{UPLOAD_FOLDER} and run again")
+    return f"{folder}/{bundle.asset.name}"
+
+
+def output_records(result, include_temp: bool = False) -> list[dict]:
+    records = []
+    for _node_id, outputs in sorted(result.outputs.items(), key=lambda kv: kv[0]):
+        for recs in outputs.values():
+            if not isinstance(recs, list):
+                continue
+            for rec in recs:
                 if not isinstance(rec, dict) or "filename" not in rec:
                     continue
                 if rec.get("type", "output") != "output" and not include_temp:
                     continue
-                target = out_dir / Path(rec["filename"]).name
-                target.write_bytes(client.download(rec))
-                saved.append(target)
+                records.append(rec)
+    return records
+
+
+def save_file(out_dir: Path, name: str, data: bytes, overwrite: bool = False) -> Path:
+    """Writes ``data`` as ``out_dir/name`` in one step (a temporary file, then a rename or link): no
+    half-written file, and without ``overwrite`` an existing file is kept and the new one gets the
+    first free name ``stem-1.ext``, ``stem-2.ext``…"""
+    tmp = out_dir / f".{name}.{uuid.uuid4().hex[:8]}.part"
+    tmp.write_bytes(data)
+    try:
+        if overwrite:
+            os.replace(tmp, out_dir / name)
+            return out_dir / name
+        stem, suffix = os.path.splitext(name)
+        for n in itertools.count():
+            target = out_dir / (name if n == 0 else f"{stem}-{n}{suffix}")
+            try:
+                os.link(tmp, target)  # fails if the target exists: never replaces a file
+                return target
+            except FileExistsError:
+                continue
+            except OSError:  # no hard links on this file system
+                if target.exists():
+                    continue
+                os.replace(tmp, target)
+                return target
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def download_outputs(client: ComfyClient, result, out_dir: Path, include_temp: bool = False,
+                     overwrite: bool = False) -> list[Path]:
+    """Downloads every output file, then writes them all into ``out_dir`` (created now): a failed
+    download leaves nothing behind."""
+    blobs = [(Path(rec["filename"]).name, client.download(rec)) for rec in output_records(result, include_temp)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    saved = []
+    for name, data in blobs:
+        path = save_file(out_dir, name, data, overwrite)
+        if path.name != name:
+            print(f"kept the existing {out_dir / name}; saved the new one as {path.name} (--overwrite replaces)",
+                  file=sys.stderr)
+        saved.append(path)
     return saved
 
 
@@ -217,8 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workflow", type=Path, default=DEFAULT_WORKFLOW,
                    help="API-format workflow (default: example_workflows/api/refany3d_asset_to_image.json); "
                         "a UI example is replaced by its api/ twin")
-    p.add_argument("--asset", type=Path, help="3D file (.glb .gltf .obj .ply .stl) to upload to input/3d and "
-                                              "load in every RefAny3D Load 3D Asset node")
+    p.add_argument("--asset", type=Path,
+                   help="3D file (.glb .gltf .obj .ply .stl .off) to load in every RefAny3D Load 3D Asset node; "
+                        "uploaded with the files it references (OBJ: .mtl and textures; glTF: .bin and images) "
+                        "to input/3d/refany3d_client/<content hash>/")
     p.add_argument("--prompt", help="text prompt (the text encoder feeding the sampler's positive input)")
     p.add_argument("--seed", type=int, help="noise seed (KSampler / RandomNoise)")
     p.add_argument("--steps", type=int, help="sampling steps (release: 28)")
@@ -231,7 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="NODE_ID.INPUT=VALUE",
                    help="set any input of any node (VALUE is parsed as JSON when it can be); repeatable")
     p.add_argument("--out", type=Path, default=Path("refany3d_output"),
-                   help="folder for the downloaded outputs (default %(default)s)")
+                   help="folder for the downloaded outputs (default %(default)s); existing files are kept")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files of the same name in --out (default: keep them, save the new one as name-1.ext)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run (default %(default)s)")
     p.add_argument("--include-temp", action="store_true", help="also download temporary previews")
     p.add_argument("--dry-run", action="store_true", help="print the filled workflow as JSON and exit")
@@ -247,27 +403,39 @@ def main(argv=None) -> int:
         print(f"error: {text}", file=sys.stderr, flush=True)
         return code
 
+    # everything local first: nothing is sent before the inputs are known to be usable
     try:
         graph = load_api_workflow(args.workflow)
     except (OSError, ValueError, UsageError) as e:
         return fail(EXIT_USAGE, f"cannot use workflow {args.workflow}: {e}")
-    if args.asset is not None and not args.asset.is_file():
-        return fail(EXIT_USAGE, f"asset file {args.asset} does not exist")
+    bundle = folder = None
+    try:
+        url = server_url(args.server)
+        check_out_dir(args.out)
+        if args.asset is not None:
+            bundle = collect(args.asset)
+            folder = upload_folder(bundle)
+        filled = apply_settings(graph, args, f"{folder}/{bundle.asset.name}" if bundle else None)
+        unique_prefixes(filled, time.strftime("client-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8])
+    except (UsageError, AssetInputError, OSError) as e:
+        return fail(EXIT_USAGE, str(e))
     if args.dry_run:
-        try:
-            filled = apply_settings(graph, args, f"3d/{args.asset.name}" if args.asset else None)
-        except UsageError as e:
-            return fail(EXIT_USAGE, str(e))
         print(json.dumps(filled, indent=2))
         return EXIT_OK
 
-    client = StrictClient(args.server)
+    client = ComfyClient(url)
     try:
         client.object_info("KSampler")
-        asset_name = client.upload(args.asset, subfolder="3d") if args.asset else None
-        if asset_name:
-            print(f"uploaded {args.asset} as {asset_name}", file=sys.stderr)
-        filled = apply_settings(graph, args, asset_name)
+        missing = missing_model_files(client, filled)
+        if missing:
+            return fail(EXIT_REJECTED, "the server does not have the model files this workflow loads (nothing was "
+                                       "uploaded or queued); put them in these folders of its ComfyUI and run "
+                                       "again:\n  " + "\n  ".join(missing))
+        if bundle:
+            asset_name = upload_bundle(client, bundle, folder)
+            extra = f" with {len(bundle.sidecars)} file(s) it references ({', '.join(bundle.sidecars)})" \
+                if bundle.sidecars else ""
+            print(f"uploaded {args.asset}{extra} as {asset_name}", file=sys.stderr)
         if not args.quiet and not have_websocket():
             print("websocket-client is not installed: following the run by polling /history "
                   "(no step-by-step progress)", file=sys.stderr)
@@ -284,10 +452,10 @@ def main(argv=None) -> int:
         except (TimeoutError, KeyboardInterrupt):
             cancel(client, submitted)
             raise
-    except UsageError as e:
-        return fail(EXIT_USAGE, str(e))
     except PromptRejected as e:
-        return fail(EXIT_REJECTED, f"the server rejected the workflow: {e}")
+        return fail(EXIT_REJECTED, f"the server rejected the workflow (nothing runs): {e}")
+    except (UploadRejected, UploadConflict) as e:
+        return fail(EXIT_REJECTED, f"{e} (nothing was queued)")
     except TimeoutError as e:
         return fail(EXIT_TIMEOUT, f"{e}; the prompt was cancelled")
     except KeyboardInterrupt:
@@ -305,9 +473,11 @@ def main(argv=None) -> int:
     if result.status == "interrupted":
         return fail(EXIT_TIMEOUT, "the run was interrupted on the server")
     try:
-        saved = download_outputs(client, result, args.out, args.include_temp)
+        saved = download_outputs(client, result, args.out, args.include_temp, args.overwrite)
     except ComfyError as e:
-        return fail(EXIT_UNREACHABLE, str(e))
+        return fail(EXIT_UNREACHABLE, f"{e} (nothing was written to {args.out})")
+    except OSError as e:
+        return fail(EXIT_RUN_ERROR, f"could not write the outputs into {args.out}: {e}")
     print(f"done in {time.monotonic() - started:.1f} s; {len(saved)} file(s) in {args.out}", file=sys.stderr)
     for path in saved:
         print(path)
@@ -323,13 +493,9 @@ def have_websocket() -> bool:
 
 
 def cancel(client: ComfyClient, prompt_ids: list[str]) -> None:
-    """Stops our own prompt only: dropped from the queue, or interrupted if it is running."""
+    """Stops our own prompts only: dropped from the queue, or interrupted if running."""
     for prompt_id in prompt_ids:
-        try:
-            client._json("POST", "/queue", {"delete": [prompt_id]})
-            client._json("POST", "/interrupt", {"prompt_id": prompt_id})
-        except ComfyError:
-            pass
+        client.cancel(prompt_id)
 
 
 if __name__ == "__main__":

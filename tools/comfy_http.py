@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -25,12 +26,36 @@ class ComfyError(RuntimeError):
 
 
 class PromptRejected(ComfyError):
-    """POST /prompt answered 400: the graph failed validation. ``body`` is the server's JSON."""
+    """The server refused the graph at validation: POST /prompt answered 400, or 200 with
+    ``node_errors`` (some outputs failed validation; the prompt was taken off the queue again).
+    ``body`` is the server's JSON; the message lists the server's per-node messages."""
 
     def __init__(self, status: int, body):
         self.status = status
         self.body = body
-        super().__init__(f"prompt rejected (HTTP {status}): {describe_rejection(body)}")
+        super().__init__(f"prompt rejected at validation: {describe_rejection(body)}")
+
+
+class UploadRejected(ComfyError):
+    """POST /upload/image answered with a client error (413: larger than the server's
+    --max-upload-size; 400: a name or folder it refuses)."""
+
+    def __init__(self, status: int, filename: str, size: int, text: str):
+        self.status, self.filename, self.size = status, filename, size
+        if status == 413:
+            why = (f"{filename} ({size / 1e6:.1f} MB) is larger than the server accepts: start ComfyUI with a "
+                   f"larger --max-upload-size (in MB; default 100), or make the file smaller")
+        else:
+            why = f"the server refused {filename}"
+        super().__init__(f"upload refused (HTTP {status}): {why}" + (f" [{text.strip()}]" if text.strip() else ""))
+
+
+def normalize_url(url: str) -> str:
+    """``host:port`` (no scheme) means ``http://host:port``; the trailing slash is dropped."""
+    url = url.strip()
+    if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", url):
+        url = "http://" + url
+    return url.rstrip("/")
 
 
 def describe_rejection(body) -> str:
@@ -39,8 +64,10 @@ def describe_rejection(body) -> str:
         return str(body)
     lines = []
     err = body.get("error") or {}
-    if isinstance(err, dict):
+    if isinstance(err, dict) and err:
         lines.append(f"{err.get('message', '')} {err.get('details', '')}".strip())
+    elif body.get("node_errors"):  # HTTP 200: the outputs that validated were queued
+        lines.append("Prompt outputs failed validation")
     for node_id, node_err in (body.get("node_errors") or {}).items():
         for e in node_err.get("errors", []):
             lines.append(f"node {node_id} ({node_err.get('class_type')}): {e.get('message')}: {e.get('details')}")
@@ -67,7 +94,7 @@ class RunResult:
 
 class ComfyClient:
     def __init__(self, url: str = "http://127.0.0.1:8188", client_id: str | None = None, timeout: float = 30.0):
-        self.url = url.rstrip("/")
+        self.url = normalize_url(url)
         self.client_id = client_id or uuid.uuid4().hex
         self.timeout = timeout
 
@@ -118,13 +145,23 @@ class ComfyClient:
         parts.append(f"--{boundary}--\r\n".encode())
         status, body = self._request("POST", "/upload/image", b"".join(parts),
                                      {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        if 400 <= status < 500:
+            raise UploadRejected(status, path.name, path.stat().st_size, body.decode(errors="replace"))
         if status != 200:
             raise ComfyError(f"upload of {path.name} failed (HTTP {status}): {body.decode(errors='replace')}")
         info = json.loads(body)
         return f"{info['subfolder']}/{info['name']}" if info.get("subfolder") else info["name"]
 
     def submit(self, graph: dict) -> str:
+        """Queues ``graph``; returns its prompt id. A graph that fails validation raises
+        PromptRejected, also when ComfyUI answers 200 and queues only the outputs that validated
+        (their errors in ``node_errors``): such a prompt is taken off the queue again, since a
+        script wants all of its outputs."""
         status, body = self._json("POST", "/prompt", {"prompt": graph, "client_id": self.client_id})
+        if status == 200 and isinstance(body, dict) and body.get("node_errors"):
+            if body.get("prompt_id"):
+                self.cancel(body["prompt_id"])
+            raise PromptRejected(status, body)
         if status == 400:
             raise PromptRejected(status, body)
         if status != 200:
@@ -139,6 +176,14 @@ class ComfyClient:
 
     def interrupt(self) -> None:
         self._json("POST", "/interrupt", {})
+
+    def cancel(self, prompt_id: str) -> None:
+        """Stops this prompt only: dropped from the queue, or interrupted if it is the one running."""
+        try:
+            self._json("POST", "/queue", {"delete": [prompt_id]})
+            self._json("POST", "/interrupt", {"prompt_id": prompt_id})
+        except ComfyError:
+            pass
 
     def download(self, record: dict) -> bytes:
         """Bytes of one output file record ({"filename", "subfolder", "type"}) via GET /view."""
