@@ -33,6 +33,7 @@ from .errors import AssetError
 
 MIN_POINTS = 50          # correspondences the solver needs (far more than the 6 of a DLT: noise)
 MAX_SOLVE_POINTS = 3000  # correspondences used by the RANSAC focal search (a fixed random subset)
+MAX_REFINE_POINTS = 20000  # inliers used by the joint refinement (a fixed random subset)
 FOV_RANGE = (5.0, 120.0)  # vertical field of view searched, degrees
 FOCAL_STEPS = 28
 #: 2D-3D pairs whose reprojection error is below this share of the image's larger side are inliers
@@ -238,11 +239,14 @@ def read_pose(point_map, mask, asset: Asset, y_rotation: float = 0.0, seed: int 
     proj, _ = cv2.projectPoints(world, rvec, tvec, intrinsics(f), None)
     inliers = np.linalg.norm(proj.reshape(-1, 2) - image, axis=1) < threshold
     if inliers.sum() >= MIN_POINTS:
+        chosen = np.flatnonzero(inliers)
+        if chosen.size > MAX_REFINE_POINTS:
+            chosen = rng.choice(chosen, size=MAX_REFINE_POINTS, replace=False)
         flags = (cv2.CALIB_USE_INTRINSIC_GUESS | cv2.CALIB_FIX_PRINCIPAL_POINT | cv2.CALIB_FIX_ASPECT_RATIO
                  | cv2.CALIB_ZERO_TANGENT_DIST | cv2.CALIB_FIX_K1 | cv2.CALIB_FIX_K2 | cv2.CALIB_FIX_K3)
         try:
             _, k, _, rvecs, tvecs = cv2.calibrateCamera(
-                [world[inliers].astype(np.float32)], [image[inliers].astype(np.float32)], (w, h), intrinsics(f),
+                [world[chosen].astype(np.float32)], [image[chosen].astype(np.float32)], (w, h), intrinsics(f),
                 np.zeros(5), rvecs=[rvec], tvecs=[tvec], flags=flags,
                 criteria=(cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-10))
             if np.isfinite(k).all() and k[0, 0] > 0:

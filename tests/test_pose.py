@@ -200,3 +200,22 @@ def test_best_seed_example_runs_with_the_tiny_model(comfy):
     saves = {n["inputs"]["filename_prefix"]: i for i, n in api.items() if n["class_type"] == "SaveImage"}
     assert len(comfy.output_files(result, saves["RefAny3D_best_seed/overlay"])) == 4
     assert len(comfy.output_files(result, saves["RefAny3D_best_seed/best"])) == 1
+
+
+def test_the_client_reports_the_scores_of_the_best_seed_example(comfy, tmp_path):
+    import subprocess
+    import sys
+
+    from tools.demo import provide_tiny_models, wiring_graph
+    from tools.demo_asset import write_demo_asset
+    from tools.make_workflows import PACK_ROOT
+    provide_tiny_models(comfy.models_dir)
+    api = json.loads((PACK_ROOT / "example_workflows" / "api" / "refany3d_best_seed.json").read_text())
+    workflow = tmp_path / "best_seed_wiring.json"
+    workflow.write_text(json.dumps(wiring_graph(api, steps=1, views=2)))
+    res = subprocess.run([sys.executable, str(PACK_ROOT / "tools" / "client.py"), "--server", comfy.url,
+                          "--workflow", str(workflow), "--asset", str(write_demo_asset(tmp_path / "box.glb")),
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.startswith("read pose")]
+    assert len(lines) == 4 and all(" image " in line and ("score" in line) for line in lines), res.stderr
