@@ -5,3 +5,5 @@ from comfy_api.latest import io
 Asset = io.Custom("REFANY3D_ASSET")
 # The released RefAny3D files, mapped onto ComfyUI's Flux names (model_patches.RefAny3DAdapter).
 Adapter = io.Custom("REFANY3D_ADAPTER")
+# Cameras read from point maps, one per image of a batch, with their scores (rendering.pose.PoseReadout).
+Pose = io.Custom("REFANY3D_POSE")

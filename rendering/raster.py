@@ -21,17 +21,18 @@ FACE_CHUNK = 1 << 20  # faces set up at once
 MAX_CANDIDATES = 1 << 22  # (face, pixel) pairs tested at once
 
 
-def screen_coords(cam_vertices: torch.Tensor, focal: float, resolution: int):
+def screen_coords(cam_vertices: torch.Tensor, focal: float, width: int, height: int | None = None):
     """Project camera-space vertices [V,3] -> (u [V], v [V], 1/z [V]) in pixel-centre units.
 
     Pixel (i, j) covers u in [j - 0.5, j + 0.5), v in [i - 0.5, i + 0.5): its centre is at
-    (u, v) = (j, i); v grows downwards (row 0 = top).
+    (u, v) = (j, i); v grows downwards (row 0 = top). ``focal`` is 1 / tan(vertical fov / 2); the
+    optical axis passes through the image centre; pixels are square.
     """
-    half = resolution / 2
+    height = width if height is None else height
     iz = 1.0 / cam_vertices[:, 2]
-    s = iz * (focal * half)
-    u = cam_vertices[:, 0] * s + (half - 0.5)
-    v = (half - 0.5) - cam_vertices[:, 1] * s
+    s = iz * (focal * height / 2)
+    u = cam_vertices[:, 0] * s + (width / 2 - 0.5)
+    v = (height / 2 - 0.5) - cam_vertices[:, 1] * s
     return u, v, iz
 
 
@@ -44,8 +45,10 @@ def split_faces(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
 
 
 def rasterize(cam_vertices: torch.Tensor, faces, focal: float, resolution: int,
-              cull: int = 0, face_chunk: int = FACE_CHUNK, max_candidates: int = MAX_CANDIDATES) -> torch.Tensor:
+              cull: int = 0, face_chunk: int = FACE_CHUNK, max_candidates: int = MAX_CANDIDATES,
+              height: int | None = None) -> torch.Tensor:
     """Visible face per pixel: [H*W] int64 face index, -1 where no face covers the pixel centre.
+    The image is ``resolution`` pixels wide and ``height`` (default: ``resolution``) high.
 
     cam_vertices: [V, 3] float32 camera coordinates (x right, y up, z forward); faces: [F, 3]
     int, or the columns from split_faces. Every vertex must lie between the near and far planes
@@ -53,20 +56,20 @@ def rasterize(cam_vertices: torch.Tensor, faces, focal: float, resolution: int,
     cull: 0 tests every face; +1 skips faces wound clockwise as seen from the camera (back faces
     of an outward-wound closed mesh), -1 skips counter-clockwise ones (see topology.py).
     """
-    s = resolution
+    s, h_img = resolution, resolution if height is None else height
     cols = split_faces(faces) if isinstance(faces, torch.Tensor) else faces
     z = cam_vertices[:, 2]
     if not bool(((z > NEAR) & (z < FAR)).all()):
         raise AssetError(f"part of the asset lies outside the camera's depth range {NEAR}..{FAR}")
-    x, y, iz = screen_coords(cam_vertices.float(), focal, s)
+    x, y, iz = screen_coords(cam_vertices.float(), focal, s, h_img)
     xy = torch.stack([x, y], dim=1).view(torch.float64).view(-1)  # [V] packed (u, v) pairs
-    zbuf = torch.full((s * s,), -1, dtype=torch.int64, device=cam_vertices.device)
+    zbuf = torch.full((s * h_img,), -1, dtype=torch.int64, device=cam_vertices.device)
     for start in range(0, cols[0].shape[0], face_chunk):
         corner = [c[start:start + face_chunk] for c in cols]  # 3 x [f] int32
         pts = [torch.index_select(xy, 0, c).view(torch.float32).view(-1, 2) for c in corner]
         fx = [p[:, 0] for p in pts]  # 3 x [f] corner u (strided views)
         fy = [p[:, 1] for p in pts]
-        x0, x1, y0, y1 = bounding_boxes(fx, fy, s)
+        x0, x1, y0, y1 = bounding_boxes(fx, fy, s, h_img)
         w = x1.sub_(x0)  # box width - 1 (x1, y1 are not needed any more)
         h = y1.sub_(y0)
         keep = (w >= 0) & (h >= 0)
@@ -90,9 +93,10 @@ def rasterize(cam_vertices: torch.Tensor, faces, focal: float, resolution: int,
     return torch.where(zbuf >= 0, zbuf & 0xFFFFFFFF, torch.full_like(zbuf, -1))
 
 
-def bounding_boxes(fx, fy, s: int):
+def bounding_boxes(fx, fy, s: int, h_img: int | None = None):
     """Pixel-centre range of each face's screen box: (x0, x1, y0, y1) [f] float, clipped to the
-    image; x0 > x1 or y0 > y1 when the box holds no pixel centre."""
+    s x h_img image; x0 > x1 or y0 > y1 when the box holds no pixel centre."""
+    h_img = s if h_img is None else h_img
     x0 = torch.minimum(fx[0], fx[1])
     torch.minimum(x0, fx[2], out=x0).ceil_().clamp_(min=0)
     x1 = torch.maximum(fx[0], fx[1])
@@ -100,7 +104,7 @@ def bounding_boxes(fx, fy, s: int):
     y0 = torch.minimum(fy[0], fy[1])
     torch.minimum(y0, fy[2], out=y0).ceil_().clamp_(min=0)
     y1 = torch.maximum(fy[0], fy[1])
-    torch.maximum(y1, fy[2], out=y1).floor_().clamp_(max=s - 1)
+    torch.maximum(y1, fy[2], out=y1).floor_().clamp_(max=h_img - 1)
     return x0, x1, y0, y1
 
 

@@ -138,11 +138,12 @@ class Shader:
             [[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0], [-math.sin(a), 0.0, math.cos(a)]],
             dtype=torch.float32, device=device)
 
-    def shade(self, pixels: torch.Tensor, faces: torch.Tensor, cam: Camera, s: int):
-        """Covered pixels [P] (flat indices) and their faces [P] -> rgb [P,3], point map [P,3], depth [P]."""
+    def shade(self, pixels: torch.Tensor, faces: torch.Tensor, cam: Camera, s: int, height: int | None = None):
+        """Covered pixels [P] (flat indices of an s-wide image) and their faces [P] -> rgb [P,3],
+        point map [P,3], depth [P]."""
         corner = [c.index_select(0, faces) for c in self.face_cols]  # 3 x [P]
         tri = [[self.verts_t[d].index_select(0, c) for d in range(3)] for c in corner]  # [corner][xyz] -> [P]
-        rays = pixel_rays(cam, pixels, s)  # 3 x [P] float64
+        rays = pixel_rays(cam, pixels, s, height)  # 3 x [P] float64
         bary, t = ray_barycentrics([float(e) for e in cam.eye], rays, tri)  # 3 x [P], [P]
         rgb, pm = self.surface(faces, bary, corner)
         return rgb, pm, t.float()
@@ -170,12 +171,14 @@ class Shader:
         return rgb.clamp(0, 1), pm
 
 
-def pixel_rays(cam: Camera, pixels: torch.Tensor, s: int) -> list[torch.Tensor]:
+def pixel_rays(cam: Camera, pixels: torch.Tensor, s: int, height: int | None = None) -> list[torch.Tensor]:
     """World ray directions (x, y, z: 3 x [P] float64) through the centres of flat pixel indices
-    [P], scaled so that their camera-space z is 1; row 0 is the top of the picture. Pixel (i, j) centre:
-    NDC x = (j + 0.5) / s * 2 - 1, NDC y = 1 - (i + 0.5) / s * 2."""
-    x = ((pixels % s).double() + 0.5) * (2 / s) - 1
-    y = 1 - ((pixels // s).double() + 0.5) * (2 / s)
+    [P] of an s-wide, ``height``-high image (default square), scaled so that their camera-space z is
+    1; row 0 is the top of the picture. Pixel (i, j) centre, in units of half the image height:
+    x = (j + 0.5 - s / 2) / (h / 2), y = (h / 2 - i - 0.5) / (h / 2) (square: NDC)."""
+    h = s if height is None else height
+    x = ((pixels % s).double() + 0.5 - s / 2) * (2 / h)
+    y = (h / 2 - (pixels // s).double() - 0.5) * (2 / h)
     x, y = x / cam.focal, y / cam.focal
     r = cam.rotation.tolist()  # rows: right, up, forward
     return [x * r[0][d] + y * r[1][d] + r[2][d] for d in range(3)]

@@ -149,7 +149,7 @@ def test_template_browser_lists_the_examples_with_thumbnails_and_opens_them(fron
     page.evaluate("async () => { await app.extensionManager.command.execute('Comfy.BrowseTemplates'); }")
     dialog = page.locator(DIALOG).last
     dialog.get_by_text(PACK_LINK_NAME, exact=True).first.click()
-    dialog.get_by_text("Showing 4 of 4 templates").wait_for(timeout=30_000)
+    dialog.get_by_text(f"Showing {len(NAMES)} of {len(NAMES)} templates").wait_for(timeout=30_000)
     for name in NAMES:
         dialog.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
     page.wait_for_function(THUMBNAILS_JS, timeout=30_000)

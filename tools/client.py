@@ -479,9 +479,26 @@ def main(argv=None) -> int:
     except OSError as e:
         return fail(EXIT_RUN_ERROR, f"could not write the outputs into {args.out}: {e}")
     print(f"done in {time.monotonic() - started:.1f} s; {len(saved)} file(s) in {args.out}", file=sys.stderr)
+    for line in pose_scores(result):
+        print(line, file=sys.stderr)
     for path in saved:
         print(path)
     return EXIT_OK
+
+
+def pose_scores(result) -> list[str]:
+    """One line per image that RefAny3D Read Pose scored in this run (the camera read from the point map)."""
+    lines = []
+    for node_id, outputs in sorted(result.outputs.items(), key=lambda kv: kv[0]):
+        for i, pose in enumerate(outputs.get("refany3d_pose") or []):
+            if pose is None:
+                lines.append(f"read pose (node {node_id}) image {i}: no camera could be read (score 0)")
+                continue
+            sc = pose["scores"]
+            lines.append(f"read pose (node {node_id}) image {i}: score {sc['score']:.3f} (mask IoU {sc['iou']:.3f}, "
+                         f"median 3D error {sc['median_error_pct']:.2f} %, vertical fov "
+                         f"{pose['pack']['fov_deg']:.1f}°)")
+    return lines
 
 
 def have_websocket() -> bool:

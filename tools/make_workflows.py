@@ -77,7 +77,7 @@ class Graph:
 
 
 def reference_section(g: Graph, pitch=0.0, y_rotation=0.0, previews=True):
-    """Load asset → render views (+ previews). Returns the RenderViews node id."""
+    """Load asset → render views (+ previews). Returns the RenderViews node id (the asset's is one less)."""
     g.group("1 · Reference views of your 3D asset", (0, 0, 420, 640))
     asset = g.node("RefAny3DLoadAsset", (20, 50), size=[380, 90], asset_file=ASSET_NAME)
     views = g.node("RefAny3DRenderViews", (20, 180), size=[380, 250], num_views=8, preset="release",
@@ -91,8 +91,9 @@ def reference_section(g: Graph, pitch=0.0, y_rotation=0.0, previews=True):
     return views
 
 
-def generation_section(g: Graph, rgb_src, pm_src, prefix: str, prompt: str):
-    """FLUX.1-dev + RefAny3D sampling from reference images ``rgb_src``/``pm_src`` ((node, output))."""
+def generation_section(g: Graph, rgb_src, pm_src, prefix: str, prompt: str, batch_size: int = 1) -> dict:
+    """FLUX.1-dev + RefAny3D sampling from reference images ``rgb_src``/``pm_src`` ((node, output)).
+    Returns the ids of the decoded image, point map and mask nodes."""
     x = 460
     g.group("2 · FLUX.1-dev and the RefAny3D files", (x, 0, 400, 640))
     unet = g.node("UNETLoader", (x + 20, 50), size=[360, 82], unet_name="flux1-dev.safetensors", weight_dtype="default")
@@ -121,7 +122,8 @@ def generation_section(g: Graph, rgb_src, pm_src, prefix: str, prompt: str):
     g.link(text, "CONDITIONING", zero, "conditioning")
     x = 1380
     g.group("4 · Joint sampling of image and point map", (x, 0, 360, 880))
-    latent = g.node("RefAny3DEmptyLatent", (x + 20, 50), size=[320, 110], width=SIZE, height=SIZE, batch_size=1)
+    latent = g.node("RefAny3DEmptyLatent", (x + 20, 50), size=[320, 110], width=SIZE, height=SIZE,
+                    batch_size=batch_size)
     ks = g.node("KSampler", (x + 20, 200), size=[320, 270], seed=42, control_after_generate="fixed", steps=28,
                 cfg=1.0, sampler_name="euler", scheduler="simple", denoise=1.0)
     split = g.node("RefAny3DSplitLatent", (x + 20, 510), size=[320, 50])
@@ -149,6 +151,7 @@ def generation_section(g: Graph, rgb_src, pm_src, prefix: str, prompt: str):
     g.link(dec_pm, "IMAGE", s_pm, "images")
     g.link(mask, "MASK", m2i, "mask")
     g.link(m2i, "IMAGE", s_mask, "images")
+    return {"image": dec_rgb, "point_map": dec_pm, "mask": mask}
 
 
 ASSET_HOWTO = ("ComfyUI/input/3d/ (copy it there, or upload it with a core Load 3D node, which saves "
@@ -273,8 +276,45 @@ def render_preview() -> Graph:
     return g
 
 
+def best_seed() -> Graph:
+    g = Graph()
+    views = reference_section(g)
+    out = generation_section(g, (views, "rgb"), (views, "point_map"), "RefAny3D_best_seed", PROMPT, batch_size=4)
+    x = 2680
+    g.group("6 · Check each picture and keep the best seed", (x, 0, 860, 880))
+    pose = g.node("RefAny3DReadPose", (x + 20, 50), size=[400, 220], y_rotation=0.0)
+    best = g.node("RefAny3DBestOf", (x + 20, 320), size=[400, 180], top_k=1, y_rotation=0.0)
+    s_best = g.node("SaveImage", (x + 440, 50), size=[400, 400], title="Save best picture",
+                    filename_prefix="RefAny3D_best_seed/best")
+    s_over = g.node("SaveImage", (x + 440, 480), size=[400, 380], title="Save overlays (read camera)",
+                    filename_prefix="RefAny3D_best_seed/overlay")
+    g.link(out["point_map"], "IMAGE", pose, "point_map")
+    g.link(out["mask"], "MASK", pose, "mask")
+    g.link(views - 1, "asset", pose, "asset")
+    g.link(out["image"], "IMAGE", pose, "photo")
+    g.link(out["image"], "IMAGE", best, "images")
+    g.link(out["point_map"], "IMAGE", best, "point_maps")
+    g.link(out["mask"], "MASK", best, "masks")
+    g.link(pose, "pose", best, "pose")
+    g.link(best, "images", s_best, "images")
+    g.link(pose, "overlay", s_over, "images")
+    g.note((0, -330), [860, 300], "RefAny3D · check and pick the best seed\n\n"
+           "The 'asset to image' pipeline with 4 seeds at once (RefAny3D Empty Latent batch_size 4). For each "
+           "picture, RefAny3D Read Pose reads the camera from the generated point map (every object pixel names a "
+           "point of the asset), re-renders the asset at that camera and scores how well the picture kept the "
+           "asset's geometry (0..1). RefAny3D Best Of keeps the best one.\n\nOutputs (output/RefAny3D_best_seed/): "
+           "the best picture, and per seed an overlay of the re-rendered silhouette on the picture. Read Pose's "
+           "camera_json output has each camera for OpenCV and for glTF/Blender.\n\nWhat to set: the asset "
+           f"(in {ASSET_HOWTO}), the prompt, the seed of the first picture.\n\n" + FILES_NOTE)
+    g.note((900, -330), [840, 300], SIZE_NOTE + "\n\nRead Pose needs OpenCV in ComfyUI's Python "
+           "(pip install opencv-python-headless). A score below ~0.45 means the picture shows another shape, "
+           "or y_rotation differs from the one the references used.")
+    return g
+
+
 WORKFLOWS = {
     "refany3d_asset_to_image": asset_to_image,
+    "refany3d_best_seed": best_seed,
     "refany3d_viewpoint_control": viewpoint_control,
     "refany3d_references_from_images": references_from_images,
     "refany3d_render_preview": render_preview,

@@ -1,0 +1,183 @@
+"""RefAny3D Read Pose and RefAny3D Best Of: the camera behind a generated point map, a check that the
+picture kept the asset's geometry, and the best of a batch (rendering/pose.py)."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import comfy.utils
+import torch
+from comfy_api.latest import io
+
+from ..rendering import AssetError
+from ..rendering.overlay import overlay
+from ..rendering.pose import read_pose
+from .sockets import Asset, Pose
+
+log = logging.getLogger("RefAny3D")
+
+
+def _batch_mask(mask: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
+    """A MASK as [n, h, w] (a single mask is used for every image)."""
+    m = mask[None] if mask.ndim == 2 else mask
+    if m.ndim != 3 or m.shape[-2:] != (h, w):
+        raise AssetError(f"the mask is {tuple(m.shape[-2:])[::-1]} (W×H) but the point map is {w}×{h}: "
+                         "use the mask of the same picture (e.g. RefAny3D Point Map To Mask)")
+    if m.shape[0] not in (1, n):
+        raise AssetError(f"{m.shape[0]} masks for {n} point maps: give one mask per image, or one for all")
+    return m.expand(n, h, w)
+
+
+def read_batch(point_maps: torch.Tensor, masks: torch.Tensor, asset, y_rotation: float, progress=None):
+    """One PoseReadout per image of the batch (checks once, here). An image whose camera cannot be
+    read (e.g. no object in its mask) gets None and a warning, so the rest of a batch of seeds is
+    still scored; when no image can be read, the first image's error is raised."""
+    if point_maps.ndim != 4 or point_maps.shape[-1] < 3:
+        raise AssetError(f"point_map must be an IMAGE batch N×H×W×3, got shape {tuple(point_maps.shape)}")
+    if not math.isfinite(y_rotation):
+        raise AssetError(f"y_rotation must be a finite number, got {y_rotation}")
+    n, h, w = point_maps.shape[:3]
+    masks = _batch_mask(masks, n, h, w)
+    out, errors = [], []
+    for i in range(n):
+        try:
+            out.append(read_pose(point_maps[i], masks[i], asset, y_rotation=y_rotation))
+        except AssetError as e:
+            if n == 1:
+                raise
+            out.append(None)
+            errors.append(f"image {i}: {e}")
+            log.warning("RefAny3D Read Pose: image %d of %d: %s (score 0)", i, n, e)
+        if progress is not None:
+            progress(i + 1, n)
+    if len(errors) == n:
+        raise AssetError(f"no camera could be read from any of the {n} images; {errors[0]}")
+    return out
+
+
+def score_of(pose) -> float:
+    return 0.0 if pose is None else pose.score
+
+
+class RefAny3DReadPose(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RefAny3DReadPose",
+            display_name="RefAny3D Read Pose",
+            category="RefAny3D/check",
+            description=("Reads the camera that took a generated picture from its point map: every object pixel "
+                         "names a point of the asset, so focal length, rotation and position follow (OpenCV PnP "
+                         "with RANSAC). Re-renders the asset at that camera and scores how well the picture kept "
+                         "the asset's geometry. One result per image of the batch."),
+            inputs=[
+                io.Image.Input("point_map", tooltip="Decoded point maps of the generated pictures (RefAny3D Split "
+                                                    "Latent → VAE Decode, the point-map half), N×H×W×3."),
+                io.Mask.Input("mask", tooltip="Object masks of the same pictures (RefAny3D Point Map To Mask): "
+                                              "one per image, or one for all."),
+                Asset.Input("asset", tooltip="The asset the pictures were generated from (RefAny3D Load 3D Asset)."),
+                io.Float.Input("y_rotation", default=0.0, min=-360.0, max=360.0, step=1.0,
+                               tooltip="The y_rotation the reference views used (RefAny3D Render Views): it is "
+                                       "undone before the camera is solved. A wrong value shows as a poor score."),
+                io.Image.Input("photo", optional=True,
+                               tooltip="The generated RGB pictures, for the overlay (default: the point maps)."),
+            ],
+            outputs=[
+                Pose.Output(display_name="pose", tooltip="The cameras and scores, for RefAny3D Best Of."),
+                io.String.Output(display_name="camera_json",
+                                 tooltip="One JSON object per image: OpenCV K/R/t, glTF/Blender camera_to_world "
+                                         "and yfov (asset units), and the scores."),
+                io.Image.Output(display_name="rerender_rgb", tooltip="The asset rendered at each read camera."),
+                io.Image.Output(display_name="rerender_point_map", tooltip="Its point map."),
+                io.Mask.Output(display_name="rerender_mask", tooltip="Its mask."),
+                io.Image.Output(display_name="overlay",
+                                tooltip="The re-rendered silhouette (outline and tint) over each picture."),
+                io.Float.Output(display_name="score", is_output_list=True,
+                                tooltip="Per image, in 0..1: (mask IoU)² × (1 − median 3D error / 8 % of the asset's "
+                                        "size). Near 1: the picture shows this asset's geometry; below ~0.45: another "
+                                        "shape or a wrong y_rotation."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, point_map, mask, asset, y_rotation=0.0, photo=None) -> io.NodeOutput:
+        pbar = comfy.utils.ProgressBar(point_map.shape[0])
+        poses = read_batch(point_map, mask, asset, float(y_rotation),
+                           progress=lambda done, total: pbar.update_absolute(done, total))
+        n, h, w = point_map.shape[:3]
+        if photo is not None and tuple(photo.shape[:3]) not in ((n, h, w), (1, h, w)):
+            raise AssetError(f"photo is {tuple(photo.shape[:3])} (N, H, W) but the point maps are {(n, h, w)}")
+        base = point_map if photo is None else photo.expand(n, h, w, photo.shape[-1])
+        rgb = torch.ones(n, h, w, 3)
+        pm = torch.ones(n, h, w, 3)
+        rmask = torch.zeros(n, h, w)
+        for i, p in enumerate(poses):
+            if p is not None and p.rerender is not None:
+                rgb[i], pm[i], rmask[i] = p.rerender.rgb[0], p.rerender.point_map[0], p.rerender.mask[0]
+        over = torch.stack([overlay(base[i].cpu(), rmask[i]) for i in range(n)])
+        summary = [None if p is None else p.to_json() for p in poses]
+        text = json.dumps(summary, indent=1)
+        for i, p in enumerate(poses):
+            if p is not None:
+                log.info("RefAny3D Read Pose: image %d: score %.3f (mask IoU %.3f, median 3D error %.2f %%, inliers "
+                         "%.0f %%), vertical fov %.1f°", i, p.score, p.iou, p.median_error_pct, 100 * p.inlier_ratio,
+                         p.camera.fov)
+        scores = [score_of(p) for p in poses]
+        ui = {"text": [f"image {i}: score {s:.3f}" for i, s in enumerate(scores)], "refany3d_pose": summary}
+        return io.NodeOutput(poses, text, rgb, pm, rmask, over, scores, ui=ui)
+
+
+class RefAny3DBestOf(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RefAny3DBestOf",
+            display_name="RefAny3D Best Of",
+            category="RefAny3D/check",
+            description=("Sorts a batch of generated pictures by how well each kept the asset's geometry (the score "
+                         "of RefAny3D Read Pose) and keeps the best k: the automatic 'best seed' pick."),
+            inputs=[
+                io.Image.Input("images", tooltip="The generated RGB pictures, N×H×W×3."),
+                io.Image.Input("point_maps", tooltip="Their decoded point maps, same order."),
+                io.Mask.Input("masks", tooltip="Their object masks, same order."),
+                io.Int.Input("top_k", default=1, min=1, max=4096,
+                             tooltip="How many of the best to keep (more than the batch keeps all, sorted)."),
+                Pose.Input("pose", optional=True,
+                           tooltip="Scores from RefAny3D Read Pose on the same batch (else give the asset)."),
+                Asset.Input("asset", optional=True,
+                            tooltip="The asset, when no pose input is given: the cameras are read here."),
+                io.Float.Input("y_rotation", default=0.0, min=-360.0, max=360.0, step=1.0, optional=True,
+                               tooltip="With the asset input: the y_rotation the references used."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="images", tooltip="The best k pictures, best first."),
+                io.Image.Output(display_name="point_maps", tooltip="Their point maps."),
+                io.Mask.Output(display_name="masks", tooltip="Their masks."),
+                io.String.Output(display_name="ranking",
+                                 tooltip="JSON: the batch's indices from best to worst, with their scores."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, images, point_maps, masks, top_k=1, pose=None, asset=None, y_rotation=0.0) -> io.NodeOutput:
+        n = images.shape[0]
+        if point_maps.shape[0] != n:
+            raise AssetError(f"{n} images but {point_maps.shape[0]} point maps: they must be the same batch")
+        if pose is None:
+            if asset is None:
+                raise AssetError("RefAny3D Best Of needs the scores: connect the pose output of RefAny3D Read Pose, "
+                                 "or the asset")
+            pose = read_batch(point_maps, masks, asset, float(y_rotation))
+        if len(pose) != n:
+            raise AssetError(f"{len(pose)} read poses for {n} images: use Read Pose on the same batch")
+        h, w = point_maps.shape[1:3]
+        masks = _batch_mask(masks, n, h, w)
+        order = sorted(range(n), key=lambda i: -score_of(pose[i]))[:max(1, int(top_k))]
+        ranking = json.dumps([{"index": i, "score": score_of(pose[i])} for i in order])
+        idx = torch.tensor(order)
+        return io.NodeOutput(images[idx], point_maps[idx], masks[idx], ranking,
+                             ui={"text": [f"best: image {order[0]} (score {score_of(pose[order[0]]):.3f})"]})
+
+
+NODES = [RefAny3DReadPose, RefAny3DBestOf]
