@@ -17,7 +17,7 @@ from torch import Tensor
 from .attention import group_attention
 from .blocks import BlockContext, double_block, final_layer, single_block
 from .cache import NO_CACHE, ReferenceCache
-from .errors import RefAny3DInputError
+from .errors import RefAny3DError, RefAny3DInputError
 from .modulation import REF_GUIDANCE, REF_TIMESTEP, modulation_vectors
 from .routing import routed_linear
 from .tokens import REF_COLUMN_SHIFT, TARGET_POINT_MAP, TARGET_RGB, image_tokens, layout_of, rope, \
@@ -29,7 +29,8 @@ def refany3d_forward(flux, adapter, x_rgb: Tensor, x_point_map: Tensor, refs_rgb
                      *, masked=True, cached_references: bool = False, reference_cache: ReferenceCache | None = None,
                      transformer_options: dict | None = None, ref_timestep: float | None = REF_TIMESTEP,
                      ref_guidance: float | None = REF_GUIDANCE, ref_column_shift: int = REF_COLUMN_SHIFT,
-                     attention=group_attention, capture: dict | None = None) -> tuple[Tensor, Tensor]:
+                     attention=group_attention, capture: dict | None = None,
+                     checkpoint: bool = False) -> tuple[Tensor, Tensor]:
     """The velocities of both targets, ``(v_rgb, v_point_map)``, each B×16×H×W in ``x_rgb``'s dtype.
 
     Inputs (ComfyUI layout, latents in the model's scale, i.e. after ``process_latent_in``):
@@ -48,8 +49,13 @@ def refany3d_forward(flux, adapter, x_rgb: Tensor, x_point_map: Tensor, refs_rgb
     ``ref_timestep`` / ``ref_guidance``: the references' t and guidance (None: the targets').
     ``ref_column_shift``: RoPE column shift of the references. ``attention``: the group-attention
     function (tests pass a dense-mask oracle). ``capture``: filled with every group's hidden states
-    after the last block.
+    after the last block. ``checkpoint``: gradient checkpointing (training): every double and single
+    block runs under ``torch.utils.checkpoint`` (non-reentrant) and is recomputed in the backward pass;
+    the cached variant is refused with it (a training forward never reuses references' keys/values).
     """
+    if checkpoint and (cached_references or reference_cache is not None):
+        raise RefAny3DError("cached references are an inference-only option: they cannot be used in training "
+                            "(with gradient checkpointing); train with cached_references=False")
     flags = check_inputs(flux, adapter, x_rgb, x_point_map, refs_rgb, refs_point_map, timestep, context, pooled,
                          guidance, masked)
     dtype, device, p = x_rgb.dtype, x_rgb.device, flux.patch_size
@@ -69,11 +75,12 @@ def refany3d_forward(flux, adapter, x_rgb: Tensor, x_point_map: Tensor, refs_rgb
     ctx = BlockContext(adapter, lay, vecs, pe, flags, isolated, opts, cache=plan, attention=attention)
 
     interrupted = _interrupt_check()
+    run = _checkpointed if checkpoint else _direct
     opts["total_blocks"], opts["block_type"] = len(flux.double_blocks), "double"
     for i, block in enumerate(flux.double_blocks):
         interrupted()
         opts["block_index"] = i
-        img, txt = double_block(block, img, txt, ctx, f"double_blocks.{i}")
+        img, txt = run(double_block, block, img, txt, ctx, f"double_blocks.{i}")
     if img.dtype == torch.float16:
         img = torch.nan_to_num(img, nan=0.0, posinf=65504, neginf=-65504)
     x = torch.cat((txt, img), 1)
@@ -81,7 +88,7 @@ def refany3d_forward(flux, adapter, x_rgb: Tensor, x_point_map: Tensor, refs_rgb
     for i, block in enumerate(flux.single_blocks):
         interrupted()
         opts["block_index"] = i
-        x = single_block(block, x, ctx, f"single_blocks.{i}")
+        x = run(single_block, block, x, ctx, f"single_blocks.{i}")
     plan.commit()
     if capture is not None:
         capture.update({g: x[:, a:b] for g, a, b in lay.sequence_segments()})
@@ -90,6 +97,16 @@ def refany3d_forward(flux, adapter, x_rgb: Tensor, x_point_map: Tensor, refs_rgb
     v_rgb = final_layer(flux, x[:, lay.txt:lay.txt + n], vecs[TARGET_RGB])
     v_pm = final_layer(flux, x[:, lay.txt + n:lay.txt + 2 * n], vecs[TARGET_POINT_MAP])
     return unpatchify(v_rgb, h, w, p), unpatchify(v_pm, h, w, p)
+
+
+def _direct(fn, *args):
+    return fn(*args)
+
+
+def _checkpointed(fn, *args):
+    """``fn(*args)`` with its activations recomputed in the backward pass instead of kept."""
+    from torch.utils.checkpoint import checkpoint
+    return checkpoint(fn, *args, use_reentrant=False)
 
 
 def _interrupt_check():

@@ -1,0 +1,130 @@
+"""Saving a training run (docs/method.md §6): the release files and a resumable state, no pickle.
+
+* :func:`save_release`: ``default.safetensors``, ``coord.safetensors`` (diffusers LoRA keys) and
+  ``domain_embedder.safetensors``; ``model_patches.load_adapter`` reads them back.
+* :func:`save_state` / :func:`load_state`: a folder ``state-<step>/`` holding ``tensors.safetensors``
+  (the fp32 trainable tensors and the optimizer's tensors) and ``state.json`` (step, loss history,
+  config, the optimizer's other values). Every file and folder is written under a temporary name and
+  moved into place with ``os.replace``, so a crash never leaves a half-written state; only the last
+  ``keep`` states are kept.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from model_patches.adapter import ADAPTER_NAMES
+from model_patches.release_format import RELEASE_FILES
+
+EMBEDDER_FILE = "domain_embedder.safetensors"
+STATE_PREFIX = "state-"
+_STATE_DIR = re.compile(r"^state-(\d+)$")
+
+
+def _atomic_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    import safetensors.torch
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
+                                    metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_release(adapter, folder, dtype: torch.dtype = torch.float32) -> dict[str, Path]:
+    """Writes the release files of a ``TrainableAdapter`` into ``folder`` (the release itself used
+    bf16; fp32 by default); returns {"reference", "domain", "domain_embedder"} -> path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sds = adapter.to_release_state_dicts(dtype)
+    paths = {name: folder / RELEASE_FILES[name] for name in ADAPTER_NAMES}
+    paths["domain_embedder"] = folder / EMBEDDER_FILE
+    for name, path in paths.items():
+        _atomic_safetensors(sds[name], path, metadata={"format": "pt", "refany3d": name})
+    return paths
+
+
+def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """The optimizer's state dict as tensors (``optim.<param>.<name>``) and JSON values."""
+    sd = optimizer.state_dict()
+    tensors, values = {}, {}
+    for pid, entry in sd["state"].items():
+        values[str(pid)] = {}
+        for name, v in entry.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim.{pid}.{name}"] = v
+            else:
+                values[str(pid)][name] = v
+    return tensors, {"state": values, "param_groups": sd["param_groups"]}
+
+
+def _optimizer_join(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {int(pid): dict(vals) for pid, vals in meta["state"].items()}
+    for key, t in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = t
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def state_dirs(folder) -> list[Path]:
+    """The saved states in ``folder``, oldest step first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m[1]), p) for p in folder.iterdir() if p.is_dir() and (m := _STATE_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_state(folder, step: int, adapter: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               losses: list[float], config: dict, keep: int = 3) -> Path:
+    """Writes ``folder/state-<step>/`` atomically and removes all but the last ``keep`` states."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{STATE_PREFIX}{int(step):08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=folder))
+    try:
+        tensors = {f"adapter.{k}": v.detach().float() for k, v in adapter.state_dict().items()}
+        opt_tensors, opt_meta = _optimizer_split(optimizer)
+        tensors.update(opt_tensors)
+        _atomic_safetensors(tensors, tmp / "tensors.safetensors")
+        meta = {"format": "refany3d-training-state", "version": 1, "step": int(step), "losses": list(losses),
+                "config": config, "optimizer": opt_meta}
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    for old in state_dirs(folder)[:-max(1, int(keep))]:
+        shutil.rmtree(old)
+    return final
+
+
+def load_state(path) -> dict:
+    """A saved state (a ``state-<step>`` folder, or a folder of them: the latest) as
+    ``{"step", "losses", "config", "adapter": state dict, "optimizer": state dict}``."""
+    import safetensors.torch
+    path = Path(path)
+    if not (path / "state.json").is_file():
+        states = state_dirs(path)
+        if not states:
+            raise FileNotFoundError(f"no training state in {path}")
+        path = states[-1]
+    meta = json.loads((path / "state.json").read_text())
+    if meta.get("format") != "refany3d-training-state":
+        raise ValueError(f"{path / 'state.json'} is not a RefAny3D training state")
+    tensors = safetensors.torch.load_file(str(path / "tensors.safetensors"), device="cpu")
+    adapter = {k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")}
+    return {"step": meta["step"], "losses": meta["losses"], "config": meta["config"], "adapter": adapter,
+            "optimizer": _optimizer_join(tensors, meta["optimizer"]), "path": path}
