@@ -1,0 +1,245 @@
+"""Training (issue 11, docs/method.md §6) on tiny random ComfyUI Flux models, in-process, float32, CPU.
+
+The adapter and loss of ``model_patches.training``, gradient checkpointing in ``refany3d_forward``,
+the trainer and its saving in ``training/``.
+"""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from model_patches import RefAny3DError, load_adapter, refany3d_forward
+from model_patches.training import TrainableAdapter, Unconditional, sample_seed, training_loss, training_mode
+from tools import tiny_models as tiny
+from tools.release_files import release_state_dicts
+from training import PRODIGY_MISSING, TrainConfig, Trainer, load_state, make_optimizer, save_release
+
+D, HEADS, CTX, POOLED, RANK = 32, 2, 24, 12, 4
+
+
+def make_flux(hidden_size=D, depth=1, depth_single=1):
+    return tiny.build_flux(hidden_size=hidden_size, num_heads=HEADS, depth=depth, depth_single_blocks=depth_single,
+                           context_in_dim=CTX, vec_in_dim=POOLED, seed=0).model.diffusion_model
+
+
+@pytest.fixture(scope="module")
+def flux():
+    return make_flux()
+
+
+def samples(n=2, h=2, w=2, views=1, txt=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*s):
+        return torch.randn(*s, generator=g)
+    return [dict(x0_rgb=r(16, h, w), x0_point_map=r(16, h, w), refs_rgb=r(views, 16, h, w),
+                 refs_point_map=r(views, 16, h, w), context=r(txt, CTX), pooled=r(POOLED)) for _ in range(n)]
+
+
+def uncond(txt=3, h=2, w=2):
+    g = torch.Generator().manual_seed(99)
+    return Unconditional(context=torch.randn(txt, CTX, generator=g), pooled=torch.randn(POOLED, generator=g),
+                         black_reference=torch.randn(16, h, w, generator=g))
+
+
+def batch_of(items, indices):
+    out = {k: torch.stack([s[k] for s in items]) for k in items[0]}
+    out["index"] = list(indices)
+    return out
+
+
+def trained_adapter(flux, seed=3):
+    """An adapter whose every tensor is non-zero (B factors and the embedder's last Linear too)."""
+    ad = TrainableAdapter.for_flux(flux, rank=RANK, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in ad.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return ad
+
+
+def grads(flux, ad, batch, checkpoint):
+    ad.zero_grad(set_to_none=True)
+    with training_mode():
+        out = training_loss(flux, ad, batch, 5, 7, uncond(), p_drop_prompt=0.5, p_drop_references=0.5,
+                            checkpoint=checkpoint)
+        out.loss.backward()
+    return out.loss.detach(), {k: p.grad.clone() for k, p in ad.named_parameters()}
+
+
+# ---------------------------------------------------------------------------------------------
+# the adapter
+
+def test_fresh_adapter_is_the_release_init(flux):
+    ad = TrainableAdapter.for_flux(flux, rank=RANK, seed=0)
+    a = torch.cat([p.detach().flatten() for name in ad.lora_A for p in ad.lora_A[name].values()])
+    assert abs(float(a.std()) - 1 / RANK) < 0.02 and abs(float(a.mean())) < 0.01
+    assert all(float(p.abs().max()) == 0 for name in ad.lora_B for p in ad.lora_B[name].values())
+    assert float(ad.domain_embedder[3].weight.abs().max()) == 0 and float(ad.domain_embedder[3].bias.abs().max()) == 0
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in ad.parameters())
+    sds = ad.to_release_state_dicts()
+    ref = release_state_dicts(D, 1, 1, rank=RANK)
+    assert {k: set(v) for k, v in sds.items()} == {k: set(v) for k, v in ref.items()}
+
+
+def test_release_round_trip_is_exact():
+    sds = release_state_dicts(D, 2, 1, rank=RANK, seed=1)
+    ad = TrainableAdapter.from_adapter(load_adapter(sds["reference"], sds["domain"], sds["domain_embedder"]))
+    back = ad.to_release_state_dicts()
+    for name, sd in sds.items():
+        assert set(back[name]) == set(sd)
+        for key, value in sd.items():
+            assert torch.equal(back[name][key], value), (name, key)
+
+
+def test_saved_release_files_reload_with_the_same_forward(flux, tmp_path):
+    ad = trained_adapter(flux)
+    paths = save_release(ad, tmp_path)
+    assert sorted(p.name for p in paths.values()) == ["coord.safetensors", "default.safetensors",
+                                                      "domain_embedder.safetensors"]
+    loaded = load_adapter(paths["reference"], paths["domain"], paths["domain_embedder"])
+    s = samples(1, h=4, w=4, views=2)[0]
+    inp = dict(x_rgb=s["x0_rgb"][None], x_point_map=s["x0_point_map"][None], refs_rgb=s["refs_rgb"][None],
+               refs_point_map=s["refs_point_map"][None], timestep=torch.tensor([0.4]), context=s["context"][None],
+               pooled=s["pooled"][None], guidance=torch.tensor([1.0]))
+    with torch.no_grad():
+        want = refany3d_forward(flux, ad, **inp)
+        got = refany3d_forward(flux, loaded, **inp)
+    for a, b in zip(want, got):
+        assert float(a.abs().max()) > 0.1
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    for name in ("reference", "domain"):
+        for path in loaded.loras[name]:
+            for x, y in zip(ad.loras[name][path], loaded.loras[name][path]):
+                assert torch.equal(x.detach(), y), path
+
+
+# ---------------------------------------------------------------------------------------------
+# the loss
+
+def test_loss_draws_do_not_depend_on_batching(flux):
+    items = samples(3)
+    ad = trained_adapter(flux)
+    kw = dict(p_drop_prompt=0.5, p_drop_references=0.5)
+    with torch.no_grad(), training_mode():
+        whole = training_loss(flux, ad, batch_of(items, [10, 11, 12]), 1, 4, uncond(), **kw)
+        parts = [training_loss(flux, ad, batch_of([s], [i]), 1, 4, uncond(), **kw) for s, i in zip(items, [10, 11, 12])]
+    assert whole.t == [p.t[0] for p in parts]
+    assert whole.prompt_dropped == [p.prompt_dropped[0] for p in parts]
+    assert whole.references_dropped == [p.references_dropped[0] for p in parts]
+    torch.testing.assert_close(whole.loss, torch.stack([p.loss for p in parts]).mean(), atol=1e-5, rtol=1e-5)
+    assert sample_seed(1, 4, 10) != sample_seed(1, 5, 10) != sample_seed(2, 4, 10)
+
+
+def test_dropout_rates_and_independence():
+    """p = 0.1 each, drawn independently from t and the noise (checked on the draws themselves)."""
+    from model_patches.training import P_DROP_PROMPT, P_DROP_REFERENCES
+    assert (P_DROP_PROMPT, P_DROP_REFERENCES) == (0.1, 0.1)
+    n, both, prompt, refs = 4000, 0, 0, 0
+    for i in range(n):
+        g = torch.Generator().manual_seed(sample_seed(0, 0, i))
+        torch.randn((), generator=g)
+        torch.randn(16 * 2 * 2 * 2, generator=g)
+        u = torch.rand(2, generator=g)
+        prompt += bool(u[0] < 0.1)
+        refs += bool(u[1] < 0.1)
+        both += bool(u[0] < 0.1 and u[1] < 0.1)
+    assert abs(prompt / n - 0.1) < 0.02 and abs(refs / n - 0.1) < 0.02 and abs(both / n - 0.01) < 0.007
+
+
+def test_checkpointed_and_plain_gradients_agree():
+    flux = make_flux(depth=2, depth_single=2)
+    ad = trained_adapter(flux)
+    batch = batch_of(samples(2, views=2), [0, 1])
+    loss_a, plain = grads(flux, ad, batch, checkpoint=False)
+    loss_b, ckp = grads(flux, ad, batch, checkpoint=True)
+    assert float(loss_a) == float(loss_b)
+    nonzero = sum(float(g.abs().max()) > 0 for g in plain.values())
+    assert nonzero > len(plain) // 2
+    for k in plain:
+        torch.testing.assert_close(ckp[k], plain[k], atol=1e-6, rtol=0, msg=k)
+
+
+def test_cached_references_refused_in_training(flux):
+    ad = trained_adapter(flux)
+    batch = batch_of(samples(1), [0])
+    with pytest.raises(RefAny3DError, match="cached references"):
+        training_loss(flux, ad, batch, 0, 0, uncond(), cached_references=True)
+    inp = dict(x_rgb=batch["x0_rgb"], x_point_map=batch["x0_point_map"], refs_rgb=batch["refs_rgb"],
+               refs_point_map=batch["refs_point_map"], timestep=torch.tensor([0.5]), context=batch["context"],
+               pooled=batch["pooled"], guidance=torch.tensor([1.0]))
+    with pytest.raises(RefAny3DError, match="cached references"):
+        refany3d_forward(flux, ad, **inp, cached_references=True, checkpoint=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the trainer
+
+def test_overfits_one_sample():
+    flux = make_flux(hidden_size=64)  # D ≥ 64 so one token's 64 outputs are reachable
+    ad = TrainableAdapter.for_flux(flux, rank=RANK, seed=0)
+    cfg = TrainConfig(lr=OVERFIT_LR, weight_decay=0.0, p_drop_prompt=0.0, p_drop_references=0.0, fixed_noise=True,
+                      checkpointing=False)
+    losses = Trainer(flux, ad, samples(1), None, cfg).train(OVERFIT_STEPS)
+    assert min(losses[-5:]) <= 0.1 * losses[0], losses[::10]
+
+
+OVERFIT_LR, OVERFIT_STEPS = 0.01, 100
+
+
+def run(flux, tmp, steps, cfg, resume_from=None, save_at=None):
+    ad = TrainableAdapter.for_flux(flux, rank=RANK, seed=1)
+    trainer = Trainer(flux, ad, samples(3), uncond(), cfg, out_dir=tmp)
+    if resume_from is not None:
+        trainer.load(resume_from)
+    trainer.train(steps if save_at is None else save_at)
+    if save_at is not None:
+        trainer.save()
+    return trainer
+
+
+def test_resume_equals_straight_run(flux, tmp_path):
+    cfg = TrainConfig(lr=1e-2, accumulation=2, batch_size=1, p_drop_prompt=0.3, p_drop_references=0.3, keep_states=2,
+                      checkpointing=True)
+    straight = run(flux, tmp_path / "a", 4, cfg)
+    half = run(flux, tmp_path / "b", 4, cfg, save_at=2)
+    resumed = run(flux, tmp_path / "c", 4, cfg, resume_from=tmp_path / "b")
+    assert resumed.losses == straight.losses and len(straight.losses) == 4
+    assert half.losses == straight.losses[:2]
+    want = straight.adapter.state_dict()
+    for k, v in resumed.adapter.state_dict().items():
+        torch.testing.assert_close(v, want[k], atol=1e-6, rtol=0, msg=k)
+    state = load_state(tmp_path / "b")
+    assert state["step"] == 2 and state["config"]["accumulation"] == 2
+    assert not list((tmp_path / "b").glob("*.tmp")) and not list((tmp_path / "b").glob(".*"))
+
+
+def test_keeps_only_the_last_states(flux, tmp_path):
+    cfg = TrainConfig(lr=1e-3, save_every=1, keep_states=2, checkpointing=False)
+    trainer = Trainer(flux, TrainableAdapter.for_flux(flux, rank=RANK), samples(1), uncond(), cfg, out_dir=tmp_path)
+    trainer.train(3)
+    assert sorted(p.name for p in tmp_path.glob("state-*")) == ["state-00000002", "state-00000003"]
+    assert (tmp_path / "release-00000003" / "default.safetensors").is_file()
+
+
+def test_cancel_hook_stops_between_steps(flux):
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 2
+
+    trainer = Trainer(flux, TrainableAdapter.for_flux(flux, rank=RANK), samples(1), uncond(),
+                      TrainConfig(checkpointing=False), cancel=cancel)
+    assert len(trainer.train(10)) == 2 and trainer.step == 2
+
+
+def test_missing_prodigyopt_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "prodigyopt", None)  # makes `import prodigyopt` fail
+    with pytest.raises(RefAny3DError) as e:
+        make_optimizer([torch.nn.Parameter(torch.zeros(2))], TrainConfig(optimizer="prodigy"))
+    assert "pip install prodigyopt" in str(e.value) and str(e.value) == PRODIGY_MISSING
+    with pytest.raises(RefAny3DError, match="unknown optimizer"):
+        make_optimizer([torch.nn.Parameter(torch.zeros(2))], TrainConfig(optimizer="sgd"))
