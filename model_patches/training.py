@@ -214,12 +214,6 @@ class TrainableAdapter(torch.nn.Module):
         out["domain_embedder"] = {k: _export(v, dtype) for k, v in self.domain_embedder.state_dict().items()}
         return out
 
-    def frozen_copy(self) -> RefAny3DAdapter:
-        """A detached :class:`RefAny3DAdapter` (CPU, fp32) of the current weights."""
-        from .weights import load_adapter
-        sds = self.to_release_state_dicts()
-        return load_adapter(sds["reference"], sds["domain"], sds["domain_embedder"])
-
 
 def _export(t: Tensor, dtype) -> Tensor:
     return t.detach().to(device="cpu", dtype=dtype).contiguous().clone()
