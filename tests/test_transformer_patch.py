@@ -221,7 +221,8 @@ def test_latent_node_errors(parts):
     _, latent_nodes = import_pack()
     with pytest.raises(ValueError, match="must be the RGB and point-map latents side by side .*width 7"):
         latent_nodes.RefAny3DSplitLatent.execute({"samples": torch.zeros(1, 16, 4, 7)})
-    assert "multiple of 16" in latent_nodes.RefAny3DEmptyLatent.validate_inputs(width=40, height=32)
+    with pytest.raises(RefAny3DError, match="width must be a multiple of 16 .* got 40"):
+        latent_nodes.RefAny3DEmptyLatent.execute(40, 32)
     with pytest.raises(ValueError, match="point_map must be an IMAGE batch"):
         latent_nodes.RefAny3DPointMapToMask.execute(torch.zeros(4, 4), 0.9)
     # an odd joined latent reaching the sampler (e.g. a core empty latent of the wrong width)
