@@ -47,17 +47,21 @@ def check_weight_values(sd: dict[str, torch.Tensor], label: str, what: str) -> N
         n_nan, n_bad = int(torch.isnan(v).sum()), int(bad.sum())
         if n_bad:
             kinds = ", ".join(k for k, n in (("NaN", n_nan), ("inf", n_bad - n_nan)) if n)
-            first = tuple(int(i) for i in bad.nonzero()[0])
+            where = f" among {v.numel()} (first at index {_index(bad)})" if v.ndim else ""
             raise AdapterError(
-                f"{what} file '{label}': key '{key}' holds {n_bad} non-finite value(s) ({kinds}) among "
-                f"{v.numel()} (first at index {list(first)}): the file is damaged (or was saved from a diverged "
-                "training run) and would paint a black picture. Use the released file again.")
+                f"{what} file '{label}': key '{key}' holds {n_bad} non-finite value(s) ({kinds}){where}: the file "
+                "is damaged (or was saved from a diverged training run) and would give a black picture. Use the "
+                "released file again.")
         peak = v.abs().max()
-        where = tuple(int(i) for i in (v.abs() == peak).nonzero()[0])
+        where = f" (at index {_index(v.abs() == peak)})" if v.ndim else ""
         raise AdapterError(
-            f"{what} file '{label}': key '{key}' holds a value of magnitude {float(peak):.3g} (at index "
-            f"{list(where)}); RefAny3D weights are of order 1 and at most {MAX_ABS_WEIGHT:g} is accepted: the "
-            "file is damaged or is not a RefAny3D weight file. Use the released file again.")
+            f"{what} file '{label}': key '{key}' holds a value of magnitude {float(peak):.3g}{where}; RefAny3D "
+            f"weights are of order 1 and at most {MAX_ABS_WEIGHT:g} is accepted: the file is damaged or is not a "
+            "RefAny3D weight file. Use the released file again.")
+
+
+def _index(hits: torch.Tensor) -> list[int]:
+    return [int(i) for i in hits.nonzero()[0]]
 
 
 def _real(t: torch.Tensor) -> torch.Tensor:
@@ -84,7 +88,11 @@ def _lora_pairs(sd: dict[str, torch.Tensor], label: str, what: str) -> dict[str,
             foreign.append(f"'{key}' ({e})")
             continue
         entry = mods.setdefault(module, {})
-        entry[{"lora_A.weight": "A", "lora_B.weight": "B", "alpha": "alpha"}[m["kind"]]] = (key, sd[key])
+        kind = {"lora_A.weight": "A", "lora_B.weight": "B", "alpha": "alpha"}[m["kind"]]
+        if kind in entry:
+            raise AdapterError(f"{what} file '{label}': keys '{entry[kind][0]}' and '{key}' are the same LoRA weight "
+                               "(with and without the 'transformer.' prefix): the file holds two LoRAs for one layer")
+        entry[kind] = (key, sd[key])
     if foreign:
         shown = "; ".join(foreign[:4]) + (f"; and {len(foreign) - 4} more" if len(foreign) > 4 else "")
         raise AdapterError(f"{what} file '{label}' has keys that do not belong to a RefAny3D LoRA: {shown}")
