@@ -34,6 +34,8 @@ Sampling design
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -41,6 +43,7 @@ from .cache import ReferenceCache
 from .errors import RefAny3DError
 from .flux_check import check_flux, check_transformer_options
 from .forward import refany3d_forward
+from .provenance import record_sampled
 
 WRAPPER_KEY = "refany3d"
 #: the black-reference pass: True = with the group mask, False = every group sees every group
@@ -48,12 +51,21 @@ GUIDANCE_PASSES = {"unmasked (release)": False, "masked": True}
 DEFAULT_GUIDANCE_PASS = "unmasked (release)"
 
 
-def split_joined(x: Tensor) -> tuple[Tensor, Tensor]:
-    """[B, C, H, 2W] -> (RGB [B, C, H, W], point map [B, C, H, W])."""
+def split_joined(x: Tensor, patch: int | None = None) -> tuple[Tensor, Tensor]:
+    """[B, C, H, 2W] -> (RGB [B, C, H, W], point map [B, C, H, W]). With ``patch`` (sampling: Flux's 2),
+    each half's width and the height must be multiples of it too."""
     if x.shape[-1] % 2:
         raise RefAny3DError(f"the RefAny3D latent must be the RGB and point-map latents side by side (even "
                             f"width); got width {x.shape[-1]}. Make it with RefAny3D Empty Latent.")
     w = x.shape[-1] // 2
+    if patch and (w % patch or x.shape[-2] % patch):
+        h = x.shape[-2]
+        raise RefAny3DError(
+            f"the RefAny3D latent is {2 * w}×{h} (latent pixels), so each half (RGB | point map) is {w}×{h}; Flux "
+            f"packs {patch}×{patch} patches, so each half's width and the height must be multiples of {patch}: "
+            f"one image of {8 * w}×{8 * h} px is not a multiple of {8 * patch} px. Make the latent with RefAny3D "
+            f"Empty Latent (width and height of ONE image, multiples of {8 * patch}); a core empty latent is not "
+            "two halves side by side.")
     return x[..., :w], x[..., w:]
 
 
@@ -73,6 +85,8 @@ class RefAny3DPatch:
                  guidance_pass: str = DEFAULT_GUIDANCE_PASS, cache_references: bool = False, max_cached: int = 4):
         if guidance_pass not in GUIDANCE_PASSES:
             raise RefAny3DError(f"guidance pass must be one of {list(GUIDANCE_PASSES)}, got '{guidance_pass}'")
+        if not math.isfinite(float(image_guidance)):
+            raise RefAny3DError(f"image guidance must be a finite number (the release uses 2.0), got {image_guidance}")
         if float(image_guidance) != 1.0 and (black_rgb is None or black_point_map is None):
             raise RefAny3DError("image guidance other than 1.0 needs the black-reference latents")
         self.adapter = adapter
@@ -94,14 +108,27 @@ class RefAny3DPatch:
         return self._moved[key]
 
     def outer_sample(self, executor, *args, **kwargs):
-        """OUTER_SAMPLE wrapper: a fresh reference cache for every sampling run."""
+        """OUTER_SAMPLE wrapper: a fresh reference cache for every sampling run; what the run returns
+        (and its last denoised estimate, SamplerCustomAdvanced's ``denoised_output``) is recorded as
+        sampled by RefAny3D (:mod:`.provenance`), so RefAny3D Split Latent can tell it from a plain
+        Flux sampling of the joined latent. ComfyUI calls it as ``executor(noise, latent_image,
+        sampler, sigmas, denoise_mask, callback, disable_pbar, seed, ...)``; only the callback is
+        wrapped (to see the denoised estimates), everything else is passed on as given."""
         self.cache.clear()
         self._moved.clear()
+        last: dict = {}
+        args, kwargs = _watch_callback(args, kwargs, last)
         try:
-            return executor(*args, **kwargs)
+            out = executor(*args, **kwargs)
         finally:
             self.cache.clear()
             self._moved.clear()
+        record_sampled(out)
+        x0 = last.get("x0")
+        guider = getattr(executor, "class_obj", None)
+        if isinstance(x0, Tensor) and not x0.is_nested and hasattr(guider, "model_patcher"):
+            record_sampled(guider.model_patcher.model.process_latent_out(x0.cpu()))
+        return out
 
     def memory_shape(self, noise_shape) -> list[int]:
         """The latent shape whose memory estimate matches one RefAny3D step: ComfyUI estimates
@@ -139,7 +166,7 @@ class RefAny3DPatch:
         if kwargs.get("attention_mask") is not None:
             raise RefAny3DError("a text attention mask in the conditioning is not supported together with RefAny3D")
         check_transformer_options(transformer_options, "RefAny3D (sampling)")
-        x_rgb, x_pm = split_joined(x)
+        x_rgb, x_pm = split_joined(x, patch=getattr(flux, "patch_size", 2))
         b = x.shape[0]
         refs = [r[None].expand(b, *r.shape) for r in self._on("refs", x.device, x.dtype)]
         self.calls += 1
@@ -161,6 +188,27 @@ class RefAny3DPatch:
         v_rgb = v_rgb[b:] + s * (v_rgb[:b] - v_rgb[b:])
         v_pm = v_pm[b:] + s * (v_pm[:b] - v_pm[b:])
         return join(v_rgb, v_pm)
+
+
+def _watch_callback(args: tuple, kwargs: dict, last: dict) -> tuple[tuple, dict]:
+    """The OUTER_SAMPLE arguments with the sampler callback (``callback(step, x0, x, total_steps)``,
+    argument 6) wrapped so that ``last["x0"]`` holds the latest denoised estimate. No callback: unchanged."""
+    if "callback" in kwargs:
+        callback = kwargs["callback"]
+    elif len(args) > 5:
+        callback = args[5]
+    else:
+        return args, kwargs
+    if not callable(callback):
+        return args, kwargs
+
+    def watched(*a, **k):
+        if len(a) > 1:
+            last["x0"] = a[1]
+        return callback(*a, **k)
+    if "callback" in kwargs:
+        return args, dict(kwargs, callback=watched)
+    return (*args[:5], watched, *args[6:]), kwargs
 
 
 def check_model(model, adapter):

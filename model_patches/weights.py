@@ -19,8 +19,54 @@ from .release_format import (COMFY_BLOCK, LORA_KEY, DOMAIN_EMBEDDER_KEYS, EMBED_
                              RELEASE_FILES, expected_in_out, fmt_shape, map_diffusers_module, read_state_dict,
                              release_modules, source_label)
 
-__all__ = ["AdapterError", "RELEASE_FILES", "RefAny3DAdapter", "convert_domain_embedder", "load_adapter",
-           "load_domain_embedder", "load_lora", "validate_adapter"]
+__all__ = ["AdapterError", "MAX_ABS_WEIGHT", "RELEASE_FILES", "RefAny3DAdapter", "check_weight_values",
+           "convert_domain_embedder", "load_adapter", "load_domain_embedder", "load_lora", "validate_adapter"]
+
+#: The largest magnitude a value in a RefAny3D weight file may have. Trained LoRA factors and the domain
+#: embedder's weights are of order 1 (the release's are below 10); a file past this bound is damaged or is
+#: not a RefAny3D file, and would give a black picture instead of an error. Generous on purpose.
+MAX_ABS_WEIGHT = 1e4
+_CHECKED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_weight_values(sd: dict[str, torch.Tensor], label: str, what: str) -> None:
+    """Every floating-point tensor of one file finite and within ±MAX_ABS_WEIGHT, checked once when
+    the file is loaded (one min/max pass per tensor; details only for a bad one). Raises AdapterError
+    naming the file, the key and what was found."""
+    for key, t in sd.items():
+        if not t.is_floating_point() or t.numel() == 0:
+            continue  # non-floating tensors are refused by the format checks, with their own message
+        v = t.detach()
+        if v.dtype not in _CHECKED_DTYPES:
+            v = v.float()  # float8 and other storage types: no min/max kernels of their own
+        lo, hi = torch.aminmax(v)
+        lo, hi = float(lo), float(hi)
+        if math.isfinite(lo) and math.isfinite(hi) and max(-lo, hi) <= MAX_ABS_WEIGHT:
+            continue
+        bad = ~torch.isfinite(v)
+        n_nan, n_bad = int(torch.isnan(v).sum()), int(bad.sum())
+        if n_bad:
+            kinds = ", ".join(k for k, n in (("NaN", n_nan), ("inf", n_bad - n_nan)) if n)
+            where = f" among {v.numel()} (first at index {_index(bad)})" if v.ndim else ""
+            raise AdapterError(
+                f"{what} file '{label}': key '{key}' holds {n_bad} non-finite value(s) ({kinds}){where}: the file "
+                "is damaged (or was saved from a diverged training run) and would give a black picture. Use the "
+                "released file again.")
+        peak = v.abs().max()
+        where = f" (at index {_index(v.abs() == peak)})" if v.ndim else ""
+        raise AdapterError(
+            f"{what} file '{label}': key '{key}' holds a value of magnitude {float(peak):.3g}{where}; RefAny3D "
+            f"weights are of order 1 and at most {MAX_ABS_WEIGHT:g} is accepted: the file is damaged or is not a "
+            "RefAny3D weight file. Use the released file again.")
+
+
+def _index(hits: torch.Tensor) -> list[int]:
+    return [int(i) for i in hits.nonzero()[0]]
+
+
+def _real(t: torch.Tensor) -> torch.Tensor:
+    """A LoRA factor in a dtype that promotes and computes: float8 storage is widened to float32."""
+    return t if t.dtype in _CHECKED_DTYPES else t.float()
 
 
 def _lora_pairs(sd: dict[str, torch.Tensor], label: str, what: str) -> dict[str, dict]:
@@ -42,7 +88,11 @@ def _lora_pairs(sd: dict[str, torch.Tensor], label: str, what: str) -> dict[str,
             foreign.append(f"'{key}' ({e})")
             continue
         entry = mods.setdefault(module, {})
-        entry[{"lora_A.weight": "A", "lora_B.weight": "B", "alpha": "alpha"}[m["kind"]]] = (key, sd[key])
+        kind = {"lora_A.weight": "A", "lora_B.weight": "B", "alpha": "alpha"}[m["kind"]]
+        if kind in entry:
+            raise AdapterError(f"{what} file '{label}': keys '{entry[kind][0]}' and '{key}' are the same LoRA weight "
+                               "(with and without the 'transformer.' prefix): the file holds two LoRAs for one layer")
+        entry[kind] = (key, sd[key])
     if foreign:
         shown = "; ".join(foreign[:4]) + (f"; and {len(foreign) - 4} more" if len(foreign) > 4 else "")
         raise AdapterError(f"{what} file '{label}' has keys that do not belong to a RefAny3D LoRA: {shown}")
@@ -59,6 +109,9 @@ def _lora_pairs(sd: dict[str, torch.Tensor], label: str, what: str) -> dict[str,
         if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1] or not a.is_floating_point() or not b.is_floating_point():
             raise AdapterError(f"{what} file '{label}': '{ka}' {fmt_shape(a.shape)} and '{kb}' {fmt_shape(b.shape)} are not "
                                "a LoRA pair (expected floating A [r, in] and B [out, r] with the same r)")
+        if a.shape[0] == 0:
+            raise AdapterError(f"{what} file '{label}': '{ka}' {fmt_shape(a.shape)} and '{kb}' {fmt_shape(b.shape)} have "
+                               "rank 0: not a LoRA (the release's rank is 16)")
     return mods
 
 
@@ -82,12 +135,14 @@ def load_lora(src, hidden_size: int, what: str = "LoRA", width_source: str = "th
     label = source_label(src, what)
     sd = read_state_dict(src, what)
     mods = _lora_pairs(sd, label, what)
+    check_weight_values(sd, label, what)
     d = int(hidden_size)
     mlp = _mlp_width(mods, d)
     grouped: dict[str, list] = {}
     for module, entry in sorted(mods.items()):
         target, part = map_diffusers_module(module)
         (ka, a), (kb, b) = entry["A"], entry["B"]
+        a, b = _real(a), _real(b)
         rank = a.shape[0]
         exp_in, exp_out = expected_in_out(target, part, d, mlp)
         if exp_in is not None and a.shape[1] != exp_in:
@@ -99,11 +154,14 @@ def load_lora(src, hidden_size: int, what: str = "LoRA", width_source: str = "th
         scale = 1.0
         if "alpha" in entry:
             ak, alpha = entry["alpha"]
-            if alpha.numel() != 1:
-                raise AdapterError(f"{what} file '{label}': key '{ak}' must hold one number, has shape {fmt_shape(alpha.shape)}")
-            scale = float(alpha.reshape(()).item()) / rank
-            if not math.isfinite(scale):
-                raise AdapterError(f"{what} file '{label}': key '{ak}' is not finite")
+            if alpha.numel() != 1 or alpha.is_complex():
+                raise AdapterError(f"{what} file '{label}': key '{ak}' must hold one real number, has "
+                                   f"{alpha.dtype} of shape {fmt_shape(alpha.shape)}")
+            value = float(alpha.reshape(()).item())
+            if not math.isfinite(value) or abs(value) > MAX_ABS_WEIGHT:
+                raise AdapterError(f"{what} file '{label}': key '{ak}' holds {value:g}; a LoRA alpha must be a finite "
+                                   f"number of magnitude at most {MAX_ABS_WEIGHT:g} (scale = alpha / rank)")
+            scale = value / rank
         grouped.setdefault(target, []).append((part, a, b, scale, ka))
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     parts: dict[str, tuple[str, ...]] = {}
@@ -188,6 +246,7 @@ def load_domain_embedder(src) -> torch.nn.Sequential:
     label = source_label(src, "domain embedder")
     sd = _strip_common_prefix(read_state_dict(src, "domain embedder"))
     d = check_domain_embedder_state(sd, label)
+    check_weight_values(sd, label, "domain embedder")
     emb = make_domain_embedder(d)  # float32; RefAny3DAdapter.to() gives other dtypes
     with torch.no_grad():
         emb.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
@@ -202,6 +261,7 @@ def convert_domain_embedder(pth, out_safetensors) -> Path:
     label = source_label(pth, "domain embedder")
     sd = _strip_common_prefix(read_state_dict(pth, "domain embedder"))
     check_domain_embedder_state(sd, label)
+    check_weight_values(sd, label, "domain embedder")
     out = Path(out_safetensors)
     out.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file({k: sd[k].contiguous() for k in DOMAIN_EMBEDDER_KEYS}, str(out),

@@ -2,11 +2,25 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from comfy_api.latest import io
 
-from ..model_patches import DEFAULT_GUIDANCE_PASS, GUIDANCE_PASSES, apply_to_views
+from ..model_patches import DEFAULT_GUIDANCE_PASS, GUIDANCE_PASSES, RefAny3DError, apply_to_views
 from .sockets import Adapter
+
+GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 20.0
+
+
+def guidance_problem(image_guidance) -> str | None:
+    """Why ``image_guidance`` cannot be used (NaN/inf, out of range), else None."""
+    if image_guidance is None:
+        return None
+    if (isinstance(image_guidance, bool) or not isinstance(image_guidance, (int, float))
+            or not math.isfinite(image_guidance) or not GUIDANCE_MIN <= image_guidance <= GUIDANCE_MAX):
+        return (f"image_guidance must be a finite number between {GUIDANCE_MIN:g} and {GUIDANCE_MAX:g} (the release "
+                f"uses 2.0; 1.0 turns the guidance pass off), got {image_guidance}")
+    return None
 
 
 class RefAny3DApply(io.ComfyNode):
@@ -30,7 +44,7 @@ class RefAny3DApply(io.ComfyNode):
                 io.Image.Input("reference_point_map",
                                tooltip="The N point-map reference views, same views in the same order and size "
                                        "as reference_rgb (RefAny3D Render Views 'point_map')."),
-                io.Float.Input("image_guidance", default=2.0, min=0.0, max=20.0, step=0.05,
+                io.Float.Input("image_guidance", default=2.0, min=GUIDANCE_MIN, max=GUIDANCE_MAX, step=0.05,
                                tooltip="Image guidance s: v = v_black + s·(v_ref − v_black), with a second pass on "
                                        "black references. 2.0 as in the release demo; 1.0 skips the second pass."),
                 io.Combo.Input("guidance_pass", options=list(GUIDANCE_PASSES), default=DEFAULT_GUIDANCE_PASS,
@@ -45,9 +59,18 @@ class RefAny3DApply(io.ComfyNode):
             outputs=[io.Model.Output(tooltip="The RefAny3D model (a patched clone; the input model is unchanged).")],
         )
 
+    # A NaN passes ComfyUI's own min/max check (every comparison with NaN is false) and would paint a black
+    # picture; an input of validate_inputs gets no range check from ComfyUI, so the range is checked here.
+    @classmethod
+    def validate_inputs(cls, image_guidance=None) -> bool | str:
+        return guidance_problem(image_guidance) or True
+
     @classmethod
     def execute(cls, model, adapter, vae, reference_rgb, reference_point_map, image_guidance=2.0,
                 guidance_pass=DEFAULT_GUIDANCE_PASS, cache_references=False) -> io.NodeOutput:
+        problem = guidance_problem(image_guidance)
+        if problem:
+            raise RefAny3DError(problem)
         if reference_rgb.shape[2] > 512:
             logging.getLogger("RefAny3D").warning(
                 "RefAny3D: reference views are %d px wide; the release shifts references by a fixed 32 token "

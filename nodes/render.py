@@ -6,9 +6,16 @@ import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
 
-from ..rendering import BACKENDS, MAX_VIEWS, PRESETS, AssetError, check_coverage, check_resolution, render_views
+from ..rendering import BACKENDS, MAX_VIEWS, PRESETS, AssetError, check_coverage, render_views, \
+    view_angles
+from ..rendering.camera import RELEASE_FRAMES
 from .notify import report
 from .sockets import Asset
+
+PRESET_TOOLTIP = (
+    "How the N orbit angles follow from N (views i = 0 … N−1). release: the release's pick of frames "
+    f"k = i·⌊{RELEASE_FRAMES}/N⌋ of a {RELEASE_FRAMES}-frame orbit, angle k·{360 // RELEASE_FRAMES}° (N = 8: 0°, 42°, "
+    f"84°, …, 294°; N = 6: 0°, 60°, …), so at most {RELEASE_FRAMES} views. even: angle i·360°/N, at most {MAX_VIEWS} views.")
 
 
 class RefAny3DRenderViews(io.ComfyNode):
@@ -24,10 +31,9 @@ class RefAny3DRenderViews(io.ComfyNode):
             inputs=[
                 Asset.Input("asset", tooltip="An asset from RefAny3D Load 3D Asset."),
                 io.Int.Input("num_views", default=8, min=1, max=MAX_VIEWS,
-                             tooltip="Number of reference views. The released weights were trained with 8."),
-                io.Combo.Input("preset", options=list(PRESETS), default="release",
-                               tooltip="release: frames 0, 7, 14, … of a 60-frame orbit (0°, 42°, 84°, …), as the "
-                                       "release picked them (at most 60 views). even: views evenly spaced over 360°."),
+                             tooltip=f"Number of reference views N. The released weights were trained with 8. At "
+                                     f"most {RELEASE_FRAMES} with the release preset, {MAX_VIEWS} with even."),
+                io.Combo.Input("preset", options=list(PRESETS), default="release", tooltip=PRESET_TOOLTIP),
                 io.Int.Input("resolution", default=512, min=16, max=4096, step=16,
                              tooltip="Width and height of each view in pixels; a multiple of 16 (the VAE needs "
                                      "it). The release used 512."),
@@ -55,13 +61,15 @@ class RefAny3DRenderViews(io.ComfyNode):
             hidden=[io.Hidden.unique_id],
         )
 
+    # ComfyUI shows a validate_inputs message on every input the method takes, and checks no range of
+    # those inputs itself. So it takes only num_views and preset, whose limit depends on both (the
+    # release preset: at most 60 views); the other inputs get ComfyUI's own range checks on their own
+    # widget, and what ranges cannot say (resolution a multiple of 16, finite floats) is refused by
+    # rendering.render_views when the node runs, naming the input.
     @classmethod
-    def validate_inputs(cls, num_views=None, resolution=None) -> bool | str:
+    def validate_inputs(cls, num_views=None, preset=None) -> bool | str:
         try:
-            if resolution is not None:
-                check_resolution(int(resolution))
-            if num_views is not None and not 1 <= int(num_views) <= MAX_VIEWS:
-                raise AssetError(f"number of views must be between 1 and {MAX_VIEWS}, got {num_views}")
+            view_angles(num_views if num_views is not None else 1, preset if preset is not None else "even")
         except AssetError as e:
             return str(e)
         return True

@@ -166,9 +166,9 @@ def test_execution_error_exits_nonzero_with_the_server_message(private_comfy, tm
 def test_validation_error_exits_nonzero_with_the_server_message(private_comfy, tmp_path):
     asset = write_demo_asset(tmp_path / "ok_box.glb")
     res = client("--server", private_comfy.url, "--workflow", RENDER_WORKFLOW, "--asset", asset,
-                 "--set", "2.resolution=100", "--out", tmp_path / "out")
+                 "--set", "2.resolution=5000", "--out", tmp_path / "out")
     assert res.returncode == 4, res.stderr
-    assert "rejected" in res.stderr and "RefAny3DRenderViews" in res.stderr and "16" in res.stderr
+    assert "rejected" in res.stderr and "RefAny3DRenderViews" in res.stderr and "4096" in res.stderr
     assert "queued prompt" not in res.stderr
     # a partly valid graph (one output fails, the others would run) is refused too, and not left running
     res = client("--server", private_comfy.url, "--workflow", RENDER_WORKFLOW, "--asset", asset,

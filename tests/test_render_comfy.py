@@ -129,8 +129,10 @@ def test_bad_inputs_get_clear_errors(comfy, tmp_path, asset_name):
         comfy.submit(render_graph("3d/../../secret.glb"))
     with pytest.raises(PromptRejected, match="absolute"):
         comfy.submit(render_graph("/etc/passwd"))
-    with pytest.raises(PromptRejected, match="multiple of 16"):
-        comfy.submit(render_graph(asset_name, res=500))
+    with pytest.raises(PromptRejected, match="bigger than max of 4096"):
+        comfy.submit(render_graph(asset_name, res=5000))
+    odd = comfy.run(render_graph(asset_name, res=500), timeout=120)  # only an API caller can send it
+    assert odd.status == "error" and "multiple of 16" in odd.error["exception_message"]
     with pytest.raises(PromptRejected):
         comfy.submit(render_graph(asset_name, views=65))
     missing = comfy.run(render_graph("3d/not_there.glb"), timeout=120)

@@ -221,7 +221,8 @@ def test_latent_node_errors(parts):
     _, latent_nodes = import_pack()
     with pytest.raises(ValueError, match="must be the RGB and point-map latents side by side .*width 7"):
         latent_nodes.RefAny3DSplitLatent.execute({"samples": torch.zeros(1, 16, 4, 7)})
-    assert "multiple of 16" in latent_nodes.RefAny3DEmptyLatent.validate_inputs(width=40, height=32)
+    with pytest.raises(ValueError, match="width must be a multiple of 16 .* got 40"):
+        latent_nodes.RefAny3DEmptyLatent.execute(40, 32)
     with pytest.raises(ValueError, match="point_map must be an IMAGE batch"):
         latent_nodes.RefAny3DPointMapToMask.execute(torch.zeros(4, 4), 0.9)
     # an odd joined latent reaching the sampler (e.g. a core empty latent of the wrong width)
@@ -480,3 +481,47 @@ def test_adapter_weights_are_loaded_counted_and_unloaded_with_the_model(parts):
         assert {p.device.type for p in module.parameters()} == {"meta"}  # no copy left on the load device
     finally:
         mm.unload_all_models()
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 10, cases 3 and 9: guidance that is not a number, latent halves Flux cannot patch, provenance
+
+def test_non_finite_image_guidance_is_refused(parts):
+    patcher, adapter, refs, _ = parts
+    for s in (float("nan"), float("inf")):
+        with pytest.raises(RefAny3DError, match=f"image guidance must be a finite number .* got {s}"):
+            apply_refany3d(patcher, adapter, *refs, image_guidance=s)
+
+
+def test_halves_flux_cannot_patch_are_named(parts):
+    patcher, adapter, refs, cond = parts
+    model = apply_refany3d(patcher, adapter, *refs)
+    with pytest.raises(RefAny3DError, match=r"latent is 10×4 \(latent pixels\), so each half .* is 5×4; .* one image "
+                                            r"of 40×32 px is not a multiple of 16 px"):
+        ksample(model, cond, torch.zeros(1, 16, 4, 10), steps=1)
+    with pytest.raises(RefAny3DError, match=r"each half .* is 4×5"):
+        ksample(model, cond, torch.zeros(1, 16, 5, 8), steps=1)
+    rgb, pm = split_joined(torch.zeros(1, 16, 5, 10))  # Split Latent (no patch size) splits them for decoding
+    assert rgb.shape[-1] == pm.shape[-1] == 5
+
+
+def test_refany3d_samplings_are_recorded_and_plain_ones_are_not(parts):
+    """The OUTER_SAMPLE wrapper records what it returns and the last denoised estimate (the x0 that
+    SamplerCustomAdvanced hands out as denoised_output); the fingerprint survives a float16 copy."""
+    import comfy.sample
+    from model_patches.provenance import fingerprint, sampled_by_refany3d
+    patcher, adapter, refs, cond = parts
+    model = apply_refany3d(patcher, adapter, *refs, image_guidance=1.0)
+    latent = torch.zeros(1, 16, 4, 8)
+    x0 = {}
+
+    def callback(step, denoised, x, total):
+        x0["last"] = denoised
+    noise = comfy.sample.prepare_noise(latent, 3)
+    out = comfy.sample.sample(model, noise, 2, 1.0, "euler", "simple", cond, cond, latent, seed=3,
+                              disable_pbar=True, callback=callback)
+    assert sampled_by_refany3d(out) and sampled_by_refany3d(out.clone().half())
+    assert sampled_by_refany3d(model.model.process_latent_out(x0["last"].cpu()))
+    plain, _ = ksample(patcher, cond, latent, steps=2, seed=3)
+    assert not sampled_by_refany3d(plain) and not sampled_by_refany3d(torch.zeros(1, 16, 4, 8))
+    assert fingerprint(out) != fingerprint(plain) and fingerprint([1, 2]) is None

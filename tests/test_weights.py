@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -498,3 +499,113 @@ def test_flux_checkpoint_loads_through_comfyui(tmp_path):
         del patcher, f
     finally:
         path.unlink()
+
+
+# --------------------------------------------------------------------------------------------
+# values: finite and of a sane magnitude, checked once per file (issue 10, case 3)
+
+LORA_KEY_B = "transformer.single_transformer_blocks.1.proj_out.lora_B.weight"
+
+
+def damaged(tmp_path, release, which, key, index, value, dtype=None):
+    """A copy of one release file with ``value`` written at ``key[index]`` (the file's tensors in ``dtype``)."""
+    if which == "domain_embedder":
+        sd = torch.load(str(release["domain_embedder"]), weights_only=True)
+    else:
+        sd = safetensors.torch.load_file(str(release[which]))
+    if dtype is not None:
+        sd = {k: v.to(dtype) for k, v in sd.items()}
+    sd[key][index] = value
+    path = tmp_path / f"damaged_{which}{'.pth' if which == 'domain_embedder' else '.safetensors'}"
+    if which == "domain_embedder":
+        torch.save(sd, str(path))
+    else:
+        safetensors.torch.save_file(sd, str(path))
+    return path
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("which, key", [("reference", LORA_KEY_B), ("domain", "transformer.x_embedder.lora_A.weight"),
+                                        ("domain_embedder", "1.bias")])
+@pytest.mark.parametrize("value, words", [(float("nan"), r"1 non-finite value\(s\) \(NaN\)"),
+                                          (float("-inf"), r"1 non-finite value\(s\) \(inf\)")])
+def test_non_finite_weights_are_refused_naming_file_and_key(tmp_path, release, dtype, which, key, value, words):
+    index = (2,) if key.endswith("bias") else (1, 2)
+    path = damaged(tmp_path, release, which, key, index, value, dtype)
+    with pytest.raises(AdapterError, match=rf"file '{path.name}': key '{key}' holds {words} among \d+ \(first at "
+                                           rf"index \[{', '.join(map(str, index))}\]\): the file is damaged"):
+        load_with(release, **{which: path})
+
+
+def test_magnitude_bound_is_generous_for_real_weights_and_refuses_absurd_ones(tmp_path, release):
+    from model_patches.weights import MAX_ABS_WEIGHT
+    assert MAX_ABS_WEIGHT == 1e4
+    ok = damaged(tmp_path, release, "reference", LORA_KEY_B, (0, 0), -1e4)  # the bound itself loads
+    load_with(release, reference=ok)
+    for which, key, value in (("reference", LORA_KEY_B, 1.5e4), ("domain_embedder", "3.weight", -2e38)):
+        path = damaged(tmp_path, release, which, key, (3, 1), value)
+        with pytest.raises(AdapterError, match=rf"'{path.name}': key '{key}' holds a value of magnitude "
+                                               rf"{re.escape(f'{abs(value):.3g}')} \(at index \[3, 1\]\); RefAny3D weights are of "
+                                               r"order 1 and at most 10000 is accepted"):
+            load_with(release, **{which: path})
+
+
+def test_converter_refuses_a_damaged_embedder(tmp_path, release):
+    path = damaged(tmp_path, release, "domain_embedder", "0.weight", (1, 5), float("nan"))
+    with pytest.raises(AdapterError, match="key '0.weight' holds 1 non-finite"):
+        convert_domain_embedder(path, tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("alpha, words", [
+    (torch.tensor(3e30), r"holds a value of magnitude 3e\+30; RefAny3D weights are of order 1"),
+    (torch.tensor(float("inf")), r"holds 1 non-finite value\(s\) \(inf\): the file is damaged"),
+    (torch.tensor(10**12, dtype=torch.int64), r"holds 1e\+12; a LoRA alpha"),
+    (torch.tensor(1 + 2j), r"must hold one real number, has torch.complex64"),
+])
+def test_absurd_alpha_is_refused(tmp_path, release, alpha, words):
+    sd = safetensors.torch.load_file(str(release["reference"]))
+    sd["transformer.x_embedder.alpha"] = alpha
+    path = tmp_path / "alpha.safetensors"
+    safetensors.torch.save_file(sd, str(path))
+    with pytest.raises(AdapterError, match=rf"'alpha.safetensors': key 'transformer.x_embedder.alpha' {words}"):
+        load_with(release, reference=path)
+
+
+def test_rank_zero_pair_is_refused(tmp_path, release):
+    sd = safetensors.torch.load_file(str(release["reference"]))
+    sd["transformer.x_embedder.lora_A.weight"] = torch.zeros(0, 64)
+    sd["transformer.x_embedder.lora_B.weight"] = torch.zeros(D, 0)
+    sd["transformer.x_embedder.alpha"] = torch.tensor(4.0)
+    path = tmp_path / "rank0.safetensors"
+    safetensors.torch.save_file(sd, str(path))
+    with pytest.raises(AdapterError, match=r"\[0, 64\] and .* \[64, 0\] have rank 0: not a LoRA"):
+        load_with(release, reference=path)
+
+
+def test_float8_lora_factors_load_like_their_float32_values(tmp_path, release):
+    """fp8-stored factors are widened to float32 (torch cannot promote or min/max float8 on the CPU)."""
+    sd = safetensors.torch.load_file(str(release["domain"]))
+    f8 = {k: v.to(torch.float8_e4m3fn) for k, v in sd.items()}
+    f8["transformer.x_embedder.lora_B.weight"] = f8["transformer.x_embedder.lora_B.weight"].to(torch.float8_e5m2)
+    path, wide = tmp_path / "f8.safetensors", tmp_path / "wide.safetensors"
+    safetensors.torch.save_file(f8, str(path))
+    safetensors.torch.save_file({k: v.float() for k, v in f8.items()}, str(wide))
+    a, b = load_with(release, domain=path), load_with(release, domain=wide)
+    for module, (down, up) in b.loras["domain"].items():
+        assert torch.equal(a.loras["domain"][module][0], down) and torch.equal(a.loras["domain"][module][1], up)
+    nan = dict(f8, **{LORA_KEY_B: f8[LORA_KEY_B].clone()})
+    nan[LORA_KEY_B][0, 0] = float("nan")
+    safetensors.torch.save_file(nan, str(path))
+    with pytest.raises(AdapterError, match="non-finite"):
+        load_with(release, domain=path)
+
+
+def test_one_layer_named_twice_is_refused(tmp_path, release):
+    sd = safetensors.torch.load_file(str(release["reference"]))
+    sd["x_embedder.lora_A.weight"] = sd["transformer.x_embedder.lora_A.weight"].clone()
+    path = tmp_path / "twice.safetensors"
+    safetensors.torch.save_file(sd, str(path))
+    with pytest.raises(AdapterError, match=r"keys '.*x_embedder.lora_A.weight' and '.*x_embedder.lora_A.weight' are the "
+                                           r"same LoRA weight"):
+        load_with(release, reference=path)
