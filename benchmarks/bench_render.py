@@ -70,7 +70,8 @@ def main():
           f"{VIEWS} views x {RES}^2, median of {args.repeats}")
     for n in args.faces:
         bench_one(textured_sphere(n), args.device, args.repeats)
-    if not pytorch3d_loads():
+    from rendering.pytorch3d_backend import pytorch3d_available
+    if not pytorch3d_available():
         print("PyTorch3D does not load here: the 'pytorch3d' backend is not timed")
         return
     small = args.faces if args.device.startswith("cuda") else [1_280, 5_120]
@@ -78,15 +79,6 @@ def main():
     print(f"backends side by side, {VIEWS} views x {res}^2, median of {args.repeats}:")
     for n in small:
         bench_backends(textured_sphere(n), args.device, args.repeats, res)
-
-
-def pytorch3d_loads() -> bool:
-    from rendering.pytorch3d_backend import require_pytorch3d
-    try:
-        require_pytorch3d()
-        return True
-    except rendering.AssetError:
-        return False
 
 
 def bench_backends(asset: Asset, device: str, repeats: int, res: int) -> None:

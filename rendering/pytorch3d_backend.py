@@ -38,6 +38,15 @@ def require_pytorch3d():
     return FoVPerspectiveCameras, MeshRasterizer, RasterizationSettings, Meshes
 
 
+def pytorch3d_available() -> bool:
+    """Whether PyTorch3D loads here (installed and built for this torch)."""
+    try:
+        require_pytorch3d()
+        return True
+    except AssetError:
+        return False
+
+
 class PyTorch3DRasterizer:
     """Per view: face index, barycentrics and depth of every pixel, from PyTorch3D."""
 

@@ -12,18 +12,9 @@ from tools.assets_gen import GltfPart, box, smooth_texture, uv_sphere, write_glb
 
 import rendering
 
+from rendering.pytorch3d_backend import pytorch3d_available
 
-
-def pytorch3d_loads() -> bool:
-    try:
-        from rendering.pytorch3d_backend import require_pytorch3d
-        require_pytorch3d()
-        return True
-    except rendering.AssetError:
-        return False
-
-
-HAVE_PYTORCH3D = pytorch3d_loads()
+HAVE_PYTORCH3D = pytorch3d_available()
 needs_pytorch3d = pytest.mark.skipif(not HAVE_PYTORCH3D, reason="PyTorch3D is installed on the v0.31.0 leg only")
 
 
