@@ -181,7 +181,7 @@ def structural_corruption(draw, originals):
         elif op == "dtype" and key in sd and isinstance(sd[key], torch.Tensor):
             sd[key] = sd[key].to(draw(st.sampled_from(DTYPES)))
         elif op == "add":
-            sd[draw(st.text(max_size=30))] = torch.randn(draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+            sd[draw(st.text(max_size=30))] = torch.full((draw(st.integers(0, 3)), draw(st.integers(0, 3))), 0.5)
         elif op == "alpha":
             module = key.rsplit(".lora_", 1)[0]
             sd[module + ".alpha"] = draw(st.sampled_from([
