@@ -28,7 +28,9 @@ Sampling design
   an OUTER_SAMPLE wrapper empties it at the start and end of every sampling run, and entries are
   matched on the reference latents and pooled vector, so nothing leaks between prompts.
 * **Memory**: ComfyUI sizes the free memory it keeps for activations from the latent's area; a
-  PREPARE_SAMPLING wrapper scales that estimate by the reference tokens and the guidance pass.
+  PREPARE_SAMPLING wrapper scales that estimate by the reference tokens and the guidance pass. The
+  adapter's weights are an additional model of the clone (:mod:`.adapter`): ComfyUI loads, counts,
+  offloads and unloads them with the model.
 * Flux guidance (the guidance embedding) comes from the conditioning as usual; there is no text CFG
   pass unless the user sets cfg > 1 in the sampler (then cond and uncond are batched by ComfyUI).
 """
