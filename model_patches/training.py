@@ -215,6 +215,45 @@ class TrainableAdapter(torch.nn.Module):
         return out
 
 
+#: Layers of the last single block whose Reference-LoRA gets exactly zero gradient (docs/method.md §6): the
+#: references' outputs of the last block never reach the targets, and their query only shapes those outputs.
+STRUCTURAL_ZERO_LAYERS = ("attn.to_q", "proj_mlp", "proj_out")
+
+
+def structural_zeros(adapter: TrainableAdapter) -> set[tuple[str, str]]:
+    """``(adapter name, diffusers module)`` pairs that can never learn: the Reference-LoRA on the last single
+    block's ``to_q``, ``proj_mlp`` and ``proj_out``."""
+    prefix = "single_transformer_blocks."
+    singles = [int(_module(k)[len(prefix):].split(".", 1)[0]) for k in adapter.lora_A["reference"]
+               if _module(k).startswith(prefix)] if "reference" in adapter.lora_A else []
+    if not singles:
+        return set()
+    last = max(singles)
+    return {("reference", f"{prefix}{last}.{layer}") for layer in STRUCTURAL_ZERO_LAYERS
+            if _key(f"{prefix}{last}.{layer}") in adapter.lora_A["reference"]}
+
+
+def learning_statistics(adapter: TrainableAdapter) -> dict:
+    """What the last backward taught, structural zeros left out: the gradient norm of the layers that can
+    learn, how many of them got a non-zero gradient, and how many layers were left out."""
+    skip = structural_zeros(adapter)
+    total, learning, norm_sq = 0, 0, 0.0
+    for name in adapter.lora_A:
+        for key in adapter.lora_A[name]:
+            if (name, _module(key)) in skip:
+                continue
+            total += 1
+            grads = [p.grad for p in (adapter.lora_A[name][key], adapter.lora_B[name][key]) if p.grad is not None]
+            sq = sum(float(g.detach().double().pow(2).sum()) for g in grads)
+            norm_sq += sq
+            learning += sq > 0
+    for p in adapter.domain_embedder.parameters():
+        if p.grad is not None:
+            norm_sq += float(p.grad.detach().double().pow(2).sum())
+    return {"grad_norm": norm_sq ** 0.5, "layers": total, "layers_with_gradient": learning,
+            "structural_zeros": len(skip)}
+
+
 def _export(t: Tensor, dtype) -> Tensor:
     return t.detach().to(device="cpu", dtype=dtype).contiguous().clone()
 

@@ -5,6 +5,7 @@ the trainer and its saving in ``training/``.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import pytest
@@ -178,15 +179,43 @@ def test_cached_references_refused_in_training(flux):
 # ---------------------------------------------------------------------------------------------
 # the trainer
 
+def euler_point_map(flux, adapter, s, seed, steps=10):
+    """Samples sample ``s``'s targets from noise (plain Euler on the flow, guidance 1.0); the point-map latent."""
+    g = torch.Generator().manual_seed(seed)
+    x_rgb, x_pm = torch.randn(1, *s["x0_rgb"].shape, generator=g), torch.randn(1, *s["x0_point_map"].shape, generator=g)
+    ts = torch.linspace(1, 0, steps + 1)
+    with torch.no_grad():
+        for t0, t1 in zip(ts[:-1], ts[1:]):
+            v_rgb, v_pm = refany3d_forward(flux, adapter, x_rgb, x_pm, s["refs_rgb"][None], s["refs_point_map"][None],
+                                           t0.view(1), s["context"][None], s["pooled"][None], torch.tensor([1.0]))
+            x_rgb, x_pm = x_rgb + (t1 - t0) * v_rgb, x_pm + (t1 - t0) * v_pm
+    return x_pm[0]
+
+
 def test_overfits_one_sample():
-    flux = make_flux(hidden_size=64)  # D ≥ 64 so one token's 64 outputs are reachable
-    ad = TrainableAdapter.for_flux(flux, rank=RANK, seed=0)
+    """Issue 11, must-show 1. D = 128 so that one token's 64 outputs are reachable through the LoRAs.
+
+    * With the draws held fixed (the diagnostic), the loss falls by more than 90 %: observed 4.70 -> 0.001.
+    * Trained with the real recipe's draws (t and noise new at every step) on the same sample, sampling from
+      noise lands measurably closer to the training point map than the untrained adapter: observed mean
+      squared distance 2.24 -> 0.93 over four seeds (loss 4.5 -> 2.2; fresh noise keeps it from reaching 0)."""
+    flux = make_flux(hidden_size=128)
+    sample = samples(1)[0]
     cfg = TrainConfig(lr=0.01, weight_decay=0.0, grad_clip=0.0, p_drop_prompt=0.0, p_drop_references=0.0,
                       fixed_noise=True, checkpointing=False)
-    losses = Trainer(flux, ad, samples(1), None, cfg).train(100)
-    # Observed: 4.70 -> 0.49 (-89.6 %) in 100 steps; the tail falls slowly (rank-4 LoRAs, target RGB
-    # reached only through E(0) and attention). The bound leaves room for float differences between legs.
-    assert min(losses[-5:]) <= 0.15 * losses[0], losses[::10]
+    losses = Trainer(flux, TrainableAdapter.for_flux(flux, rank=RANK, seed=0), [sample], None, cfg).train(100)
+    assert max(losses[-5:]) <= 0.10 * losses[0], losses[::10]
+
+    def distance(adapter):
+        return sum(float((euler_point_map(flux, adapter, sample, k) - sample["x0_point_map"]).pow(2).mean())
+                   for k in range(4)) / 4
+
+    ad = TrainableAdapter.for_flux(flux, rank=RANK, seed=0)
+    before = distance(ad)
+    cfg = dataclasses.replace(cfg, fixed_noise=False)
+    Trainer(flux, ad, [sample], None, cfg).train(150)
+    after = distance(ad)
+    assert after < 0.6 * before, (before, after)
 
 
 def run(flux, tmp, steps, cfg, resume_from=None, save_at=None):
@@ -243,3 +272,72 @@ def test_missing_prodigyopt_is_a_clear_error(monkeypatch):
     assert "pip install prodigyopt" in str(e.value) and str(e.value) == PRODIGY_MISSING
     with pytest.raises(RefAny3DError, match="unknown optimizer"):
         make_optimizer([torch.nn.Parameter(torch.zeros(2))], TrainConfig(optimizer="sgd"))
+
+
+def test_structural_zeros_are_exactly_zero_and_left_out_of_the_statistics():
+    """docs/method.md §6: the Reference-LoRA on the last single block's to_q, proj_mlp and proj_out never
+    learns; every other layer gets a gradient."""
+    from model_patches.training import learning_statistics, structural_zeros
+    flux = make_flux(depth=1, depth_single=2)
+    ad = trained_adapter(flux)
+    _, g = grads(flux, ad, batch_of(samples(2, views=2), [0, 1]), checkpoint=False)
+    zeros = structural_zeros(ad)
+    assert zeros == {("reference", f"single_transformer_blocks.1.{m}") for m in ("attn.to_q", "proj_mlp", "proj_out")}
+    for name, module in zeros:
+        key = module.replace(".", "__")
+        assert float(g[f"lora_A.{name}.{key}"].abs().max()) == 0 and float(g[f"lora_B.{name}.{key}"].abs().max()) == 0
+    stats = learning_statistics(ad)
+    assert stats["structural_zeros"] == 3 and stats["layers"] == 2 * (1 + 6 + 2 * 6) - 3
+    assert stats["layers_with_gradient"] == stats["layers"] and stats["grad_norm"] > 0
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "prodigy"])
+def test_both_optimizers_learn(flux, optimizer):
+    """AdamW, and the real prodigyopt package set as the release sets it (lr 1, bias correction, safeguard
+    warm-up, d0 1e-6): Prodigy's step size estimate d grows from d0 (6.5x in 30 steps here) and the loss falls."""
+    if optimizer == "prodigy":
+        pytest.importorskip("prodigyopt")
+    cfg = TrainConfig(optimizer=optimizer, lr=1e-2 if optimizer == "adamw" else None, p_drop_prompt=0.0,
+                      p_drop_references=0.0, fixed_noise=True, checkpointing=False)
+    trainer = Trainer(flux, TrainableAdapter.for_flux(flux, rank=RANK, seed=0), samples(1), None, cfg)
+    losses = trainer.train(30)
+    assert losses[-1] < losses[0], losses[::5]
+    if optimizer == "adamw":
+        assert min(losses[-5:]) < 0.8 * losses[0], losses[::5]
+        return
+    from prodigyopt import Prodigy
+    group = trainer.optimizer.param_groups[0]
+    assert isinstance(trainer.optimizer, Prodigy)
+    assert (group["lr"], group["use_bias_correction"], group["safeguard_warmup"], group["weight_decay"]) == \
+        (1.0, True, True, 0.01)
+    assert group["d"] > 3 * group["d0"] and group["d0"] == 1e-6, group["d"]  # observed 6.5e-6 after 30 steps
+
+
+def test_crash_while_saving_leaves_the_last_good_state(flux, tmp_path, monkeypatch):
+    """Must-show 7: a save that dies half-way (here: a full disk while the tensors are written) leaves the
+    previous state loadable and no partial state behind."""
+    import errno
+
+    import safetensors.torch
+    trainer = Trainer(flux, TrainableAdapter.for_flux(flux, rank=RANK), samples(1), uncond(),
+                      TrainConfig(lr=1e-2, checkpointing=False), out_dir=tmp_path)
+    trainer.train(1)
+    good = trainer.save()
+    want = {k: v.clone() for k, v in trainer.adapter.state_dict().items()}
+    trainer.train(2)
+    real_save = safetensors.torch.save_file
+
+    def full_disk(tensors, filename, metadata=None):
+        real_save(dict(list(tensors.items())[:1]), filename, metadata=metadata)  # half a file on disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        trainer.save()
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
+    state = load_state(tmp_path)
+    assert state["path"] == good and state["step"] == 1
+    for k, v in want.items():
+        assert torch.equal(state["adapter"][k], v), k
+    leftovers = [p.name for p in tmp_path.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
+    assert leftovers == []
