@@ -341,3 +341,26 @@ def test_crash_while_saving_leaves_the_last_good_state(flux, tmp_path, monkeypat
         assert torch.equal(state["adapter"][k], v), k
     leftovers = [p.name for p in tmp_path.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
     assert leftovers == []
+
+
+def test_memory_plan_counts_are_flux1_dev_and_the_release():
+    """training/memory.py's constants come from the shapes: FLUX.1-dev's parameters (19 + 38 blocks at 3072)
+    and the release's trainable count (docs/method.md §6), computed here without allocating anything."""
+    import math
+
+    from model_patches.release_format import expected_in_out, map_diffusers_module, release_modules
+    from training import memory
+    cfg = tiny.flux_unet_config(hidden_size=3072, num_heads=24, depth=19, depth_single_blocks=38, context_in_dim=4096,
+                                vec_in_dim=768, axes_dim=[16, 56, 56])
+    assert sum(math.prod(s) for s in tiny.flux_parameter_shapes(cfg).values()) == memory.FLUX1_PARAMS
+    lora = 0
+    for module in release_modules(19, 38):
+        fan_in, fan_out = expected_in_out(*map_diffusers_module(module), 3072, 4 * 3072)
+        lora += 16 * ((64 if fan_in is None else fan_in) + fan_out)
+    embedder = sum(p.numel() for p in TrainableAdapter(3072, 4 * 3072, {}, {}).domain_embedder.parameters())
+    assert (lora, embedder) == (57_951_232, 10_230_272) and memory.RELEASE_TRAINABLE == 2 * lora + embedder
+    assert memory.tokens(512, 8, 512) == 2 * 1024 + 16 * 1024 + 512
+    fp8 = memory.estimate(base_bytes=1.0)
+    assert fp8.base == memory.FLUX1_PARAMS / memory.GB
+    assert memory.estimate(checkpointing=False).activations > 10 * fp8.activations
+    assert "fp8" in memory.out_of_memory_message(24.0) and "24.0 GB" in memory.out_of_memory_message(24.0)
