@@ -107,7 +107,7 @@ def save_png(path, array: np.ndarray) -> Path:
 def write_release_sample(root, name: str, kind: str = "box", width: int = 80, height: int = 64,
                          video_size: int = 32, theta: float = 0.6, prompt: str | None = None,
                          rgb_frames: np.ndarray | None = None, coord_frames: np.ndarray | None = None) -> dict:
-    """One release-layout sample under root/samples/<name>/ (info.json, image.png, scene_coord_map.png,
+    """One release-layout sample under root/samples/<name>/ (<name>.json, image.png, scene_coord_map.png,
     video.mp4, coord.mp4); returns its meta_data.json entry plus "frames": the (rgb, coord) frames written."""
     root = Path(root)
     folder = root / "samples" / name
@@ -116,7 +116,7 @@ def write_release_sample(root, name: str, kind: str = "box", width: int = 80, he
     photo, rgba = scene_images(asset, width, height, theta=theta)
     save_png(folder / "image.png", photo)
     save_png(folder / "scene_coord_map.png", rgba)
-    (folder / "info.json").write_text(json.dumps({"text": prompt or f"a photo of a {kind} on a table", "item": kind}))
+    (folder / f"{name}.json").write_text(json.dumps({"text": prompt or f"a photo of a {kind} on a table", "item": kind}))
     if rgb_frames is None or coord_frames is None:
         rgb, coord = orbit_frames(asset, video_size)
         rgb_frames = rgb if rgb_frames is None else rgb_frames
@@ -124,7 +124,7 @@ def write_release_sample(root, name: str, kind: str = "box", width: int = 80, he
     write_video(folder / "video.mp4", rgb_frames)
     write_video(folder / "coord.mp4", coord_frames)
     rel = f"samples/{name}"
-    return {"json": f"{rel}/info.json", "image": f"{rel}/image.png", "video": f"{rel}/video.mp4",
+    return {"json": f"{rel}/{name}.json", "image": f"{rel}/image.png", "video": f"{rel}/video.mp4",
             "coord": f"{rel}/coord.mp4", "pose_coord": f"{rel}/scene_coord_map.png",
             "frames": (rgb_frames, coord_frames)}
 

@@ -309,10 +309,13 @@ class ReleaseDataset(Dataset):
                                    f"(every entry needs {', '.join(RELEASE_KEYS)})")
             paths = {k: self.folder / entry[k] for k in RELEASE_KEYS}
             self.entries.append(paths)
+        first: dict[Path, int] = {}
+        for n, paths in enumerate(self.entries):
+            if paths["json"] in first:
+                raise DatasetError(f"{meta} lists the same sample twice: entries {first[paths['json']]} and {n} "
+                                   f"both have json {entries[n]['json']!r}")
+            first[paths["json"]] = n
         self.names = sample_names([p["json"] for p in self.entries], self.folder)
-        if len(set(self.names)) != len(self.names):
-            dup = sorted({x for x in self.names if self.names.count(x) > 1})
-            raise DatasetError(f"{meta} lists the same sample twice: {', '.join(dup[:5])}")
         for name, paths in zip(self.names, self.entries):
             gone = [f"{k} {paths[k]}" for k in RELEASE_KEYS if not paths[k].is_file()]
             if gone:
@@ -538,12 +541,13 @@ class SyntheticDataset(Dataset):
             out.append(b.clamp(0, 1).contiguous())
         return out
 
-    def rng(self, i: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, i])
+    def rng(self, i: int, stream: int) -> np.random.Generator:
+        """The random numbers of sample i: stream 0 the pose, 1 the background (each from (seed, i) alone)."""
+        return np.random.default_rng([self.seed, i, stream])
 
-    def background(self, i: int, rng: np.random.Generator | None = None) -> torch.Tensor:
+    def background(self, i: int) -> torch.Tensor:
         """Sample i's background [size, size, 3]: a random square crop of one background, or a gradient."""
-        rng = rng or self.rng(i)
+        rng = self.rng(i, 1)
         s = self.size
         if not self.backgrounds:
             corners = torch.from_numpy(rng.uniform(0.05, 0.95, size=(1, 3, 3, 3))).float()  # 3x3 colour grid
@@ -582,9 +586,8 @@ class SyntheticDataset(Dataset):
     def sample(self, i: int) -> dict:
         from rendering import AssetError, render_at
         k = i % len(self.assets)
-        rng = self.rng(i)
-        camera = self.camera(rng)
-        background = self.background(i, rng)
+        camera = self.camera(self.rng(i, 0))
+        background = self.background(i)
         try:
             v = render_at(self.assets[k], camera, self.size, self.size)
         except AssetError as e:
