@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -365,7 +366,8 @@ class FolderDataset(Dataset):
     """One sub-folder per sample: ``photo.png`` (or .jpg/.jpeg/.webp, or ``image.*``), ``prompt.txt``,
     ``point_map.png`` (RGBA scene point map, alpha = object mask) and ``asset.<ext>`` (any file
     :func:`rendering.load_asset` reads). References are rendered with the release preset and cached in
-    ``folder/.refany3d-cache/`` (uint8 safetensors keyed by the asset's bytes and the options)."""
+    ``folder/.refany3d-cache/`` (uint8 safetensors keyed by the asset's bytes and the options). Photos are
+    read as stored (no EXIF rotation): the point map must be aligned with the stored pixels."""
 
     source = "folder"
 
@@ -433,13 +435,17 @@ class FolderDataset(Dataset):
                 pass
             log.warning("RefAny3D dataset: cached references %s are damaged; rendering them again", path)
         rgb, point_map = self.render(i)
-        try:
+        tmp = None
+        try:  # written under a unique temporary name, then renamed: readers (other ranks, workers) never see half a file
             path.parent.mkdir(exist_ok=True)
-            tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-            save_file({"rgb": rgb, "point_map": point_map}, str(tmp), metadata={"asset": self.samples[i]["asset"].name})
+            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            save_file({"rgb": rgb, "point_map": point_map}, tmp, metadata={"asset": self.samples[i]["asset"].name})
             os.replace(tmp, path)
-        except OSError as e:
+        except (OSError, SafetensorError) as e:
             log.warning("RefAny3D dataset: cannot cache references in %s (%s); they will be rendered again", path, e)
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
         return rgb, point_map
 
     def render(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -649,7 +655,8 @@ def load_backgrounds(folder: Path) -> list[torch.Tensor] | None:
 def open_dataset(source: str, folder=None, **options) -> Dataset:
     """A dataset by source name: "release" and "folder" read ``folder``; "synthetic" takes ``assets=`` or,
     with a folder, renders every 3D file directly in it (names = file stems; backgrounds from
-    ``folder/backgrounds/`` when present). Other options go to the class (size, ref_size, views, ...)."""
+    ``folder/backgrounds/`` when present) and, without ``count``, makes 8 samples per asset. Other options go
+    to the class (size, ref_size, views, ...); an option the source does not take is a DatasetError."""
     classes = {"release": ReleaseDataset, "folder": FolderDataset, "synthetic": SyntheticDataset}
     if source not in classes:
         raise DatasetError(f"unknown dataset source {source!r}: use one of {', '.join(SOURCES)}")
