@@ -387,6 +387,13 @@ def test_folder_bad_files(tmp_path):
     (s / "photo.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match="sample 'bench': photo .*photo.png is not a readable image"):
         FolderDataset(tmp_path / "d", **opts)
+    # a truncated photo: its header is fine, its pixels are not
+    s = write_sample(tmp_path / "g", "cabinet")
+    tf.save_png(s / "photo.png", np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    assets_gen.truncated_copy(s / "photo.png", s / "photo.png", keep=0.5)
+    ds = FolderDataset(tmp_path / "g", **opts)
+    with pytest.raises(DatasetError, match="sample 'cabinet': photo .*photo.png does not decode"):
+        ds[0]
     # an asset that does not load: found when the sample is read, named with its sample
     s = write_sample(tmp_path / "e", "desk")
     assets_gen.corrupt_glb(s / "asset.glb")

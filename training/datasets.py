@@ -105,7 +105,7 @@ def open_image(path: Path, sample: str, what: str):
         img = Image.open(path)
     except FileNotFoundError:
         raise DatasetError(f"sample '{sample}': {what} {path} not found") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
         raise DatasetError(f"sample '{sample}': {what} {path} is not a readable image ({e})") from e
     return img
 
