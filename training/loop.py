@@ -163,8 +163,9 @@ class Trainer:
                                     "with torchrun (training.distributed.init_distributed)")
             from torch.nn.parallel import DistributedDataParallel
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # find_unused_parameters: some LoRA factors never reach the loss (docs/method.md §6, structural zero)
-            self.ddp = DistributedDataParallel(self.module, device_ids=ids, find_unused_parameters=True)
+            # every factor is in the graph each step (the structural zeros of docs/method.md §6 get zero
+            # gradients, not none; dropouts are torch.where), so DDP need not search for unused parameters
+            self.ddp = DistributedDataParallel(self.module, device_ids=ids)
         self.optimizer = make_optimizer(adapter.parameters(), self.config)
         self.step = 0
         self.losses: list[float] = []
