@@ -164,8 +164,8 @@ def use_comfyui(comfyui=None, cpu: bool | None = None) -> Path:
     own argument parsing off, CPU mode when ``cpu`` or when CUDA is unavailable). Call before anything
     imports ``comfy.model_management``; returns the folder."""
     import torch
-    if "comfy.model_management" in sys.modules:
-        return Path(sys.modules["comfy.model_management"].__file__).resolve().parent.parent
+    if "comfy" in sys.modules:  # already set up (inside ComfyUI, or by the caller)
+        return Path(sys.modules["comfy"].__path__[0]).resolve().parent
     folder = find_comfyui(comfyui)
     if str(folder) not in sys.path:
         sys.path.append(str(folder))
