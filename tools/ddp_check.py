@@ -35,7 +35,7 @@ def uncond(txt: int = 3, h: int = 2, w: int = 2):
 
 
 def make_trainer(batch: int, accumulation: int, rank: int = 0, world_size: int = 1, optimizer: str = "adamw",
-                 lr: float = 1e-3):
+                 lr: float | None = None):
     from model_patches.training import TrainableAdapter
     from tools import tiny_models as tiny
     from training import TrainConfig, Trainer
@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=1, help="samples per process and micro-batch")
     p.add_argument("--accumulation", type=int, default=2)
     p.add_argument("--optimizer", default="adamw")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=None, help="default: the optimizer's (AdamW 1e-4)")
     args = p.parse_args(argv)
     from tools.comfy_env import use_comfy
     use_comfy(cpu=True)
