@@ -1,4 +1,4 @@
-"""A minimal single-process RefAny3D trainer (docs/method.md §6).
+"""The RefAny3D trainer (docs/method.md §6), one process or many under torchrun.
 
 :class:`Trainer` runs :func:`model_patches.training.training_loss` on a ComfyUI FLUX.1 with a
 :class:`~model_patches.training.TrainableAdapter`: AdamW, or Prodigy (the release's optimizer,
@@ -6,11 +6,23 @@ from the optional ``prodigyopt`` package), gradient clipping, gradient accumulat
 checkpointing, a data order and every random draw keyed on the seed, a Cancel hook called between
 steps, and saving through :mod:`training.checkpoint`. Only the adapter is trained: the model's own
 parameters are frozen (``requires_grad_(False)``).
+
+With ``world_size`` > 1 (a process group joined by :func:`training.distributed.init_distributed`)
+the loss runs inside PyTorch's ``DistributedDataParallel`` (the adapter is its only registered
+module; the frozen Flux is not, so DDP neither broadcasts nor reduces it): each micro-batch of
+``world_size × batch_size`` samples is taken from the seed-keyed order and rank r trains on its
+r-th slice, gradients are averaged by DDP (``no_sync`` for all but the last micro-batch of an
+accumulation), and the reported loss is the mean over ranks. Since all randomness is keyed on
+(seed, step, sample index), N processes with batch b give the update one process gives with batch
+N·b. Only rank 0 writes files; the others wait at a barrier.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import random
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +30,14 @@ from pathlib import Path
 import torch
 
 from model_patches.errors import RefAny3DError
-from model_patches.training import TrainableAdapter, Unconditional, training_loss, training_mode
+from model_patches.release_format import RELEASE_FILES
+from model_patches.training import LossOut, TrainableAdapter, Unconditional, training_loss, training_mode
 
 from . import checkpoint as ckpt
+from . import distributed as dist
 
 OPTIMIZERS = ("adamw", "prodigy")
+RELEASE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PRODIGY_MISSING = ("the Prodigy optimizer needs the optional package 'prodigyopt', which is not installed: "
                    "pip install prodigyopt (or choose optimizer 'adamw')")
 
@@ -43,6 +58,8 @@ class TrainConfig:
     fixed_noise: bool = False        # diagnostics (overfit one sample): every step reuses step 0's draws
     save_every: int = 0              # save the release files and a state every N steps (0: never)
     keep_states: int = 3
+    release_dtype: str = "fp32"      # precision of the saved release files: "fp32" or "bf16" (the release's)
+    write_pth: bool = False          # also write the release's domain_embedder.pth (a pickle, for the authors' code)
 
     def to_json(self) -> dict:
         return {**dataclasses.asdict(self), "betas": list(self.betas)}
@@ -79,96 +96,215 @@ def collate(samples: Sequence[dict], indices: Sequence[int], device) -> dict:
     return batch
 
 
+class _LossModule(torch.nn.Module):
+    """The loss as a module for ``DistributedDataParallel``: the adapter is its only submodule; the
+    frozen Flux is held as a plain attribute so DDP neither broadcasts nor synchronises it."""
+
+    def __init__(self, flux, adapter: TrainableAdapter):
+        super().__init__()
+        self.adapter = adapter
+        object.__setattr__(self, "flux", flux)
+        self.last: LossOut | None = None
+
+    def forward(self, batch: dict, seed: int, step: int, uncond: Unconditional | None, p_drop_prompt: float,
+                p_drop_references: float, checkpoint: bool) -> torch.Tensor:
+        self.last = training_loss(self.flux, self.adapter, batch, seed, step, uncond, p_drop_prompt=p_drop_prompt,
+                                  p_drop_references=p_drop_references, checkpoint=checkpoint)
+        return self.last.loss
+
+
+def adapter_summary(shapes: dict[str, tuple[int, ...]]) -> str:
+    """"a 64-wide model with rank 4 (2 double and 1 single blocks)" from an adapter's tensor shapes."""
+    width = shapes.get("domain_embedder.1.weight", (None,))[0]
+    ranks = sorted({s[0] for k, s in shapes.items() if k.startswith("lora_A.")})
+    blocks = {}
+    for kind in ("transformer_blocks", "single_transformer_blocks"):
+        idx = {int(k.split(f"{kind}__")[1].split("__")[0]) for k in shapes if f".{kind}__" in k}
+        blocks[kind] = max(idx) + 1 if idx else 0
+    rank = "/".join(str(r) for r in ranks) if ranks else "?"
+    return (f"a {width if width is not None else '?'}-wide model with rank {rank} "
+            f"({blocks['transformer_blocks']} double and {blocks['single_transformer_blocks']} single blocks)")
+
+
 class Trainer:
-    """Single-process training of ``adapter`` on ``flux`` (``comfy.ldm.flux.model.Flux``).
+    """Training of ``adapter`` on ``flux`` (``comfy.ldm.flux.model.Flux``), one process or one rank of many.
 
     ``dataset``: a sequence of samples, each a dict of tensors without the batch dimension (``x0_rgb``,
     ``x0_point_map`` 16×H×W latents in the model's scale, ``refs_rgb``, ``refs_point_map`` N×16×h×w,
     ``context`` L×C, ``pooled`` P). ``uncond``: what the dropouts put in. ``cancel``: called between
     steps and micro-batches; it may raise (ComfyUI's interrupt) or return True to stop after the step.
-    ``out_dir``: where ``save_every`` writes ``release-<step>/`` and ``state-<step>/``."""
+    ``out_dir``: where ``save_every`` writes ``release-<step>/`` and ``state-<step>/``.
+    ``rank`` / ``world_size``: this process in a torchrun job (the process group already joined);
+    ``on_step(step, loss)``: called after every optimizer step (on every rank, with the mean loss)."""
 
     def __init__(self, flux, adapter: TrainableAdapter, dataset: Sequence[dict], uncond: Unconditional | None,
-                 config: TrainConfig | None = None, out_dir=None, cancel: Callable[[], bool | None] | None = None):
+                 config: TrainConfig | None = None, out_dir=None, cancel: Callable[[], bool | None] | None = None,
+                 rank: int = 0, world_size: int = 1, on_step: Callable[[int, float], None] | None = None):
         self.flux, self.adapter, self.dataset, self.uncond = flux, adapter, dataset, uncond
         self.config = config or TrainConfig()
+        if self.config.release_dtype not in RELEASE_DTYPES:
+            raise RefAny3DError(f"unknown release precision {self.config.release_dtype!r}: expected one of "
+                                f"{', '.join(RELEASE_DTYPES)}")
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.cancel = cancel
+        self.cancel, self.on_step = cancel, on_step
+        self.rank, self.world_size = int(rank), int(world_size)
         if len(dataset) == 0:
             raise RefAny3DError("the training set is empty")
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise RefAny3DError(f"rank {rank} of {world_size} processes is not a valid place in a training job")
         flux.requires_grad_(False)
         self.device = next(flux.parameters()).device
         adapter.to(self.device)
+        self.module = _LossModule(flux, adapter)
+        self.ddp = None
+        if self.world_size > 1:
+            if not dist.active(self.world_size):
+                raise RefAny3DError(f"world_size {self.world_size} needs a joined process group: start the run "
+                                    "with torchrun (training.distributed.init_distributed)")
+            from torch.nn.parallel import DistributedDataParallel
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # every factor is in the graph each step (the structural zeros of docs/method.md §6 get zero
+            # gradients, not none; dropouts are torch.where), so DDP need not search for unused parameters
+            self.ddp = DistributedDataParallel(self.module, device_ids=ids)
         self.optimizer = make_optimizer(adapter.parameters(), self.config)
         self.step = 0
         self.losses: list[float] = []
 
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
     # ---- data order: an epoch-wise permutation keyed on the seed
 
-    def indices(self, step: int, micro: int) -> list[int]:
-        n, bs = len(self.dataset), self.config.batch_size
+    def global_indices(self, step: int, micro: int) -> list[int]:
+        """The ``world_size × batch_size`` sample indices of one micro-batch of the whole job."""
+        n, bs = len(self.dataset), self.config.batch_size * self.world_size
         first = (step * self.config.accumulation + micro) * bs
-        out = []
+        out, orders = [], {}
         for k in range(first, first + bs):
             epoch, pos = divmod(k, n)
-            order = list(range(n))
-            random.Random(f"refany3d-order:{self.config.seed}:{epoch}").shuffle(order)
-            out.append(order[pos])
+            if epoch not in orders:
+                order = list(range(n))
+                random.Random(f"refany3d-order:{self.config.seed}:{epoch}").shuffle(order)
+                orders[epoch] = order
+            out.append(orders[epoch][pos])
         return out
+
+    def indices(self, step: int, micro: int) -> list[int]:
+        """This rank's slice of :meth:`global_indices`."""
+        bs = self.config.batch_size
+        return self.global_indices(step, micro)[self.rank * bs:(self.rank + 1) * bs]
 
     def _stop_requested(self) -> bool:
         return bool(self.cancel()) if self.cancel is not None else False
 
     def train_step(self) -> float:
-        """One optimizer step (``accumulation`` micro-batches); returns its mean loss."""
+        """One optimizer step (``accumulation`` micro-batches); returns its mean loss (over all ranks)."""
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         noise_step = 0 if cfg.fixed_noise else self.step
+        loss_fn = self.ddp if self.ddp is not None else self.module
         with training_mode():
             for micro in range(cfg.accumulation):
                 if micro:
                     self._stop_requested()  # an interrupt may raise here; a plain stop finishes the step
                 idx = self.indices(self.step, micro)
                 batch = collate([self.dataset[i] for i in idx], idx, self.device)
-                out = training_loss(self.flux, self.adapter, batch, cfg.seed, noise_step, self.uncond,
-                                    p_drop_prompt=cfg.p_drop_prompt, p_drop_references=cfg.p_drop_references,
-                                    checkpoint=cfg.checkpointing)
-                (out.loss / cfg.accumulation).backward()
-                total += float(out.loss.detach()) / cfg.accumulation
+                last = micro == cfg.accumulation - 1
+                sync = self.ddp.no_sync() if (self.ddp is not None and not last) else contextlib.nullcontext()
+                with sync:
+                    loss = loss_fn(batch, cfg.seed, noise_step, self.uncond, cfg.p_drop_prompt, cfg.p_drop_references,
+                                   cfg.checkpointing)
+                    (loss / cfg.accumulation).backward()
+                total += float(loss.detach()) / cfg.accumulation
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.step += 1
+        total = dist.mean_over_ranks(total, self.world_size, self.device)
         self.losses.append(total)
         if cfg.save_every and self.out_dir is not None and self.step % cfg.save_every == 0:
             self.save()
+        if self.on_step is not None:
+            self.on_step(self.step, total)
         return total
 
     def train(self, steps: int) -> list[float]:
-        """Runs until ``self.step == steps`` or the Cancel hook asks to stop; returns the losses of this call."""
+        """Runs until ``self.step == steps`` or the Cancel hook asks to stop (on any rank: all stop at
+        the same step); returns the losses of this call."""
         start = len(self.losses)
         while self.step < steps:
-            if self._stop_requested():
+            if dist.any_rank(self._stop_requested(), self.world_size, self.device):
                 break
             self.train_step()
         return self.losses[start:]
 
     # ---- saving and resuming
 
-    def save(self, out_dir=None) -> Path:
-        """The release files in ``release-<step>/`` and a resumable ``state-<step>/``; returns the state."""
+    def save(self, out_dir=None, sync: bool = True) -> Path:
+        """The release files in ``release-<step>/`` and a resumable ``state-<step>/``; returns the state.
+        Only rank 0 writes; with ``sync`` the other ranks wait for it at a barrier (pass ``sync=False``
+        when the ranks may not all be here, e.g. after an interrupt)."""
         out = Path(out_dir) if out_dir is not None else self.out_dir
         if out is None:
             raise RefAny3DError("no output folder to save the training run in")
-        ckpt.save_release(self.adapter, out / f"release-{self.step:08d}")
-        return ckpt.save_state(out, self.step, self.adapter, self.optimizer, self.losses, self.config.to_json(),
-                               keep=self.config.keep_states)
+        path = out / f"{ckpt.STATE_PREFIX}{self.step:08d}"
+        if self.is_main:
+            self.save_release(out / f"release-{self.step:08d}")
+            config = {**self.config.to_json(), "world_size": self.world_size,
+                      "adapter": adapter_summary({k: tuple(v.shape) for k, v in self.adapter.state_dict().items()})}
+            path = ckpt.save_state(out, self.step, self.adapter, self.optimizer, self.losses, config,
+                                   keep=self.config.keep_states)
+        if sync:
+            dist.barrier(self.world_size)
+        return path
+
+    def save_release(self, folder) -> dict[str, Path]:
+        """The release files of the current adapter in ``folder`` (precision ``config.release_dtype``;
+        with ``config.write_pth`` also the release's ``domain_embedder.pth``, a plain state dict)."""
+        dtype = RELEASE_DTYPES[self.config.release_dtype]
+        paths = ckpt.save_release(self.adapter, folder, dtype)
+        if self.config.write_pth:
+            paths["domain_embedder_pth"] = write_embedder_pth(self.adapter, folder, dtype)
+        return paths
 
     def load(self, path) -> None:
-        """Resumes from a saved state (a ``state-<step>`` folder or a folder of them: the latest)."""
-        state = ckpt.load_state(path)
+        """Resumes from a saved state (a ``state-<step>`` folder or a folder of them: the latest).
+        A state of another adapter shape (model width, rank, depth) or optimizer is refused by name."""
+        try:
+            state = ckpt.load_state(path)
+        except (FileNotFoundError, ValueError) as e:
+            raise RefAny3DError(f"cannot resume: {e}") from None
+        mine = {k: tuple(v.shape) for k, v in self.adapter.state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in state["adapter"].items()}
+        if mine != theirs:
+            raise RefAny3DError(f"cannot resume from {state['path']}: the state is from {adapter_summary(theirs)}; "
+                                f"this model and adapter are {adapter_summary(mine)}. Resume with the same model "
+                                "and rank, or start a new run in another output folder")
+        saved_opt = state["config"].get("optimizer")
+        if saved_opt is not None and saved_opt != self.config.optimizer:
+            raise RefAny3DError(f"cannot resume from {state['path']}: it was trained with the {saved_opt} optimizer, "
+                                f"this run uses {self.config.optimizer}; use the same optimizer to resume")
         with torch.no_grad():
             self.adapter.load_state_dict(state["adapter"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.losses = int(state["step"]), [float(x) for x in state["losses"]]
+
+
+def write_embedder_pth(adapter: TrainableAdapter, folder, dtype: torch.dtype = torch.float32) -> Path:
+    """The release's ``domain_embedder.pth`` (a plain state dict through ``torch.save``, for the authors'
+    own code; the pack itself reads it only with ``weights_only=True``), written atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / RELEASE_FILES["domain_embedder"]
+    sd = adapter.to_release_state_dicts(dtype)["domain_embedder"]
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        torch.save(sd, tmp)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return final

@@ -1,0 +1,6 @@
+"""``python -m training``: see :mod:`training.cli` (``--help``)."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,357 @@
+"""Encoded training sets: a dataset turned once into VAE latents and text conditioning (docs/method.md §6).
+
+The loop then needs neither the text encoders nor the VAE in memory. :func:`encode_dataset` writes a
+folder:
+
+* ``encoded.json``: format name and version, the sample count, the common latent shapes, the
+  context length and channels, the pooled size, each shard's file name, sample count and byte size,
+  each sample's name and prompt, and the source dataset's ``describe()`` and ``fingerprint()``;
+* ``shard-00000.safetensors`` …: per sample ``<index>.x0_rgb`` [16,h,w], ``<index>.x0_point_map``,
+  ``<index>.refs_rgb`` [N,16,hr,wr], ``<index>.refs_point_map``, ``<index>.context`` [L_i,C] (its own
+  length) and ``<index>.pooled`` [P]; raw VAE latents (before the model's ``process_latent_in``), float32;
+* ``uncond.safetensors``: the empty prompt's ``context`` / ``pooled`` and the black reference's latent.
+
+No pickle anywhere. The folder is written under a temporary name beside it and moved into place
+with ``os.replace``, so a cancelled or crashed encoding never looks finished. :class:`EncodedDataset`
+reads it back as a sequence of training samples (contexts zero-padded to one common length).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from model_patches.errors import RefAny3DError
+from model_patches.training import Unconditional
+
+FORMAT = "refany3d-encoded-dataset"
+VERSION = 1
+INFO_FILE = "encoded.json"
+UNCOND_FILE = "uncond.safetensors"
+LATENT_CHANNELS = 16
+_LATENT_KEYS = ("x0_rgb", "x0_point_map", "refs_rgb", "refs_point_map")
+
+
+class EncodingCancelled(RefAny3DError):
+    """The cancel hook asked to stop; nothing was written."""
+
+
+def _shape(t) -> str:
+    return "×".join(str(int(s)) for s in t)
+
+
+def _encode_images(encode_image, images: torch.Tensor, what: str) -> torch.Tensor:
+    """``encode_image`` on [B,H,W,3] with its answer checked: [B,16,H/8,W/8], finite; float32 CPU."""
+    b, h, w = images.shape[:3]
+    out = encode_image(images)
+    want = (b, LATENT_CHANNELS, h // 8, w // 8)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+        got = _shape(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise RefAny3DError(f"encode_image returned {got} for {what} ({_shape(images.shape)} images); expected "
+                            f"{_shape(want)} (raw VAE latents: batch, {LATENT_CHANNELS} channels, 1/8 of the size) "
+                            "- is the VAE a FLUX.1 (16-channel) VAE?")
+    out = out.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    if not torch.isfinite(out).all():
+        raise RefAny3DError(f"encode_image returned non-finite values for {what}")
+    return out
+
+
+def _encode_prompt(encode_text, prompt: str, what: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    out = encode_text(prompt)
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise RefAny3DError(f"encode_text must return (context [L,C], pooled [P] or None); got {type(out).__name__} "
+                            f"for {what}")
+    context, pooled = out
+    if not isinstance(context, torch.Tensor) or context.ndim != 2:
+        raise RefAny3DError(f"encode_text returned a context of shape "
+                            f"{_shape(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__} "
+                            f"for {what}; expected [L, C]")
+    if pooled is not None and (not isinstance(pooled, torch.Tensor) or pooled.ndim != 1):
+        raise RefAny3DError(f"encode_text returned a pooled vector that is not [P] for {what}")
+    context = context.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    if pooled is not None:
+        pooled = pooled.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    return context, pooled
+
+
+def _image(sample: dict, key: str, what: str) -> torch.Tensor:
+    t = sample.get(key)
+    if not isinstance(t, torch.Tensor) or t.shape[-1] != 3 or t.ndim not in (3, 4):
+        got = _shape(t.shape) if isinstance(t, torch.Tensor) else ("missing" if t is None else type(t).__name__)
+        raise RefAny3DError(f"{what}: '{key}' must be float images [..., H, W, 3]; got {got}")
+    if t.shape[-3] % 8 or t.shape[-2] % 8:
+        raise RefAny3DError(f"{what}: '{key}' is {t.shape[-3]}×{t.shape[-2]} pixels; the VAE needs sides that are "
+                            "multiples of 8 (16 for the Flux patches)")
+    return t.float()
+
+
+def _sample_label(i: int, sample: dict) -> str:
+    name = sample.get("name") if isinstance(sample, dict) else None
+    return f"sample {i} ('{name}')" if name else f"sample {i}"
+
+
+def is_encoded(folder, fingerprint: str | None = None) -> bool:
+    """True when ``folder`` holds a finished encoding (of a source with ``fingerprint``, when given)."""
+    path = Path(folder) / INFO_FILE
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if info.get("format") != FORMAT or info.get("version") != VERSION:
+        return False
+    return fingerprint is None or info.get("source", {}).get("fingerprint") == fingerprint
+
+
+def encode_dataset(dataset, encode_image: Callable[[torch.Tensor], torch.Tensor],
+                   encode_text: Callable[[str], tuple], folder, *, shard_size: int = 64,
+                   progress: Callable[[int, int], None] | None = None,
+                   cancel: Callable[[], bool | None] | None = None) -> EncodedDataset:
+    """Encodes every sample of ``dataset`` (raw samples: ``image``, ``point_map`` [H,W,3], ``refs_rgb``,
+    ``refs_point_map`` [N,r,r,3], ``prompt``, ``name``) into ``folder`` and returns it opened.
+
+    ``encode_image(images [B,H,W,3] in [0,1]) -> [B,16,H/8,W/8]`` raw VAE latents;
+    ``encode_text(prompt) -> (context [L,C], pooled [P] or None)``. ``progress(done, total)`` after each
+    sample; ``cancel()`` between samples may raise or return True (then :class:`EncodingCancelled`).
+    An existing encoding in ``folder`` is replaced only when the new one is finished; a folder that
+    holds anything else is refused."""
+    folder = Path(folder)
+    total = len(dataset)
+    if total == 0:
+        raise RefAny3DError(f"the dataset is empty ({_describe(dataset)}): nothing to encode")
+    if int(shard_size) < 1:
+        raise RefAny3DError(f"shard_size must be at least 1, got {shard_size}")
+    if folder.exists() and not folder.is_dir():
+        raise RefAny3DError(f"cannot encode into {folder}: it is a file")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / INFO_FILE).is_file():
+        raise RefAny3DError(f"cannot encode into {folder}: the folder holds other files and is not an encoded "
+                            "dataset; choose an empty or new folder")
+    import safetensors.torch
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".encoding", dir=folder.parent))
+    try:
+        if progress is not None:
+            progress(0, total)
+        shapes: dict | None = None
+        pooled_size: int | None | str = "unset"
+        channels, max_len = None, 0
+        records, shards, shard = [], [], {}
+
+        def flush():
+            name = f"shard-{len(shards):05d}.safetensors"
+            safetensors.torch.save_file(shard, str(tmp / name), metadata={"format": FORMAT})
+            shards.append({"file": name, "count": len({k.split(".")[0] for k in shard}),
+                           "bytes": (tmp / name).stat().st_size})
+            shard.clear()
+
+        for i in range(total):
+            if cancel is not None and cancel():
+                raise EncodingCancelled(f"encoding cancelled after {i} of {total} samples; nothing was written")
+            sample = dataset[i]
+            label = _sample_label(i, sample)
+            image, pm = _image(sample, "image", label), _image(sample, "point_map", label)
+            refs_rgb, refs_pm = _image(sample, "refs_rgb", label), _image(sample, "refs_point_map", label)
+            if image.shape != pm.shape:
+                raise RefAny3DError(f"{label}: photo {_shape(image.shape[:2])} and point map {_shape(pm.shape[:2])} "
+                                    "differ in size")
+            if refs_rgb.ndim != 4 or refs_rgb.shape != refs_pm.shape:
+                raise RefAny3DError(f"{label}: reference views {_shape(refs_rgb.shape)} (RGB) and "
+                                    f"{_shape(refs_pm.shape)} (point map) must both be [N, r, r, 3]")
+            x0 = _encode_images(encode_image, torch.stack([image, pm]), f"{label}'s photo and point map")
+            refs = _encode_images(encode_image, torch.cat([refs_rgb, refs_pm]), f"{label}'s reference views")
+            n = refs_rgb.shape[0]
+            got = {"x0": list(x0.shape[1:]), "refs": [n, *refs.shape[1:]]}
+            if shapes is None:
+                shapes = got
+            elif got != shapes:
+                raise RefAny3DError(
+                    f"{label}: latents of shape {_shape(got['x0'])} with references {_shape(got['refs'])}, but the "
+                    f"samples before it have {_shape(shapes['x0'])} and {_shape(shapes['refs'])}: every sample of a "
+                    "training set must have the same photo size, number of views and view size")
+            prompt = str(sample.get("prompt", ""))
+            context, pooled = _encode_prompt(encode_text, prompt, label)
+            if channels is None:
+                channels = context.shape[1]
+            elif context.shape[1] != channels:
+                raise RefAny3DError(f"{label}: text context has {context.shape[1]} channels, earlier samples "
+                                    f"{channels}; use one text encoder for the whole set")
+            p = None if pooled is None else int(pooled.shape[0])
+            if pooled_size == "unset":
+                pooled_size = p
+            elif p != pooled_size:
+                raise RefAny3DError(f"{label}: pooled text vector {p}, earlier samples {pooled_size}; use one text "
+                                    "encoder for the whole set")
+            max_len = max(max_len, context.shape[0])
+            key = f"{i:06d}"
+            shard.update({f"{key}.x0_rgb": x0[0], f"{key}.x0_point_map": x0[1], f"{key}.refs_rgb": refs[:n],
+                          f"{key}.refs_point_map": refs[n:], f"{key}.context": context})
+            if pooled is not None:
+                shard[f"{key}.pooled"] = pooled
+            records.append({"name": str(sample.get("name", f"sample-{i}")), "prompt": prompt,
+                            "tokens": int(context.shape[0])})
+            if len(records) % int(shard_size) == 0:
+                flush()
+            if progress is not None:
+                progress(i + 1, total)
+        if shard:
+            flush()
+        # the dropouts' replacements: the empty prompt and a black reference view
+        context, pooled = _encode_prompt(encode_text, "", "the empty prompt")
+        if context.shape[1] != channels or (None if pooled is None else int(pooled.shape[0])) != pooled_size:
+            raise RefAny3DError("encode_text gave the empty prompt other shapes than the samples' prompts")
+        r_h, r_w = shapes["refs"][2] * 8, shapes["refs"][3] * 8
+        black = _encode_images(encode_image, torch.zeros(1, r_h, r_w, 3), "the black reference")[0]
+        uncond = {"context": context, "black_reference": black}
+        if pooled is not None:
+            uncond["pooled"] = pooled
+        safetensors.torch.save_file(uncond, str(tmp / UNCOND_FILE), metadata={"format": FORMAT})
+        info = {"format": FORMAT, "version": VERSION, "count": total,
+                "shapes": {**shapes, "context_channels": channels, "context_length": max(max_len, context.shape[0]),
+                           "pooled": pooled_size},
+                "shards": shards, "samples": records,
+                "source": {"describe": _describe(dataset), "fingerprint": _fingerprint(dataset)}}
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
+        _move_into_place(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return EncodedDataset(folder)
+
+
+def _describe(dataset) -> str:
+    fn = getattr(dataset, "describe", None)
+    return str(fn()) if callable(fn) else f"{type(dataset).__name__} of {len(dataset)} samples"
+
+
+def _fingerprint(dataset) -> str | None:
+    fn = getattr(dataset, "fingerprint", None)
+    return str(fn()) if callable(fn) else None
+
+
+def _move_into_place(tmp: Path, folder: Path) -> None:
+    """``tmp`` becomes ``folder``; an older encoding there is removed only after the move."""
+    old = None
+    if folder.exists():
+        if any(folder.iterdir()):
+            old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+            os.replace(folder, old)
+        else:
+            folder.rmdir()
+    os.replace(tmp, folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class EncodedDataset(Sequence):
+    """An encoded training set (see :func:`encode_dataset`) as a sequence of training samples.
+
+    ``ds[i]``: ``x0_rgb``, ``x0_point_map`` [16,h,w], ``refs_rgb``, ``refs_point_map`` [N,16,hr,wr],
+    ``context`` [L,C] zero-padded to the common length L, ``pooled`` [P] (absent when the text encoder
+    gives none); float32 on the CPU; the latents go through ``latent_in`` (e.g. the model's
+    ``model.process_latent_in``) when given. ``uncond()``: the dropouts' replacements (same L, same
+    ``latent_in``). ``info``: count, shapes, the source's describe and fingerprint, names, prompts."""
+
+    def __init__(self, folder, latent_in: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.folder = Path(folder)
+        self.latent_in = latent_in
+        info_path = self.folder / INFO_FILE
+        if not self.folder.is_dir():
+            raise RefAny3DError(f"no encoded dataset at {self.folder}: the folder does not exist (encode a dataset "
+                                "into it first)")
+        if not info_path.is_file():
+            raise RefAny3DError(f"{self.folder} is not an encoded dataset: it has no {INFO_FILE} (encode a dataset "
+                                "into it first)")
+        try:
+            info = json.loads(info_path.read_text())
+        except ValueError as e:
+            raise RefAny3DError(f"{info_path} is not valid JSON ({e}); re-encode the dataset") from None
+        if info.get("format") != FORMAT:
+            raise RefAny3DError(f"{info_path} is not a RefAny3D encoded dataset (format {info.get('format')!r})")
+        if info.get("version") != VERSION:
+            raise RefAny3DError(f"{info_path} is an encoded dataset of version {info.get('version')}; this pack "
+                                f"reads version {VERSION}: re-encode the dataset")
+        self.info = info
+        self._where: list[tuple[Path, str]] = []
+        for shard in info["shards"]:
+            path = self.folder / shard["file"]
+            if not path.is_file():
+                raise RefAny3DError(f"encoded dataset {self.folder}: {shard['file']} is missing; re-encode the dataset")
+            size = path.stat().st_size
+            if size != shard["bytes"]:
+                raise RefAny3DError(f"encoded dataset {self.folder}: {shard['file']} has {size} bytes, "
+                                    f"{shard['bytes']} were written (truncated or changed); re-encode the dataset")
+            for _ in range(shard["count"]):
+                self._where.append((path, f"{len(self._where):06d}"))
+        if len(self._where) != info["count"] or not (self.folder / UNCOND_FILE).is_file():
+            raise RefAny3DError(f"encoded dataset {self.folder} is incomplete ({len(self._where)} of {info['count']} "
+                                f"samples in its shards{'' if (self.folder / UNCOND_FILE).is_file() else ', no ' + UNCOND_FILE}); "
+                                "re-encode the dataset")
+        self.context_length = int(info["shapes"]["context_length"])
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    @property
+    def names(self) -> list[str]:
+        return [s["name"] for s in self.info["samples"]]
+
+    @property
+    def prompts(self) -> list[str]:
+        return [s["prompt"] for s in self.info["samples"]]
+
+    def describe(self) -> str:
+        return (f"encoded dataset {self.folder} ({len(self)} samples, latents {_shape(self.info['shapes']['x0'])}, "
+                f"references {_shape(self.info['shapes']['refs'])}) of {self.info['source']['describe']}")
+
+    def _read(self, path: Path, keys: list[str]) -> dict[str, torch.Tensor]:
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                present = set(f.keys())
+                missing = [k for k in keys if k not in present and k.rsplit(".", 1)[-1] != "pooled"]
+                if missing:
+                    raise RefAny3DError(f"encoded dataset {self.folder}: {path.name} lacks {missing[0]}; "
+                                        "re-encode the dataset")
+                return {k: f.get_tensor(k) for k in keys if k in present}
+        except RefAny3DError:
+            raise
+        except Exception as e:  # safetensors' own errors: a damaged file
+            raise RefAny3DError(f"encoded dataset {self.folder}: {path.name} cannot be read ({e}); "
+                                "re-encode the dataset") from None
+
+    def _latent(self, t: torch.Tensor) -> torch.Tensor:
+        if self.latent_in is None:
+            return t.float()
+        batched = t if t.ndim == 4 else t[None]
+        out = self.latent_in(batched).float()
+        return out if t.ndim == 4 else out[0]
+
+    def _pad(self, context: torch.Tensor) -> torch.Tensor:
+        if context.shape[0] == self.context_length:
+            return context.float()
+        out = context.new_zeros(self.context_length, context.shape[1], dtype=torch.float32)
+        out[:context.shape[0]] = context
+        return out
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"sample {i} of an encoded dataset of {n}")
+        path, key = self._where[i % n]
+        raw = self._read(path, [f"{key}.{k}" for k in (*_LATENT_KEYS, "context", "pooled")])
+        out = {k: self._latent(raw[f"{key}.{k}"]) for k in _LATENT_KEYS}
+        out["context"] = self._pad(raw[f"{key}.context"])
+        if f"{key}.pooled" in raw:
+            out["pooled"] = raw[f"{key}.pooled"].float()
+        return out
+
+    def uncond(self) -> Unconditional:
+        raw = self._read(self.folder / UNCOND_FILE, ["context", "black_reference", "pooled"])
+        return Unconditional(context=self._pad(raw["context"]), pooled=raw.get("pooled"),
+                             black_reference=self._latent(raw["black_reference"]))
