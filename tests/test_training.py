@@ -364,3 +364,32 @@ def test_memory_plan_counts_are_flux1_dev_and_the_release():
     assert fp8.base == memory.FLUX1_PARAMS / memory.GB
     assert memory.estimate(checkpointing=False).activations > 10 * fp8.activations
     assert "fp8" in memory.out_of_memory_message(24.0) and "24.0 GB" in memory.out_of_memory_message(24.0)
+
+
+def test_out_of_memory_is_a_clear_error_with_the_estimate_and_options(flux):
+    """A step that does not fit ends in a RefAny3DError that says what it needs and what to change; the
+    adapter is left as it was (the out-of-memory error is raised between two micro-batches here)."""
+    calls = []
+
+    def out_of_memory():
+        calls.append(1)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    ad = TrainableAdapter.for_flux(flux, rank=RANK)
+    before = {k: v.clone() for k, v in ad.state_dict().items()}
+    trainer = Trainer(flux, ad, samples(1, views=2), uncond(), TrainConfig(accumulation=2, checkpointing=False),
+                      cancel=out_of_memory)
+    with pytest.raises(RefAny3DError) as e:
+        trainer.train_step()
+    msg = str(e.value)
+    assert "ran out of accelerator memory" in msg and "this step needs ≈" in msg and "fp8" in msg
+    assert "gradient checkpointing" in msg and trainer.step == 0 and calls == [1]
+    assert all(p.grad is None for p in ad.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in ad.state_dict().items())
+
+
+def test_trainer_reports_learning_statistics(flux):
+    trainer = Trainer(flux, trained_adapter(flux), samples(1), uncond(), TrainConfig(checkpointing=False))
+    trainer.train_step()
+    stats = trainer.statistics
+    assert stats["structural_zeros"] == 3 and stats["layers_with_gradient"] == stats["layers"] > 0

@@ -263,7 +263,10 @@ def run(opts: dict) -> int:
 
         def on_step(step: int, loss: float) -> None:
             now = time.perf_counter()
-            say(f"step {step}/{opts['steps']}  loss {loss:.6f}  {now - clock[0]:.2f} s", flush=True)
+            stats = trainer.statistics or {}
+            learning = (f"  grad norm {stats['grad_norm']:.3g}  layers learning {stats['layers_with_gradient']}/"
+                        f"{stats['layers']} (+{stats['structural_zeros']} that never can)") if stats else ""
+            say(f"step {step}/{opts['steps']}  loss {loss:.6f}{learning}  {now - clock[0]:.2f} s", flush=True)
             clock[0] = now
 
         def on_signal(signum, frame):

@@ -31,7 +31,8 @@ import torch
 
 from model_patches.errors import RefAny3DError
 from model_patches.release_format import RELEASE_FILES
-from model_patches.training import LossOut, TrainableAdapter, Unconditional, training_loss, training_mode
+from model_patches.training import (LossOut, TrainableAdapter, Unconditional, learning_statistics, training_loss,
+                                   training_mode)
 
 from . import checkpoint as ckpt
 from . import distributed as dist
@@ -169,6 +170,8 @@ class Trainer:
         self.optimizer = make_optimizer(adapter.parameters(), self.config)
         self.step = 0
         self.losses: list[float] = []
+        #: learning_statistics of the last step's gradients (structural zeros left out)
+        self.statistics: dict | None = None
 
     @property
     def is_main(self) -> bool:
@@ -205,19 +208,24 @@ class Trainer:
         total = 0.0
         noise_step = 0 if cfg.fixed_noise else self.step
         loss_fn = self.ddp if self.ddp is not None else self.module
-        with training_mode():
-            for micro in range(cfg.accumulation):
-                if micro:
-                    self._stop_requested()  # an interrupt may raise here; a plain stop finishes the step
-                idx = self.indices(self.step, micro)
-                batch = collate([self.dataset[i] for i in idx], idx, self.device)
-                last = micro == cfg.accumulation - 1
-                sync = self.ddp.no_sync() if (self.ddp is not None and not last) else contextlib.nullcontext()
-                with sync:
-                    loss = loss_fn(batch, cfg.seed, noise_step, self.uncond, cfg.p_drop_prompt, cfg.p_drop_references,
-                                   cfg.checkpointing)
-                    (loss / cfg.accumulation).backward()
-                total += float(loss.detach()) / cfg.accumulation
+        try:
+            with training_mode():
+                for micro in range(cfg.accumulation):
+                    if micro:
+                        self._stop_requested()  # an interrupt may raise here; a plain stop finishes the step
+                    idx = self.indices(self.step, micro)
+                    batch = collate([self.dataset[i] for i in idx], idx, self.device)
+                    last = micro == cfg.accumulation - 1
+                    sync = self.ddp.no_sync() if (self.ddp is not None and not last) else contextlib.nullcontext()
+                    with sync:
+                        loss = loss_fn(batch, cfg.seed, noise_step, self.uncond, cfg.p_drop_prompt, cfg.p_drop_references,
+                                       cfg.checkpointing)
+                        (loss / cfg.accumulation).backward()
+                    total += float(loss.detach()) / cfg.accumulation
+        except torch.OutOfMemoryError:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise RefAny3DError(self._out_of_memory()) from None
+        self.statistics = learning_statistics(self.adapter)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), cfg.grad_clip)
         self.optimizer.step()
@@ -229,6 +237,24 @@ class Trainer:
         if self.on_step is not None:
             self.on_step(self.step, total)
         return total
+
+    def _out_of_memory(self) -> str:
+        """The out-of-memory message, with the estimate for this model, sample size and settings."""
+        from .memory import out_of_memory_message
+        cfg = self.config
+        sample = self.dataset[0]
+        weights = [m.weight for m in self.flux.modules() if isinstance(m, torch.nn.Linear)]
+        available = None
+        if self.device.type == "cuda":
+            available = torch.cuda.get_device_properties(self.device).total_memory / 1024 ** 3
+            torch.cuda.empty_cache()
+        return out_of_memory_message(
+            available, size=int(sample["x0_rgb"].shape[-1]) * 8, views=int(sample["refs_rgb"].shape[0]),
+            batch=cfg.batch_size, base_bytes=float(weights[0].element_size()) if weights else 2.0,
+            optimizer=cfg.optimizer, checkpointing=cfg.checkpointing, width=int(self.flux.hidden_size),
+            blocks=len(self.flux.double_blocks) + len(self.flux.single_blocks),
+            base_params=sum(p.numel() for p in self.flux.parameters()),
+            trainable=sum(p.numel() for p in self.adapter.parameters()), text=int(sample["context"].shape[0]))
 
     def train(self, steps: int) -> list[float]:
         """Runs until ``self.step == steps`` or the Cancel hook asks to stop (on any rank: all stop at
