@@ -12,7 +12,7 @@ import logging
 
 log = logging.getLogger("RefAny3D")
 
-NODE_MODULES = ("assets", "render", "adapter", "model", "latents", "pose")
+NODE_MODULES = ("assets", "render", "adapter", "model", "latents", "pose", "training")
 
 
 def missing_requirements(node_cls) -> list[str]:

@@ -17,9 +17,15 @@ PREFERRED = {
 }
 
 
+TRAINING_STATE_DIR = "training_state"
+
+
 def refany3d_files() -> list[str]:
+    """The weight files in models/refany3d/, without the resumable training states that RefAny3D Train
+    keeps in ``<run>/training_state/`` (they are not release files)."""
     folders.register()
-    return folder_paths.get_filename_list(folders.REFANY3D_FOLDER)
+    return [f for f in folder_paths.get_filename_list(folders.REFANY3D_FOLDER)
+            if TRAINING_STATE_DIR not in f.replace("\\", "/").split("/")[:-1]]
 
 
 def refany3d_dirs() -> list[str]:

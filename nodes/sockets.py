@@ -7,3 +7,9 @@ Asset = io.Custom("REFANY3D_ASSET")
 Adapter = io.Custom("REFANY3D_ADAPTER")
 # Cameras read from point maps, one per image of a batch, with their scores (rendering.pose.PoseReadout).
 Pose = io.Custom("REFANY3D_POSE")
+# A training set (training.datasets: a sequence of raw samples with describe() and fingerprint()).
+TrainingData = io.Custom("REFANY3D_TRAINING_DATA")
+# A training set encoded to latents and text conditioning (training.encoded.EncodedDataset).
+EncodedData = io.Custom("REFANY3D_ENCODED_DATA")
+# A loss history {"loss": [...]}, the socket core's Train LoRA and loss-graph nodes use.
+LossMap = io.Custom("LOSS_MAP")

@@ -1,0 +1,543 @@
+"""Training nodes (docs/method.md §6): a training set, its encoding, RefAny3D Train and the release-format save.
+
+The work is done by the plain library ``training/`` (datasets, encoding, the Trainer, checkpoints) on
+``model_patches.training`` (the trainable adapter, the loss); these nodes check inputs, run the loop with
+ComfyUI's progress bar, Cancel and previews, and place the files in models/refany3d/<name>/.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import math
+import os
+import sys
+from pathlib import Path
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+import torch
+from comfy_api.latest import io, ui
+
+from ..model_patches import RefAny3DError, check_flux, check_transformer_options, load_adapter, validate_adapter
+from . import folders
+from .adapter import TRAINING_STATE_DIR
+from .notify import show_on_node
+from .sockets import Adapter, Asset, EncodedData, LossMap, TrainingData
+
+CATEGORY = "RefAny3D/training"
+SOURCES = {"synthetic": "synthetic", "sample folders": "folder", "release layout": "release"}
+OPTIMIZERS = ("adamw", "prodigy")
+PREVIEW_T = 0.7
+_PACK_LIBRARIES = ("model_patches", "rendering")
+
+
+def library():
+    """The pack's ``training`` package. It imports ``model_patches`` and ``rendering`` by their top-level
+    names (as tests and the command line run it); inside ComfyUI the pack is a package of its own, so
+    those names are pointed at the pack's already-imported modules (one copy of every class), never at
+    another pack's module of the same name."""
+    pack = __package__.rsplit(".", 1)[0]
+    importlib.import_module(f"{pack}.model_patches.training")
+    for name in _PACK_LIBRARIES:
+        prefix = f"{pack}.{name}"
+        importlib.import_module(prefix)
+        for key, module in list(sys.modules.items()):
+            if key == prefix or key.startswith(prefix + "."):
+                sys.modules.setdefault(name + key[len(prefix):], module)
+    return importlib.import_module(f"{pack}.training")
+
+
+def run_name_problem(name) -> str | None:
+    """Why ``name`` cannot name a folder in models/refany3d/, else None."""
+    if not isinstance(name, str) or not name.strip():
+        return "name is empty: give the run a name (its files go to models/refany3d/<name>/)"
+    if any(sep in name for sep in ("/", "\\", os.sep)) or name.strip() in (".", "..") or ".." in name \
+            or name != name.strip():
+        return (f"name {name!r} must be a plain folder name (no path separators, no '..', no leading or "
+                "trailing spaces): the files go to models/refany3d/<name>/")
+    return None
+
+
+def run_folder(name: str) -> Path:
+    problem = run_name_problem(name)
+    if problem:
+        raise RefAny3DError(problem)
+    folders.register()
+    return Path(folder_paths.get_folder_paths(folders.REFANY3D_FOLDER)[0]) / name
+
+
+# ------------------------------------------------------------------------------------------------
+# the dataset
+
+
+class RefAny3DTrainingDataset(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RefAny3DTrainingDataset",
+            display_name="RefAny3D Training Dataset",
+            category=CATEGORY,
+            description=("A RefAny3D training set: samples of a photo, its scene point map and mask, a prompt and "
+                         "the asset's reference views (RGB and point map). Three sources: synthetic (the asset "
+                         "rendered at random poses over backgrounds, with a template prompt), sample folders "
+                         "(one folder per sample: photo, prompt .txt, RGBA point map, asset file) and the "
+                         "release's own layout (meta_data.json, photos, point maps, orbit videos)."),
+            inputs=[
+                io.Combo.Input("source", options=list(SOURCES), default="synthetic",
+                               tooltip="synthetic: renders of the connected asset over backgrounds. sample folders: "
+                                       "a folder with one sub-folder per sample. release layout: the RefAny3D "
+                                       "release's dataset layout (meta_data.json)."),
+                io.String.Input("folder", default="",
+                                tooltip="The dataset folder for 'sample folders' and 'release layout': absolute, "
+                                        "or relative to ComfyUI's input directory. Unused for synthetic."),
+                io.Int.Input("count", default=64, min=1, max=100000,
+                             tooltip="Synthetic only: number of samples (random poses) to render."),
+                io.Int.Input("size", default=512, min=16, max=2048, step=16,
+                             tooltip="Training size in pixels (photo, point map and reference views), a multiple "
+                                     "of 16. The release: 512."),
+                io.Int.Input("views", default=8, min=1, max=60,
+                             tooltip="Number of reference views per sample (release preset). The release: 8."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                             tooltip="Synthetic only: seed of the poses and backgrounds."),
+                io.String.Input("prompt_template", default="a photo of {name}",
+                                tooltip="Synthetic only: the prompt of every sample; {name} is the asset's name."),
+                Asset.Input("asset", optional=True,
+                            tooltip="Synthetic only (required there): the asset to render, from RefAny3D Load 3D "
+                                    "Asset."),
+                io.Image.Input("backgrounds", optional=True,
+                               tooltip="Synthetic only: background pictures, one drawn per sample (default: flat "
+                                       "random colours)."),
+            ],
+            outputs=[TrainingData.Output(display_name="dataset",
+                                         tooltip="The training set, for RefAny3D Encode Training Data.")],
+        )
+
+    @classmethod
+    def execute(cls, source, folder="", count=64, size=512, views=8, seed=0, prompt_template="a photo of {name}",
+                asset=None, backgrounds=None) -> io.NodeOutput:
+        datasets = importlib.import_module(f"{library().__name__}.datasets")
+        if source not in SOURCES:
+            raise RefAny3DError(f"unknown dataset source {source!r}: expected one of {', '.join(SOURCES)}")
+        if size % 16:
+            raise RefAny3DError(f"size must be a multiple of 16 (the VAE's 8× and Flux's 2×2 patches), got {size}")
+        if SOURCES[source] == "synthetic":
+            if asset is None:
+                raise RefAny3DError("the synthetic source renders an asset: connect RefAny3D Load 3D Asset to the "
+                                    "'asset' input (or choose 'sample folders' / 'release layout' with a folder)")
+            ds = datasets.open_dataset("synthetic", assets=[asset], count=count, seed=seed, size=size,
+                                       ref_size=size, views=views, backgrounds=backgrounds,
+                                       prompt_template=prompt_template)
+        else:
+            if not folder or not folder.strip():
+                raise RefAny3DError(f"the '{source}' source reads a folder: set 'folder' (absolute, or relative to "
+                                    f"ComfyUI's input directory {folder_paths.get_input_directory()})")
+            path = Path(folder.strip()).expanduser()
+            if not path.is_absolute():
+                path = Path(folder_paths.get_input_directory()) / path
+            ds = datasets.open_dataset(SOURCES[source], folder=str(path), size=size, ref_size=size, views=views)
+        if len(ds) == 0:
+            raise RefAny3DError(f"the training set is empty ({ds.describe()})")
+        first = ds[0]
+        preview = torch.stack([first["image"][..., :3], first["point_map"][..., :3]]).float().clamp(0, 1)
+        return io.NodeOutput(ds, ui=ui.PreviewImage(preview, cls=cls))
+
+
+# ------------------------------------------------------------------------------------------------
+# encoding
+
+
+def _digest(*tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        if t is not None:
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def text_encoder(clip):
+    def encode_text(prompt: str):
+        cond = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+        pooled = cond[0][1].get("pooled_output")
+        return cond[0][0][0], (pooled[0] if pooled is not None else None)
+    return encode_text
+
+
+def image_encoder(vae):
+    def encode_image(images):
+        return vae.encode(images[..., :3])
+    return encode_image
+
+
+class RefAny3DEncodeTrainingData(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RefAny3DEncodeTrainingData",
+            display_name="RefAny3D Encode Training Data",
+            category=CATEGORY,
+            description=("Encodes a training set once: photos, point maps and reference views to VAE latents, "
+                         "prompts (and the empty prompt for dropout) to text conditioning, written as safetensors "
+                         "shards under ComfyUI's temp directory. Training then needs neither the VAE nor the text "
+                         "encoders in memory. An encoding of the same data with the same VAE and text encoder "
+                         "is re-used."),
+            inputs=[
+                TrainingData.Input("dataset", tooltip="The training set from RefAny3D Training Dataset."),
+                io.Vae.Input("vae", tooltip="The Flux VAE (ae.safetensors) the model will be trained with."),
+                io.Clip.Input("clip", tooltip="The Flux text encoders (CLIP-L and T5-XXL, e.g. DualCLIPLoader, "
+                                              "type flux)."),
+            ],
+            outputs=[EncodedData.Output(display_name="encoded",
+                                        tooltip="The encoded training set, for RefAny3D Train.")],
+        )
+
+    @classmethod
+    def execute(cls, dataset, vae, clip) -> io.NodeOutput:
+        encoded_mod = importlib.import_module(f"{library().__name__}.encoded")
+        encode_image, encode_text = image_encoder(vae), text_encoder(clip)
+        # the cache key: the data, and what this VAE and text encoder make of a fixed probe
+        probe_ctx, probe_pooled = encode_text("refany3d probe")
+        probe_img = encode_image(torch.linspace(0, 1, 16 * 16 * 3).view(1, 16, 16, 3))
+        key = hashlib.sha256(f"{dataset.fingerprint()}:{_digest(probe_ctx, probe_pooled, probe_img)}".encode())
+        folder = Path(folder_paths.get_temp_directory()) / "refany3d_encoded" / key.hexdigest()[:24]
+        if (folder / "encoded.json").is_file():
+            return io.NodeOutput(encoded_mod.EncodedDataset(folder))
+        pbar = comfy.utils.ProgressBar(len(dataset))
+        encoded = encoded_mod.encode_dataset(
+            dataset, encode_image, encode_text, folder,
+            progress=lambda done, total: pbar.update_absolute(done, total),
+            cancel=comfy.model_management.throw_exception_if_processing_interrupted)
+        return io.NodeOutput(encoded)
+
+
+# ------------------------------------------------------------------------------------------------
+# training
+
+
+class ModelSpace:
+    """An encoded training set seen in the model's latent scale (``process_latent_in``) and compute dtype."""
+
+    LATENTS = ("x0_rgb", "x0_point_map", "refs_rgb", "refs_point_map")
+
+    def __init__(self, encoded, latent_in, dtype):
+        self.encoded, self.latent_in, self.dtype = encoded, latent_in, dtype
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def _lat(self, x):
+        return (self.latent_in(x[None])[0] if x.ndim == 3 else self.latent_in(x)).to(self.dtype)
+
+    def __getitem__(self, i: int) -> dict:
+        s = dict(self.encoded[i])
+        for k, v in s.items():
+            if isinstance(v, torch.Tensor):
+                s[k] = self._lat(v) if k in self.LATENTS else v.to(self.dtype)
+        return s
+
+    def uncond(self):
+        u = self.encoded.uncond()
+        return type(u)(u.context.to(self.dtype), None if u.pooled is None else u.pooled.to(self.dtype),
+                       self._lat(u.black_reference))
+
+
+def _alias(t: torch.Tensor) -> torch.Tensor:
+    """A tensor sharing ``t``'s storage that autograd may save (an inference-mode tensor may not be)."""
+    if not t.is_inference():
+        return t.detach()
+    try:
+        return torch.from_dlpack(torch.utils.dlpack.to_dlpack(t.detach()))
+    except (RuntimeError, TypeError, BufferError):  # a dtype DLPack cannot carry: a copy
+        return t.detach().clone()
+
+
+@contextlib.contextmanager
+def frozen_view(module: torch.nn.Module):
+    """Inside: every parameter and buffer of ``module`` is a frozen stand-in on the same storage, usable in
+    a backward pass even when ComfyUI created the weights in inference mode; afterwards the original
+    Parameter objects (and their requires_grad) are back, so the shared model is unchanged."""
+    saved = []
+    try:
+        with torch.inference_mode(False):
+            for mod in module.modules():
+                for name, p in list(mod._parameters.items()):
+                    if p is not None:
+                        saved.append((mod._parameters, name, p))
+                        mod._parameters[name] = torch.nn.Parameter(_alias(p), requires_grad=False)
+                for name, b in list(mod._buffers.items()):
+                    if b is not None:
+                        saved.append((mod._buffers, name, b))
+                        mod._buffers[name] = _alias(b)
+        yield module
+    finally:
+        for store, name, original in reversed(saved):
+            store[name] = original
+
+
+def compute_dtype(model) -> torch.dtype:
+    base = model.model
+    dtype = getattr(base, "manual_cast_dtype", None) or base.get_dtype()
+    return torch.bfloat16 if dtype not in (torch.float32, torch.float16, torch.bfloat16) else dtype
+
+
+def load_model(model) -> None:
+    """The whole model on the compute device (training touches every block each step)."""
+    try:
+        comfy.model_management.load_models_gpu([model], force_full_load=True)
+    except TypeError:  # a ComfyUI without force_full_load
+        comfy.model_management.load_models_gpu([model])
+
+
+def preview_images(flux, adapter, data, model, vae) -> torch.Tensor | None:
+    """One-step prediction x0 = x_t − t·v at t = PREVIEW_T for the first training sample (RGB, point map),
+    decoded with ``vae``: IMAGE [2, H, W, 3]; None without a VAE."""
+    if vae is None:
+        return None
+    from ..model_patches.modulation import REF_TIMESTEP
+    from ..model_patches.training import TRAIN_GUIDANCE, training_mode
+    s = data[0]
+    dev = next(flux.parameters()).device
+    g = torch.Generator().manual_seed(0)
+    t = torch.full((1,), PREVIEW_T)
+    xs = [s[k][None].float() for k in ("x0_rgb", "x0_point_map")]
+    xt = [((1 - PREVIEW_T) * x + PREVIEW_T * torch.randn(x.shape, generator=g)).to(dev, s["x0_rgb"].dtype) for x in xs]
+    pooled = s.get("pooled")
+    with torch.no_grad(), training_mode():
+        v = refany3d_forward_call(flux, adapter, xt, s, t, pooled, dev, REF_TIMESTEP, TRAIN_GUIDANCE)
+    x0 = torch.cat([(x.float() - PREVIEW_T * vv.float()) for x, vv in zip(xt, v)])
+    latents = model.model.process_latent_out(x0.cpu())
+    with torch.inference_mode():
+        images = vae.decode(latents)
+    return images.reshape(-1, *images.shape[-3:])[..., :3].float().cpu().clamp(0, 1)
+
+
+def refany3d_forward_call(flux, adapter, xt, s, t, pooled, dev, ref_timestep, guidance):
+    from ..model_patches import refany3d_forward
+    dtype = xt[0].dtype
+    return refany3d_forward(flux, adapter, xt[0], xt[1], s["refs_rgb"][None].to(dev), s["refs_point_map"][None].to(dev),
+                            t.to(dev, dtype), s["context"][None].to(dev), None if pooled is None else pooled[None].to(dev),
+                            torch.full((1,), guidance, device=dev), ref_timestep=ref_timestep, ref_guidance=guidance)
+
+
+class RefAny3DTrain(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RefAny3DTrain",
+            display_name="RefAny3D Train",
+            category=CATEGORY,
+            description=("Trains the RefAny3D adapter (Reference-LoRA, Domain-LoRA, domain embedder) on an encoded "
+                         "training set with the release's loss (docs/method.md §6), on one GPU with gradient "
+                         "checkpointing; the FLUX.1 model itself is frozen and left unchanged. Progress and the "
+                         "loss show on the node, a preview every few steps; Cancel writes a resumable state of "
+                         "the last finished step to models/refany3d/<name>/training_state/ and stops. The "
+                         "adapter output plugs straight into RefAny3D Apply; RefAny3D Save Adapter writes it."),
+            inputs=[
+                io.Model.Input("model", tooltip="The FLUX.1-dev model to train on (bf16 or fp8 weights); it is not "
+                                                "modified."),
+                EncodedData.Input("encoded", tooltip="The training set from RefAny3D Encode Training Data."),
+                io.String.Input("name", default="my_refany3d",
+                                tooltip="Run name: states go to models/refany3d/<name>/training_state/, saves to "
+                                        "models/refany3d/<name>/. A plain folder name."),
+                io.Int.Input("steps", default=1000, min=1, max=1000000,
+                             tooltip="Optimizer steps of the whole run, counted from step 0 (a resumed run trains "
+                                     "until it reaches this step)."),
+                io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Samples per micro-batch."),
+                io.Int.Input("accumulation", default=1, min=1, max=256,
+                             tooltip="Micro-batches per optimizer step (gradient accumulation): effective batch = "
+                                     "batch_size × accumulation."),
+                io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="prodigy",
+                               tooltip="prodigy: the release's optimizer (package 'prodigyopt'; lr 1, bias "
+                                       "correction, safeguard warm-up). adamw: torch's AdamW."),
+                io.Float.Input("learning_rate", default=0.0, min=0.0, max=10.0, step=0.00001,
+                               tooltip="0 = the optimizer's default (Prodigy 1.0, AdamW 1e-4)."),
+                io.Int.Input("rank", default=16, min=1, max=256,
+                             tooltip="LoRA rank of a new adapter (the release: 16). Ignored when starting from "
+                                     "an adapter (its rank is kept)."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                             tooltip="Seed of the initialisation, data order, noise, timesteps and dropouts."),
+                io.Int.Input("save_every", default=250, min=0, max=1000000,
+                             tooltip="Every N steps: the release files in models/refany3d/<name>/ and a resumable "
+                                     "state in its training_state/ (0: only at the end and on Cancel)."),
+                io.Int.Input("preview_every", default=100, min=0, max=1000000,
+                             tooltip="Every N steps a one-step prediction for the first sample (RGB and point map) "
+                                     "is shown on the node; needs the vae input (0: never)."),
+                io.Boolean.Input("resume", default=False,
+                                 tooltip="Continue from the latest state in models/refany3d/<name>/training_state/ "
+                                         "(same rank and optimizer). Off: a new run; an existing state is refused "
+                                         "rather than mixed up with it."),
+                Adapter.Input("adapter", optional=True,
+                              tooltip="Start from this adapter (e.g. the release, from RefAny3D Load Adapter) "
+                                      "instead of the release's fresh initialisation."),
+                io.Vae.Input("vae", optional=True, tooltip="The Flux VAE, to decode the previews."),
+            ],
+            outputs=[
+                Adapter.Output(display_name="adapter",
+                               tooltip="The trained adapter, for RefAny3D Apply or RefAny3D Save Adapter."),
+                LossMap.Output(display_name="loss_map",
+                               tooltip="Loss history {'loss': [...]} (one value per step, the whole run), for "
+                                       "core's loss-graph node."),
+                io.Int.Output(display_name="steps", tooltip="The run's step count."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def validate_inputs(cls, name=None) -> bool | str:
+        return (run_name_problem(name) if name is not None else None) or True
+
+    @classmethod
+    def execute(cls, model, encoded, name, steps=1000, batch_size=1, accumulation=1, optimizer="prodigy",
+                learning_rate=0.0, rank=16, seed=0, save_every=250, preview_every=100, resume=False, adapter=None,
+                vae=None) -> io.NodeOutput:
+        lib = library()
+        ckpt = importlib.import_module(f"{lib.__name__}.checkpoint")
+        from ..model_patches.training import TrainableAdapter
+        node_id = cls.hidden.unique_id if cls.hidden else None
+        out_dir = run_folder(name)
+        state_dir = out_dir / TRAINING_STATE_DIR
+        if optimizer not in OPTIMIZERS:
+            raise RefAny3DError(f"unknown optimizer {optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+        if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate >= 0):
+            raise RefAny3DError(f"learning_rate must be a finite number ≥ 0 (0: the optimizer's default), got "
+                                f"{learning_rate}")
+        check_flux(model)
+        check_transformer_options(model.model_options.get("transformer_options"), "RefAny3D Train")
+        existing = ckpt.state_dirs(state_dir)
+        if existing and not resume:
+            raise RefAny3DError(f"models/refany3d/{name}/{TRAINING_STATE_DIR}/ already holds a training state "
+                                f"({existing[-1].name}): turn 'resume' on to continue that run, or choose another "
+                                "name (or delete the folder) to start a new one")
+        load_model(model)
+        flux = check_flux(model)
+        if adapter is not None:
+            validate_adapter(adapter, flux)
+        config = lib.TrainConfig(seed=seed, optimizer=optimizer, lr=float(learning_rate) or None,
+                                 accumulation=accumulation, batch_size=batch_size, save_every=0)
+        pbar = comfy.utils.ProgressBar(steps)
+        with torch.inference_mode(False), frozen_view(flux):
+            data = ModelSpace(encoded, model.model.process_latent_in, compute_dtype(model))
+            if adapter is not None:
+                trainable = TrainableAdapter.from_adapter(adapter)
+            else:
+                trainable = TrainableAdapter.for_flux(flux, rank=rank, seed=seed)
+            trainer = lib.Trainer(flux, trainable, data, data.uncond(), config, out_dir=state_dir,
+                                  cancel=comfy.model_management.throw_exception_if_processing_interrupted)
+            if resume and existing:
+                resume_from(trainer, state_dir, name)
+            elif resume:
+                show_on_node(node_id, f"no state in models/refany3d/{name}/{TRAINING_STATE_DIR}/: a new run")
+            saved = trainer.step
+            previews = []
+
+            def save():
+                nonlocal saved
+                ckpt.save_release(trainable, out_dir)
+                ckpt.save_state(state_dir, trainer.step, trainable, trainer.optimizer, trainer.losses,
+                                config.to_json(), keep=config.keep_states)
+                saved = trainer.step
+
+            pbar.update_absolute(min(trainer.step, steps), steps)
+            try:
+                while trainer.step < steps:
+                    loss = trainer.train_step()
+                    preview = None
+                    if preview_every and trainer.step % preview_every == 0:
+                        images = preview_images(flux, trainable, data, model, vae)
+                        if images is not None:
+                            previews.append(images)
+                            preview = ("JPEG", to_pil(torch.cat(list(images), dim=1)), 512)
+                    if save_every and trainer.step % save_every == 0:
+                        save()
+                    show_on_node(node_id, f"RefAny3D Train: step {trainer.step}/{steps}, loss {loss:.4f}")
+                    pbar.update_absolute(trainer.step, steps, preview)
+            except comfy.model_management.InterruptProcessingException:
+                if trainer.step > saved:
+                    save()
+                show_on_node(node_id, f"RefAny3D Train: cancelled; state of step {trainer.step} saved in "
+                                      f"models/refany3d/{name}/{TRAINING_STATE_DIR}/ (resume to continue)")
+                raise
+            if trainer.step > saved:
+                save()
+            sds = trainable.to_release_state_dicts(torch.float32)
+        result = load_adapter(sds["reference"], sds["domain"], sds["domain_embedder"])
+        losses = {"loss": [float(x) for x in trainer.losses]}
+        out = io.NodeOutput(result, losses, trainer.step,
+                            ui=ui.PreviewImage(torch.cat(previews), cls=cls) if previews else None)
+        return out
+
+
+def resume_from(trainer, state_dir: Path, name: str) -> None:
+    """Loads the latest state, with a clear error when it does not fit this run."""
+    try:
+        trainer.load(state_dir)
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise RefAny3DError(f"the state in models/refany3d/{name}/{TRAINING_STATE_DIR}/ does not fit this run "
+                            f"(another rank, optimizer or model width?): {e}") from None
+
+
+def to_pil(image: torch.Tensor):
+    from PIL import Image
+    return Image.fromarray((image.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+
+
+# ------------------------------------------------------------------------------------------------
+# saving
+
+
+class RefAny3DSaveAdapter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RefAny3DSaveAdapter",
+            display_name="RefAny3D Save Adapter",
+            category=CATEGORY,
+            description=("Writes an adapter in the release format to models/refany3d/<name>/: default.safetensors "
+                         "(Reference-LoRA), coord.safetensors (Domain-LoRA), both with the release's diffusers "
+                         "keys, and domain_embedder.safetensors (optionally also the release's "
+                         "domain_embedder.pth). RefAny3D Load Adapter lists them; the authors' code loads them."),
+            inputs=[
+                Adapter.Input("adapter", tooltip="The adapter to save (from RefAny3D Train or Load Adapter)."),
+                io.String.Input("name", default="my_refany3d",
+                                tooltip="Folder name in models/refany3d/ (a plain name: no path separators or "
+                                        "'..'). Files of the same name there are replaced."),
+                io.Combo.Input("dtype", options=["bf16", "fp32"], default="bf16",
+                               tooltip="bf16: as the release ships its files (half the size). fp32: full precision."),
+                io.Boolean.Input("write_pth", default=False,
+                                 tooltip="Also write domain_embedder.pth (a plain state dict, as the release ships "
+                                         "it) for the authors' own code."),
+            ],
+            outputs=[],
+            is_output_node=True,
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def validate_inputs(cls, name=None) -> bool | str:
+        return (run_name_problem(name) if name is not None else None) or True
+
+    @classmethod
+    def execute(cls, adapter, name, dtype="bf16", write_pth=False) -> io.NodeOutput:
+        lib = library()
+        ckpt = importlib.import_module(f"{lib.__name__}.checkpoint")
+        from ..model_patches.training import TrainableAdapter
+        folder = run_folder(name)
+        torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+        with torch.inference_mode(False):
+            trainable = TrainableAdapter.from_adapter(adapter)
+            paths = ckpt.save_release(trainable, folder, torch_dtype)
+            if write_pth:
+                pth = folder / "domain_embedder.pth"
+                tmp = folder / ".domain_embedder.pth.tmp"
+                sd = trainable.to_release_state_dicts(torch_dtype)["domain_embedder"]
+                torch.save(sd, tmp)
+                os.replace(tmp, pth)
+                paths["domain_embedder_pth"] = pth
+        names = ", ".join(sorted(p.name for p in paths.values()))
+        text = f"saved {names} in models/refany3d/{name}/"
+        show_on_node(cls.hidden.unique_id if cls.hidden else None, text)
+        return io.NodeOutput(ui=ui.PreviewText(text))
+
+
+NODES = [RefAny3DTrainingDataset, RefAny3DEncodeTrainingData, RefAny3DTrain, RefAny3DSaveAdapter]

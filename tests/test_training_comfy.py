@@ -1,0 +1,207 @@
+"""RefAny3D training in the real headless ComfyUI (issue 11, "Must show" 6).
+
+A generated asset uploaded → RefAny3D Load 3D Asset → RefAny3D Training Dataset (synthetic, 32 px,
+2 views) → RefAny3D Encode Training Data (a random TAESD-format VAE, the test-only text-encoder
+stand-in) → RefAny3D Train (a tiny random FLUX.1 built in code by a test-only node) → RefAny3D Save
+Adapter; the trained adapter through RefAny3D Apply → KSampler → Split → VAE Decode, and the saved
+files back through RefAny3D Load Adapter in a second graph. Progress and the loss arrive over the
+websocket; Cancel mid-training leaves a state that a resumed run continues from; bad input gets a
+clear error.
+"""
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from tools.assets_gen import GltfPart, box, smooth_texture, uv_sphere, write_glb
+from tools.comfy_http import PromptRejected
+from PIL import Image
+
+from model_patches import release_modules
+from tools import tiny_models as tiny
+
+VAE = tiny.TINY_VAE_NAME
+SIZE, VIEWS, STEPS = 32, 2, 20
+
+
+@pytest.fixture(scope="module")
+def setup(comfy, tmp_path_factory):
+    vae = comfy.models_dir / "vae" / VAE
+    if not vae.exists():
+        tiny.write_taesd_vae(vae, seed=0)
+    v, f, uv = uv_sphere(10, 20, radius=0.8)
+    bv, bf, _ = box((0.5, 0.5, 0.5))
+    parts = [GltfPart(v, f, uv=np.c_[uv[:, 0], 1 - uv[:, 1]], texture=smooth_texture(32)),
+             GltfPart(bv, bf, factor=(0.1, 0.6, 0.2, 1.0), translation=(0.0, 0.9, 0.0))]
+    path = write_glb(tmp_path_factory.mktemp("training-comfy") / "refany3d_training_asset.glb", parts)
+    return comfy.upload(path, subfolder="3d")
+
+
+def train_graph(asset, name, steps=STEPS, resume=False, save_every=10, preview_every=10, kind="flux"):
+    return {
+        "model": {"class_type": "RefAny3DTestTinyModel", "inputs": {"kind": kind, "hidden_size": 64, "seed": 0}},
+        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": VAE}},
+        "clip": {"class_type": "RefAny3DTestTextEncoder", "inputs": {"context_dim": 32, "pooled_dim": 16}},
+        "asset": {"class_type": "RefAny3DLoadAsset", "inputs": {"asset_file": asset}},
+        "data": {"class_type": "RefAny3DTrainingDataset",
+                 "inputs": {"source": "synthetic", "folder": "", "count": 3, "size": SIZE, "views": VIEWS, "seed": 0,
+                            "prompt_template": "a photo of {name}", "asset": ["asset", 0]}},
+        "encode": {"class_type": "RefAny3DEncodeTrainingData",
+                   "inputs": {"dataset": ["data", 0], "vae": ["vae", 0], "clip": ["clip", 0]}},
+        "train": {"class_type": "RefAny3DTrain",
+                  "inputs": {"model": ["model", 0], "encoded": ["encode", 0], "name": name, "steps": steps,
+                             "batch_size": 1, "accumulation": 1, "optimizer": "adamw", "learning_rate": 1e-3,
+                             "rank": 4, "seed": 0, "save_every": save_every, "preview_every": preview_every,
+                             "resume": resume, "vae": ["vae", 0]}},
+    }
+
+
+def sample_graph(g, adapter_ref, prefix):
+    """Apply → KSampler → Split → VAE Decode → SaveImage on ``g``'s tiny model, VAE and text encoder."""
+    g.update({
+        "render": {"class_type": "RefAny3DRenderViews",
+                   "inputs": {"asset": ["asset", 0], "num_views": VIEWS, "preset": "release", "resolution": SIZE,
+                              "pitch": 0.0, "y_rotation": 0.0, "radius": 4.0, "fov": 45.0}},
+        "apply": {"class_type": "RefAny3DApply",
+                  "inputs": {"model": ["model", 0], "adapter": list(adapter_ref), "vae": ["vae", 0],
+                             "reference_rgb": ["render", 0], "reference_point_map": ["render", 1],
+                             "image_guidance": 2.0, "guidance_pass": "unmasked (release)", "cache_references": False}},
+        "cond": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": "a photo of the object"}},
+        "latent": {"class_type": "RefAny3DEmptyLatent", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
+        "ks": {"class_type": "KSampler",
+               "inputs": {"model": ["apply", 0], "positive": ["cond", 0], "negative": ["cond", 0],
+                          "latent_image": ["latent", 0], "seed": 0, "steps": 2, "cfg": 1.0, "sampler_name": "euler",
+                          "scheduler": "simple", "denoise": 1.0}},
+        "split": {"class_type": "RefAny3DSplitLatent", "inputs": {"samples": ["ks", 0]}},
+        "dec_rgb": {"class_type": "VAEDecode", "inputs": {"samples": ["split", 0], "vae": ["vae", 0]}},
+        "dec_pm": {"class_type": "VAEDecode", "inputs": {"samples": ["split", 1], "vae": ["vae", 0]}},
+        "save_rgb": {"class_type": "SaveImage", "inputs": {"images": ["dec_rgb", 0], "filename_prefix": prefix + "_rgb"}},
+        "save_pm": {"class_type": "SaveImage", "inputs": {"images": ["dec_pm", 0], "filename_prefix": prefix + "_pm"}},
+    })
+    return g
+
+
+def load(path):
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.float64) / 255
+
+
+def release_keys() -> set[str]:
+    return {f"transformer.{m}.lora_{ab}.weight" for m in release_modules(1, 1) for ab in "AB"}
+
+
+def test_schemas_have_tooltips_and_categories(comfy):
+    info = comfy.object_info()
+    expected = {"RefAny3DTrainingDataset": ["REFANY3D_TRAINING_DATA"],
+                "RefAny3DEncodeTrainingData": ["REFANY3D_ENCODED_DATA"],
+                "RefAny3DTrain": ["REFANY3D_ADAPTER", "LOSS_MAP", "INT"], "RefAny3DSaveAdapter": []}
+    for node, outputs in expected.items():
+        assert info[node]["output"] == outputs, node
+        assert info[node]["category"] == "RefAny3D/training" and info[node]["description"], node
+        for group in ("required", "optional"):
+            for name, spec in info[node]["input"].get(group, {}).items():
+                assert spec[1].get("tooltip"), (node, name)
+        assert all(info[node]["output_tooltips"]), node
+    assert info["RefAny3DSaveAdapter"]["output_node"] is True
+    assert info["RefAny3DTrain"]["input"]["optional"]["adapter"][0] == "REFANY3D_ADAPTER"
+
+
+def test_train_save_load_apply_sample(comfy, setup):
+    asset, name = setup, f"run_{uuid.uuid4().hex[:6]}"
+    g = train_graph(asset, name)
+    g["save"] = {"class_type": "RefAny3DSaveAdapter",
+                 "inputs": {"adapter": ["train", 0], "name": name, "dtype": "fp32", "write_pth": True}}
+    sample_graph(g, ("train", 0), f"refany3d/{name}_trained")
+    result = comfy.run(g, timeout=600)
+    assert result.status == "success", result.error_text() + comfy.log_text()[-3000:]
+    # progress of every step and the loss, on the node, over the websocket
+    train = [p for p in result.progress() if p.get("node") == "train"]
+    assert [p["value"] for p in train][-1] == STEPS and all(p["max"] == STEPS for p in train)
+    texts = result.node_texts("train")
+    assert texts[-1].startswith(f"RefAny3D Train: step {STEPS}/{STEPS}, loss "), texts[-3:]
+    assert len([t for t in texts if "loss" in t]) == STEPS
+    assert [p for p in result.progress() if p.get("node") == "encode"][-1]["value"] == 3
+    # previews every 10 steps (RGB and point map each) and the dataset's first sample
+    assert len(comfy.output_files(result, "train")) == 4 and len(comfy.output_files(result, "data")) == 2
+    # the release files, with the release's keys, and a resumable state of the last step
+    folder = comfy.models_dir / "refany3d" / name
+    for file in ("default.safetensors", "coord.safetensors"):
+        sd = safetensors.torch.load_file(str(folder / file))
+        assert set(sd) == release_keys() and all(v.dtype == torch.float32 for v in sd.values())
+        assert any(bool(v.abs().sum()) for k, v in sd.items() if "lora_B" in k)  # trained: B moved off zero
+    emb = safetensors.torch.load_file(str(folder / "domain_embedder.safetensors"))
+    pth = torch.load(folder / "domain_embedder.pth", weights_only=True)
+    assert emb and sorted(emb) == sorted(pth)
+    assert all(torch.equal(emb[k], pth[k]) for k in emb)
+    states = sorted(p.name for p in (folder / "training_state").iterdir())
+    assert states == ["state-00000010", "state-00000020"], states
+    rgb = load(comfy.output_files(result, "save_rgb")[0])
+    assert rgb.shape == (SIZE, SIZE, 3) and np.isfinite(rgb).all()
+
+    # the saved files through RefAny3D Load Adapter (its lists leave the training states out)
+    spec = comfy.object_info("RefAny3DLoadAdapter")["RefAny3DLoadAdapter"]["input"]["required"]["reference_lora"]
+    options = spec[1]["options"] if spec[0] == "COMBO" else spec[0]  # newer ComfyUI: ["COMBO", {"options"}]
+    assert f"{name}/default.safetensors" in options and not [o for o in options if "training_state" in o]
+    g2 = {k: v for k, v in train_graph(asset, name).items() if k in ("model", "vae", "clip", "asset")}
+    g2["adapter"] = {"class_type": "RefAny3DLoadAdapter",
+                     "inputs": {"reference_lora": f"{name}/default.safetensors",
+                                "domain_lora": f"{name}/coord.safetensors",
+                                "domain_embedder": f"{name}/domain_embedder.pth"}}
+    sample_graph(g2, ("adapter", 0), f"refany3d/{name}_loaded")
+    loaded = comfy.run(g2, timeout=600)
+    assert loaded.status == "success", loaded.error_text()
+    # the same adapter (fp32 files) and the same seed give the same picture
+    for node in ("save_rgb", "save_pm"):
+        assert np.array_equal(load(comfy.output_files(loaded, node)[0]), load(comfy.output_files(result, node)[0]))
+
+
+def test_cancel_saves_a_state_that_resumes(comfy, setup):
+    asset, name = setup, f"cancel_{uuid.uuid4().hex[:6]}"
+    seen = {}
+
+    def on_message(msg):
+        data = msg.get("data") or {}
+        if msg.get("type") == "progress" and data.get("node") == "train" and data["value"] >= 2 and "at" not in seen:
+            seen["at"] = data["value"]
+            comfy.interrupt()
+    result = comfy.run(train_graph(asset, name, steps=500, save_every=0, preview_every=0), timeout=600,
+                       on_message=on_message)
+    assert result.status == "interrupted", result.error_text()
+    states = sorted((comfy.models_dir / "refany3d" / name / "training_state").glob("state-*"))
+    assert len(states) == 1, states
+    step = int(states[0].name.split("-")[1])
+    assert seen["at"] <= step < 500, (seen, step)
+    texts = result.node_texts("train")
+    assert f"cancelled; state of step {step} saved" in texts[-1], texts[-2:]
+
+    # a new run of the same name is refused rather than mixed with the old state
+    fresh = comfy.run(train_graph(asset, name, steps=step + 3, save_every=0, preview_every=0), timeout=600)
+    assert fresh.status == "error" and "turn 'resume' on to continue" in fresh.error_text(), fresh.error_text()
+    resumed = comfy.run(train_graph(asset, name, steps=step + 3, resume=True, save_every=0, preview_every=0),
+                        timeout=600)
+    assert resumed.status == "success", resumed.error_text()
+    values = [p["value"] for p in resumed.progress() if p.get("node") == "train"]
+    assert values == [step, step + 1, step + 2, step + 3], values
+    texts = [t for t in resumed.node_texts("train") if "loss" in t]
+    assert texts[0].startswith(f"RefAny3D Train: step {step + 1}/{step + 3}"), texts
+    states = sorted(p.name for p in (comfy.models_dir / "refany3d" / name / "training_state").glob("state-*"))
+    assert states[-1] == f"state-{step + 3:08d}", states
+
+
+def test_bad_input_gets_a_clear_error(comfy, setup):
+    result = comfy.run(train_graph(setup, "not_flux", kind="sd15"), timeout=600)
+    assert result.status == "error" and result.error["node_type"] == "RefAny3DTrain", result.error_text()
+    assert "RefAny3D needs a FLUX.1 model" in result.error_text(), result.error_text()
+    for bad, words in (("", "name is empty"), ("../x", "must be a plain folder name")):
+        with pytest.raises(PromptRejected, match=words):
+            comfy.submit(train_graph(setup, bad))
+    g = train_graph(setup, "no_asset")
+    del g["data"]["inputs"]["asset"]
+    result = comfy.run(g, timeout=600)
+    assert result.status == "error" and "synthetic source renders an asset" in result.error_text(), result.error_text()
+    g["data"]["inputs"]["source"] = "sample folders"
+    result = comfy.run(g, timeout=600)
+    assert result.status == "error" and "reads a folder: set 'folder'" in result.error_text(), result.error_text()
