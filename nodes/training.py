@@ -380,6 +380,8 @@ class RefAny3DTrain(io.ComfyNode):
                                        "core's loss-graph node."),
                 io.Int.Output(display_name="steps", tooltip="The run's step count."),
             ],
+            # an output node: a run on its own (states every save_every steps, previews) is a complete job
+            is_output_node=True,
             hidden=[io.Hidden.unique_id],
         )
 
