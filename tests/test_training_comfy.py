@@ -205,3 +205,48 @@ def test_bad_input_gets_a_clear_error(comfy, setup):
     g["data"]["inputs"]["source"] = "sample folders"
     result = comfy.run(g, timeout=600)
     assert result.status == "error" and "reads a folder: set 'folder'" in result.error_text(), result.error_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# in-process: the Train node's frozen view of the shared model
+
+def import_training_nodes():
+    """nodes/training.py as ComfyUI imports the pack (a package, relative imports), under a private name."""
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    name = "refany3d_pack_under_test"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, root / "__init__.py", submodule_search_locations=[str(root)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return importlib.import_module(f"{name}.nodes.training")
+
+
+def test_frozen_view_trains_on_inference_mode_weights_and_leaves_the_model_as_it_was():
+    from model_patches.training import TrainableAdapter, Unconditional, training_loss, training_mode
+    nodes = import_training_nodes()
+    with torch.inference_mode():  # as ComfyUI's loaders run
+        flux = tiny.build_flux_module(hidden_size=32, num_heads=2, context_in_dim=8, vec_in_dim=4, seed=0)
+    before = {k: (p, p.requires_grad, p.detach().clone()) for k, p in flux.named_parameters()}
+    assert all(p.is_inference() for p, _, _ in before.values())
+    g = torch.Generator().manual_seed(0)
+    batch = {"x0_rgb": torch.randn(1, 16, 4, 4, generator=g), "x0_point_map": torch.randn(1, 16, 4, 4, generator=g),
+             "refs_rgb": torch.randn(1, 2, 16, 4, 4, generator=g),
+             "refs_point_map": torch.randn(1, 2, 16, 4, 4, generator=g),
+             "context": torch.randn(1, 3, 8, generator=g), "pooled": torch.randn(1, 4, generator=g)}
+    uncond = Unconditional(torch.zeros(3, 8), torch.zeros(4), torch.zeros(16, 4, 4))
+    with torch.inference_mode(False):
+        adapter = TrainableAdapter.for_flux(flux, rank=2, seed=0)
+        with pytest.raises(RuntimeError, match="Inference tensors cannot be saved for backward"), training_mode():
+            training_loss(flux, adapter, batch, 0, 0, uncond, checkpoint=False).loss.backward()
+        with nodes.frozen_view(flux), training_mode():
+            flux.requires_grad_(False)  # as the Trainer does
+            training_loss(flux, adapter, batch, 0, 0, uncond, checkpoint=True).loss.backward()
+    assert any(bool(p.grad.abs().sum()) for p in adapter.parameters() if p.grad is not None)
+    after = dict(flux.named_parameters())
+    for k, (p, requires_grad, value) in before.items():
+        assert after[k] is p and p.requires_grad == requires_grad and torch.equal(p, value), k
