@@ -126,9 +126,8 @@ class RefAny3DTrainingDataset(io.ComfyNode):
             if asset is None:
                 raise RefAny3DError("the synthetic source renders an asset: connect RefAny3D Load 3D Asset to the "
                                     "'asset' input (or choose 'sample folders' / 'release layout' with a folder)")
-            ds = datasets.open_dataset("synthetic", assets=[asset], count=count, seed=seed, size=size,
-                                       ref_size=size, views=views, backgrounds=backgrounds,
-                                       prompt_template=prompt_template)
+            ds = datasets.SyntheticDataset([asset], count, seed=seed, size=size, ref_size=size, views=views,
+                                           backgrounds=backgrounds, prompt_template=prompt_template)
         else:
             if not folder or not folder.strip():
                 raise RefAny3DError(f"the '{source}' source reads a folder: set 'folder' (absolute, or relative to "
@@ -136,7 +135,8 @@ class RefAny3DTrainingDataset(io.ComfyNode):
             path = Path(folder.strip()).expanduser()
             if not path.is_absolute():
                 path = Path(folder_paths.get_input_directory()) / path
-            ds = datasets.open_dataset(SOURCES[source], folder=str(path), size=size, ref_size=size, views=views)
+            kind = datasets.FolderDataset if SOURCES[source] == "folder" else datasets.ReleaseDataset
+            ds = kind(str(path), size=size, ref_size=size, views=views)
         if len(ds) == 0:
             raise RefAny3DError(f"the training set is empty ({ds.describe()})")
         first = ds[0]

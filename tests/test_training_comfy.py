@@ -184,9 +184,10 @@ def test_cancel_saves_a_state_that_resumes(comfy, setup):
                         timeout=600)
     assert resumed.status == "success", resumed.error_text()
     values = [p["value"] for p in resumed.progress() if p.get("node") == "train"]
-    assert values == [step, step + 1, step + 2, step + 3], values
+    # (the server may coalesce progress messages of quick steps: first, last and order are what arrive surely)
+    assert values[0] == step and values[-1] == step + 3 and values == sorted(values), values
     texts = [t for t in resumed.node_texts("train") if "loss" in t]
-    assert texts[0].startswith(f"RefAny3D Train: step {step + 1}/{step + 3}"), texts
+    assert [t.split(",")[0] for t in texts] == [f"RefAny3D Train: step {k}/{step + 3}" for k in range(step + 1, step + 4)]
     states = sorted(p.name for p in (comfy.models_dir / "refany3d" / name / "training_state").glob("state-*"))
     assert states[-1] == f"state-{step + 3:08d}", states
 
