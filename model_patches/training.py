@@ -302,6 +302,39 @@ def training_mode():
             del mm.in_training
 
 
+def _alias(t: torch.Tensor) -> torch.Tensor:
+    """A tensor sharing ``t``'s storage that autograd may save (an inference-mode tensor may not be)."""
+    if not t.is_inference():
+        return t.detach()
+    try:
+        return torch.from_dlpack(torch.utils.dlpack.to_dlpack(t.detach()))
+    except (RuntimeError, TypeError, BufferError):  # a dtype DLPack cannot carry: a copy
+        return t.detach().clone()
+
+
+@contextlib.contextmanager
+def frozen_view(module: torch.nn.Module):
+    """Inside: every parameter and buffer of ``module`` is a frozen stand-in on the same storage, usable in
+    a backward pass even when ComfyUI created the weights in inference mode; afterwards the original
+    Parameter objects (and their requires_grad) are back, so the shared model is unchanged."""
+    saved = []
+    try:
+        with torch.inference_mode(False):
+            for mod in module.modules():
+                for name, p in list(mod._parameters.items()):
+                    if p is not None:
+                        saved.append((mod._parameters, name, p))
+                        mod._parameters[name] = torch.nn.Parameter(_alias(p), requires_grad=False)
+                for name, b in list(mod._buffers.items()):
+                    if b is not None:
+                        saved.append((mod._buffers, name, b))
+                        mod._buffers[name] = _alias(b)
+        yield module
+    finally:
+        for store, name, original in reversed(saved):
+            store[name] = original
+
+
 @dataclass
 class Unconditional:
     """What the dropouts replace: the empty prompt's T5 tokens [L, C] (same L as the prompts) and

@@ -6,12 +6,9 @@ ComfyUI's progress bar, Cancel and previews, and place the files in models/refan
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib
 import math
 import os
-import sys
 from pathlib import Path
 
 import comfy.model_management
@@ -21,6 +18,10 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..model_patches import RefAny3DError, check_flux, check_transformer_options, load_adapter, validate_adapter
+from ..model_patches.training import frozen_view
+from ..training import TrainConfig, Trainer, datasets
+from ..training import checkpoint as ckpt
+from ..training import encoded as encoded_data
 from . import folders
 from .adapter import TRAINING_STATE_DIR
 from .notify import show_on_node
@@ -30,23 +31,6 @@ CATEGORY = "RefAny3D/training"
 SOURCES = {"synthetic": "synthetic", "sample folders": "folder", "release layout": "release"}
 OPTIMIZERS = ("adamw", "prodigy")
 PREVIEW_T = 0.7
-_PACK_LIBRARIES = ("model_patches", "rendering")
-
-
-def library():
-    """The pack's ``training`` package. It imports ``model_patches`` and ``rendering`` by their top-level
-    names (as tests and the command line run it); inside ComfyUI the pack is a package of its own, so
-    those names are pointed at the pack's already-imported modules (one copy of every class), never at
-    another pack's module of the same name."""
-    pack = __package__.rsplit(".", 1)[0]
-    importlib.import_module(f"{pack}.model_patches.training")
-    for name in _PACK_LIBRARIES:
-        prefix = f"{pack}.{name}"
-        importlib.import_module(prefix)
-        for key, module in list(sys.modules.items()):
-            if key == prefix or key.startswith(prefix + "."):
-                sys.modules.setdefault(name + key[len(prefix):], module)
-    return importlib.import_module(f"{pack}.training")
 
 
 def run_name_problem(name) -> str | None:
@@ -117,7 +101,6 @@ class RefAny3DTrainingDataset(io.ComfyNode):
     @classmethod
     def execute(cls, source, folder="", count=64, size=512, views=8, seed=0, prompt_template="a photo of {name}",
                 asset=None, backgrounds=None) -> io.NodeOutput:
-        datasets = importlib.import_module(f"{library().__name__}.datasets")
         if source not in SOURCES:
             raise RefAny3DError(f"unknown dataset source {source!r}: expected one of {', '.join(SOURCES)}")
         if size % 16:
@@ -194,7 +177,6 @@ class RefAny3DEncodeTrainingData(io.ComfyNode):
 
     @classmethod
     def execute(cls, dataset, vae, clip) -> io.NodeOutput:
-        encoded_mod = importlib.import_module(f"{library().__name__}.encoded")
         encode_image, encode_text = image_encoder(vae), text_encoder(clip)
         # the cache key: the data, and what this VAE and text encoder make of a fixed probe
         probe_ctx, probe_pooled = encode_text("refany3d probe")
@@ -202,9 +184,9 @@ class RefAny3DEncodeTrainingData(io.ComfyNode):
         key = hashlib.sha256(f"{dataset.fingerprint()}:{_digest(probe_ctx, probe_pooled, probe_img)}".encode())
         folder = Path(folder_paths.get_temp_directory()) / "refany3d_encoded" / key.hexdigest()[:24]
         if (folder / "encoded.json").is_file():
-            return io.NodeOutput(encoded_mod.EncodedDataset(folder))
+            return io.NodeOutput(encoded_data.EncodedDataset(folder))
         pbar = comfy.utils.ProgressBar(len(dataset))
-        encoded = encoded_mod.encode_dataset(
+        encoded = encoded_data.encode_dataset(
             dataset, encode_image, encode_text, folder,
             progress=lambda done, total: pbar.update_absolute(done, total),
             cancel=comfy.model_management.throw_exception_if_processing_interrupted)
@@ -240,39 +222,6 @@ class ModelSpace:
         u = self.encoded.uncond()
         return type(u)(u.context.to(self.dtype), None if u.pooled is None else u.pooled.to(self.dtype),
                        self._lat(u.black_reference))
-
-
-def _alias(t: torch.Tensor) -> torch.Tensor:
-    """A tensor sharing ``t``'s storage that autograd may save (an inference-mode tensor may not be)."""
-    if not t.is_inference():
-        return t.detach()
-    try:
-        return torch.from_dlpack(torch.utils.dlpack.to_dlpack(t.detach()))
-    except (RuntimeError, TypeError, BufferError):  # a dtype DLPack cannot carry: a copy
-        return t.detach().clone()
-
-
-@contextlib.contextmanager
-def frozen_view(module: torch.nn.Module):
-    """Inside: every parameter and buffer of ``module`` is a frozen stand-in on the same storage, usable in
-    a backward pass even when ComfyUI created the weights in inference mode; afterwards the original
-    Parameter objects (and their requires_grad) are back, so the shared model is unchanged."""
-    saved = []
-    try:
-        with torch.inference_mode(False):
-            for mod in module.modules():
-                for name, p in list(mod._parameters.items()):
-                    if p is not None:
-                        saved.append((mod._parameters, name, p))
-                        mod._parameters[name] = torch.nn.Parameter(_alias(p), requires_grad=False)
-                for name, b in list(mod._buffers.items()):
-                    if b is not None:
-                        saved.append((mod._buffers, name, b))
-                        mod._buffers[name] = _alias(b)
-        yield module
-    finally:
-        for store, name, original in reversed(saved):
-            store[name] = original
 
 
 def compute_dtype(model) -> torch.dtype:
@@ -393,8 +342,6 @@ class RefAny3DTrain(io.ComfyNode):
     def execute(cls, model, encoded, name, steps=1000, batch_size=1, accumulation=1, optimizer="prodigy",
                 learning_rate=0.0, rank=16, seed=0, save_every=250, preview_every=100, resume=False, adapter=None,
                 vae=None) -> io.NodeOutput:
-        lib = library()
-        ckpt = importlib.import_module(f"{lib.__name__}.checkpoint")
         from ..model_patches.training import TrainableAdapter
         node_id = cls.hidden.unique_id if cls.hidden else None
         out_dir = run_folder(name)
@@ -415,7 +362,7 @@ class RefAny3DTrain(io.ComfyNode):
         flux = check_flux(model)
         if adapter is not None:
             validate_adapter(adapter, flux)
-        config = lib.TrainConfig(seed=seed, optimizer=optimizer, lr=float(learning_rate) or None,
+        config = TrainConfig(seed=seed, optimizer=optimizer, lr=float(learning_rate) or None,
                                  accumulation=accumulation, batch_size=batch_size, save_every=0)
         pbar = comfy.utils.ProgressBar(steps)
         with torch.inference_mode(False), frozen_view(flux):
@@ -424,7 +371,7 @@ class RefAny3DTrain(io.ComfyNode):
                 trainable = TrainableAdapter.from_adapter(adapter)
             else:
                 trainable = TrainableAdapter.for_flux(flux, rank=rank, seed=seed)
-            trainer = lib.Trainer(flux, trainable, data, data.uncond(), config, out_dir=state_dir,
+            trainer = Trainer(flux, trainable, data, data.uncond(), config, out_dir=state_dir,
                                   cancel=comfy.model_management.throw_exception_if_processing_interrupted)
             if resume and existing:
                 resume_from(trainer, state_dir, name)
@@ -521,8 +468,6 @@ class RefAny3DSaveAdapter(io.ComfyNode):
 
     @classmethod
     def execute(cls, adapter, name, dtype="bf16", write_pth=False) -> io.NodeOutput:
-        lib = library()
-        ckpt = importlib.import_module(f"{lib.__name__}.checkpoint")
         from ..model_patches.training import TrainableAdapter
         folder = run_folder(name)
         torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]

@@ -211,8 +211,8 @@ def test_bad_input_gets_a_clear_error(comfy, setup):
 # ---------------------------------------------------------------------------------------------
 # in-process: the Train node's frozen view of the shared model
 
-def import_training_nodes():
-    """nodes/training.py as ComfyUI imports the pack (a package, relative imports), under a private name."""
+def import_pack():
+    """The pack as ComfyUI imports it (one package, relative imports), under a private name."""
     import importlib
     import importlib.util
     import sys
@@ -224,12 +224,26 @@ def import_training_nodes():
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
-    return importlib.import_module(f"{name}.nodes.training")
+    return sys.modules[name]
+
+
+def test_inside_the_pack_training_uses_the_packs_own_libraries():
+    """ComfyUI imports the pack as a package: its training library must then use the pack's own
+    model_patches and rendering (one copy of every class, shared with the nodes), not top-level modules."""
+    import importlib
+    pack = import_pack()
+    nodes = importlib.import_module(f"{pack.__name__}.nodes.training")
+    loop = importlib.import_module(f"{pack.__name__}.training.loop")
+    mp_training = importlib.import_module(f"{pack.__name__}.model_patches.training")
+    assert loop.TrainableAdapter is mp_training.TrainableAdapter
+    assert loop.RefAny3DError is importlib.import_module(f"{pack.__name__}.model_patches").RefAny3DError
+    assert nodes.Trainer is loop.Trainer and nodes.frozen_view is mp_training.frozen_view
+    datasets = importlib.import_module(f"{pack.__name__}.training.datasets")
+    assert datasets.rendering is importlib.import_module(f"{pack.__name__}.rendering")
 
 
 def test_frozen_view_trains_on_inference_mode_weights_and_leaves_the_model_as_it_was():
-    from model_patches.training import TrainableAdapter, Unconditional, training_loss, training_mode
-    nodes = import_training_nodes()
+    from model_patches.training import TrainableAdapter, Unconditional, frozen_view, training_loss, training_mode
     with torch.inference_mode():  # as ComfyUI's loaders run
         flux = tiny.build_flux_module(hidden_size=32, num_heads=2, context_in_dim=8, vec_in_dim=4, seed=0)
     before = {k: (p, p.requires_grad, p.detach().clone()) for k, p in flux.named_parameters()}
@@ -244,7 +258,7 @@ def test_frozen_view_trains_on_inference_mode_weights_and_leaves_the_model_as_it
         adapter = TrainableAdapter.for_flux(flux, rank=2, seed=0)
         with pytest.raises(RuntimeError, match="Inference tensors cannot be saved for backward"), training_mode():
             training_loss(flux, adapter, batch, 0, 0, uncond, checkpoint=False).loss.backward()
-        with nodes.frozen_view(flux), training_mode():
+        with frozen_view(flux), training_mode():
             flux.requires_grad_(False)  # as the Trainer does
             training_loss(flux, adapter, batch, 0, 0, uncond, checkpoint=True).loss.backward()
     assert any(bool(p.grad.abs().sum()) for p in adapter.parameters() if p.grad is not None)

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-from model_patches.adapter import ADAPTER_NAMES
-from model_patches.release_format import RELEASE_FILES
+from ._pack import ADAPTER_NAMES, RELEASE_FILES
 
 EMBEDDER_FILE = "domain_embedder.safetensors"
 STATE_PREFIX = "state-"

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from model_patches.errors import RefAny3DError
+from ._pack import RefAny3DError, model_patches
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 
@@ -186,7 +186,6 @@ def load_flux(path, base_dtype: str = "default", device=None):
     import comfy.sd
     import torch
 
-    from model_patches import check_flux
     path = Path(path)
     if not path.is_file():
         raise RefAny3DError(f"model file {path} does not exist")
@@ -197,14 +196,14 @@ def load_flux(path, base_dtype: str = "default", device=None):
         raise RefAny3DError(f"ComfyUI cannot load {path} as a diffusion model: {e}") from None
     if patcher is None:
         raise RefAny3DError(f"ComfyUI does not recognise {path} as a diffusion model")
-    flux = check_flux(patcher)
+    flux = model_patches.check_flux(patcher)
     if device is not None and next(flux.parameters()).device != torch.device(device):
         flux.to(device)
     return patcher, flux
 
 
 def release_paths(folder) -> tuple[Path, Path, Path]:
-    from model_patches import RELEASE_FILES
+    from ._pack import RELEASE_FILES
 
     from .checkpoint import EMBEDDER_FILE
     folder = Path(folder)
@@ -236,15 +235,14 @@ def run(opts: dict) -> int:
     info = init_distributed(opts["device"])
     say = print if info.is_main else (lambda *a, **k: None)
     try:
-        from model_patches import load_adapter, validate_adapter
-        from model_patches.training import RANK, TrainableAdapter
+        from ._pack import RANK, TrainableAdapter
 
         from .loop import TrainConfig, Trainer
         patcher, flux = load_flux(opts["model"], opts["base_dtype"], info.device)
         data.latent_in = patcher.model.process_latent_in
         if opts["adapter"]:
-            start = load_adapter(*release_paths(opts["adapter"]))
-            validate_adapter(start, flux)
+            start = model_patches.load_adapter(*release_paths(opts["adapter"]))
+            model_patches.validate_adapter(start, flux)
             adapter = TrainableAdapter.from_adapter(start)
             if opts["rank"] is not None and opts["rank"] != adapter.rank:
                 raise RefAny3DError(f"--rank {opts['rank']} differs from the starting adapter's rank {adapter.rank}; "

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model_patches.errors import RefAny3DError
+from ._pack import RefAny3DError, rendering, sibling
 
 log = logging.getLogger(__name__)
 
@@ -372,8 +372,8 @@ class FolderDataset(Dataset):
     source = "folder"
 
     def __init__(self, folder, size: int = 512, ref_size: int = 512, views: int = 8):
-        from rendering import SUPPORTED_EXTENSIONS
-        from rendering.loading import UNSUPPORTED_HINT
+        SUPPORTED_EXTENSIONS = rendering.SUPPORTED_EXTENSIONS
+        UNSUPPORTED_HINT = sibling("rendering.loading").UNSUPPORTED_HINT
         super().__init__(size, ref_size, views)
         self.folder = Path(folder)
         if not self.folder.is_dir():
@@ -412,7 +412,7 @@ class FolderDataset(Dataset):
     def cache_path(self, i: int) -> Path:
         """The cache file of sample i's references: named by the asset's bytes (and every file it names) and
         the options, so an edited asset or other options render anew."""
-        from rendering import asset_sources
+        asset_sources = rendering.asset_sources
         asset = self.samples[i]["asset"]
         h = hashlib.sha256(f"v{CACHE_VERSION}|release|{self.views}|{self.ref_size}".encode())
         for p in asset_sources(asset):
@@ -449,7 +449,7 @@ class FolderDataset(Dataset):
         return rgb, point_map
 
     def render(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from rendering import AssetError, load_asset, render_views
+        AssetError, load_asset, render_views = rendering.AssetError, rendering.load_asset, rendering.render_views
         name, file = self.names[i], self.samples[i]["asset"]
         try:
             asset = load_asset(file)
@@ -499,7 +499,7 @@ class SyntheticDataset(Dataset):
 
     def __init__(self, assets, count: int, seed: int = 0, size: int = 512, ref_size: int = 512, views: int = 8,
                  backgrounds=None, prompt_template: str = "a photo of {name}", names: list[str] | None = None):
-        from rendering import Asset
+        Asset = rendering.Asset
         super().__init__(size, ref_size, views)
         assets = list(assets) if isinstance(assets, (list, tuple)) else [assets]
         if not assets:
@@ -567,7 +567,7 @@ class SyntheticDataset(Dataset):
 
     def camera(self, rng: np.random.Generator):
         """A seeded random camera looking at the asset (rendering frame, inside [-1, 1]^3)."""
-        from rendering import Camera, orbit_camera
+        Camera, orbit_camera = rendering.Camera, rendering.orbit_camera
         theta = rng.uniform(0, 2 * math.pi)
         pitch = rng.uniform(*PITCH_RANGE)
         fill = rng.uniform(*FILL_RANGE)
@@ -580,7 +580,7 @@ class SyntheticDataset(Dataset):
         return Camera(eye=cam.eye + shift, rotation=cam.rotation, fov=cam.fov)
 
     def references(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from rendering import AssetError, render_views
+        AssetError, render_views = rendering.AssetError, rendering.render_views
         if k not in self.refs:
             try:
                 v = render_views(self.assets[k], num_views=self.views, preset="release", resolution=self.ref_size)
@@ -590,7 +590,7 @@ class SyntheticDataset(Dataset):
         return self.refs[k]
 
     def sample(self, i: int) -> dict:
-        from rendering import AssetError, render_at
+        AssetError, render_at = rendering.AssetError, rendering.render_at
         k = i % len(self.assets)
         camera = self.camera(self.rng(i, 0))
         background = self.background(i)
@@ -628,7 +628,7 @@ class SyntheticDataset(Dataset):
 
 def load_folder_assets(folder: Path) -> tuple[list, list[str]]:
     """Every 3D file directly in ``folder`` as an Asset, and the file stems as names."""
-    from rendering import SUPPORTED_EXTENSIONS, AssetError, load_asset
+    SUPPORTED_EXTENSIONS, AssetError, load_asset = rendering.SUPPORTED_EXTENSIONS, rendering.AssetError, rendering.load_asset
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS)
     if not files:
         raise DatasetError(f"synthetic dataset: {folder} holds no 3D files ({', '.join(SUPPORTED_EXTENSIONS)})")

@@ -15,7 +15,7 @@ from datetime import timedelta
 
 import torch
 
-from model_patches.errors import RefAny3DError
+from ._pack import RefAny3DError
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import torch
 
-from model_patches.errors import RefAny3DError
-from model_patches.training import Unconditional
+from ._pack import RefAny3DError, Unconditional
 
 FORMAT = "refany3d-encoded-dataset"
 VERSION = 1

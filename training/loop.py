@@ -29,10 +29,8 @@ from pathlib import Path
 
 import torch
 
-from model_patches.errors import RefAny3DError
-from model_patches.release_format import RELEASE_FILES
-from model_patches.training import (LossOut, TrainableAdapter, Unconditional, learning_statistics, training_loss,
-                                   training_mode)
+from ._pack import (RELEASE_FILES, LossOut, RefAny3DError, TrainableAdapter, Unconditional, learning_statistics,
+                    training_loss, training_mode)
 
 from . import checkpoint as ckpt
 from . import distributed as dist
