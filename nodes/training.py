@@ -162,7 +162,8 @@ class RefAny3DEncodeTrainingData(io.ComfyNode):
             category=CATEGORY,
             description=("Encodes a training set once: photos, point maps and reference views to VAE latents, "
                          "prompts (and the empty prompt for dropout) to text conditioning, written as safetensors "
-                         "shards under ComfyUI's temp directory. Training then needs neither the VAE nor the text "
+                         "shards in output/refany3d_encoded/<key>/ (the folder is shown on the node; the command line "
+                         "python -m training --data <folder> trains on it too). Training then needs neither the VAE nor the text "
                          "encoders in memory. An encoding of the same data with the same VAE and text encoder "
                          "is re-used."),
             inputs=[
@@ -173,23 +174,27 @@ class RefAny3DEncodeTrainingData(io.ComfyNode):
             ],
             outputs=[EncodedData.Output(display_name="encoded",
                                         tooltip="The encoded training set, for RefAny3D Train.")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, dataset, vae, clip) -> io.NodeOutput:
+        node_id = cls.hidden.unique_id if cls.hidden else None
         encode_image, encode_text = image_encoder(vae), text_encoder(clip)
         # the cache key: the data, and what this VAE and text encoder make of a fixed probe
         probe_ctx, probe_pooled = encode_text("refany3d probe")
         probe_img = encode_image(torch.linspace(0, 1, 16 * 16 * 3).view(1, 16, 16, 3))
         key = hashlib.sha256(f"{dataset.fingerprint()}:{_digest(probe_ctx, probe_pooled, probe_img)}".encode())
-        folder = Path(folder_paths.get_temp_directory()) / "refany3d_encoded" / key.hexdigest()[:24]
-        if (folder / "encoded.json").is_file():
+        folder = Path(folder_paths.get_output_directory()) / "refany3d_encoded" / key.hexdigest()[:24]
+        if encoded_data.is_encoded(folder, dataset.fingerprint()):
+            show_on_node(node_id, f"re-used the encoding in {folder}")
             return io.NodeOutput(encoded_data.EncodedDataset(folder))
         pbar = comfy.utils.ProgressBar(len(dataset))
         encoded = encoded_data.encode_dataset(
             dataset, encode_image, encode_text, folder,
             progress=lambda done, total: pbar.update_absolute(done, total),
             cancel=comfy.model_management.throw_exception_if_processing_interrupted)
+        show_on_node(node_id, f"{len(encoded)} samples encoded in {folder}")
         return io.NodeOutput(encoded)
 
 

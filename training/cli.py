@@ -36,7 +36,7 @@ state, step, loss history, settings; no pickle). Interrupt with Ctrl-C to stop w
 OPTIONS: dict[str, tuple[dict, object]] = {
     "model": (dict(metavar="FILE", help="the FLUX.1 diffusion model (.safetensors, as ComfyUI's "
                                         "models/diffusion_models holds it); required"), None),
-    "data": (dict(metavar="DIR", help="the encoded dataset folder (made by RefAny3D Encode Dataset or "
+    "data": (dict(metavar="DIR", help="the encoded dataset folder (made by the RefAny3D Encode Training Data node or "
                                       "training.encode_dataset); required"), None),
     "out": (dict(metavar="DIR", help="output folder for release-<step>/ and state-<step>/; required"), None),
     "adapter": (dict(metavar="DIR", help="start from these release files (default.safetensors, coord.safetensors, "
