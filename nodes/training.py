@@ -368,7 +368,7 @@ class RefAny3DTrain(io.ComfyNode):
         if adapter is not None:
             validate_adapter(adapter, flux)
         config = TrainConfig(seed=seed, optimizer=optimizer, lr=float(learning_rate) or None,
-                                 accumulation=accumulation, batch_size=batch_size, save_every=0)
+                             accumulation=accumulation, batch_size=batch_size, save_every=0)
         pbar = comfy.utils.ProgressBar(steps)
         with torch.inference_mode(False), frozen_view(flux):
             data = ModelSpace(encoded, model.model.process_latent_in, compute_dtype(model))
@@ -377,7 +377,7 @@ class RefAny3DTrain(io.ComfyNode):
             else:
                 trainable = TrainableAdapter.for_flux(flux, rank=rank, seed=seed)
             trainer = Trainer(flux, trainable, data, data.uncond(), config, out_dir=state_dir,
-                                  cancel=comfy.model_management.throw_exception_if_processing_interrupted)
+                              cancel=comfy.model_management.throw_exception_if_processing_interrupted)
             if resume and existing:
                 resume_from(trainer, state_dir, name)
             elif resume:
