@@ -83,7 +83,9 @@ class RefAny3DTrainingDataset(io.ComfyNode):
                                      "of 16. The release: 512."),
                 io.Int.Input("views", default=8, min=1, max=60,
                              tooltip="Number of reference views per sample (release preset). The release: 8."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                # a fixed setting, not a per-run draw: no "control after generate" widget (the frontend adds
+                # one to any input named seed unless told not to; randomize would re-render and re-encode)
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Synthetic only: seed of the poses and backgrounds."),
                 io.String.Input("prompt_template", default="a photo of {name}",
                                 tooltip="Synthetic only: the prompt of every sample; {name} is the asset's name."),
@@ -309,8 +311,9 @@ class RefAny3DTrain(io.ComfyNode):
                 io.Int.Input("rank", default=16, min=1, max=256,
                              tooltip="LoRA rank of a new adapter (the release: 16). Ignored when starting from "
                                      "an adapter (its rank is kept)."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
-                             tooltip="Seed of the initialisation, data order, noise, timesteps and dropouts."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
+                             tooltip="Seed of the initialisation, data order, noise, timesteps and dropouts (kept "
+                                     "as set, never redrawn per run)."),
                 io.Int.Input("save_every", default=250, min=0, max=1000000,
                              tooltip="Every N steps: the release files in models/refany3d/<name>/ and a resumable "
                                      "state in its training_state/ (0: only at the end and on Cancel)."),

@@ -60,7 +60,10 @@ class Graph:
         self.links: list[tuple] = []
         self.groups: list[dict] = []
 
-    def node(self, type_: str, pos, size=None, title=None, color=None, **widgets) -> int:
+    def node(self, type_: str, pos, size=None, title=None, color=None, widgets=None, **more_widgets) -> int:
+        """A node; its widget values by name, as keywords or in ``widgets`` (for widgets named like the
+        parameters here, e.g. a ``size`` widget)."""
+        widgets = {**(widgets or {}), **more_widgets}
         node_id = len(self.nodes) + 1
         self.nodes.append({"id": node_id, "type": type_, "pos": list(pos), "size": size, "title": title,
                            "color": color, "widgets": widgets})
@@ -312,12 +315,85 @@ def best_seed() -> Graph:
     return g
 
 
+TRAIN_NAME = "my_object"  # the run's folder: models/refany3d/<name>/
+
+TRAIN_FILES_NOTE = """Model files (standard names; pick yours in the loaders):
+• models/diffusion_models/flux1-dev.safetensors  (FLUX.1-dev, frozen: only the adapter learns; \
+weight_dtype fp8_e4m3fn for less memory)
+• models/text_encoders/clip_l.safetensors and t5xxl_fp16.safetensors  (DualCLIPLoader, type flux)
+• models/vae/ae.safetensors  (the FLUX VAE)
+No RefAny3D files are needed: a new adapter starts from the release's initialisation (rank 16); connect \
+RefAny3D Load Adapter to Train's adapter input to fine-tune the release instead. Optimizer prodigy (the \
+release's) needs `pip install prodigyopt` in ComfyUI's Python, or choose adamw."""
+
+
+def train_adapter() -> Graph:
+    g = Graph()
+    g.group("1 · Training data from your 3D asset", (0, 0, 420, 640))
+    asset = g.node("RefAny3DLoadAsset", (20, 50), size=[380, 90], asset_file=ASSET_NAME)
+    data = g.node("RefAny3DTrainingDataset", (20, 180), size=[380, 260],
+                  widgets={"source": "synthetic", "count": 64, "size": 512, "views": 8})
+    g.link(asset, "asset", data, "asset")
+    x = 460
+    g.group("2 · Encode the data once", (x, 0, 400, 640))
+    vae = g.node("VAELoader", (x + 20, 50), size=[360, 58], vae_name="ae.safetensors")
+    clip = g.node("DualCLIPLoader", (x + 20, 150), size=[360, 130], clip_name1="clip_l.safetensors",
+                  clip_name2="t5xxl_fp16.safetensors", type="flux", device="default")
+    enc = g.node("RefAny3DEncodeTrainingData", (x + 20, 330), size=[360, 100])
+    g.link(data, "dataset", enc, "dataset")
+    g.link(vae, "VAE", enc, "vae")
+    g.link(clip, "CLIP", enc, "clip")
+    x = 900
+    g.group("3 · Train the adapter (GPU)", (x, 0, 440, 640))
+    unet = g.node("UNETLoader", (x + 20, 50), size=[400, 82], unet_name="flux1-dev.safetensors", weight_dtype="default")
+    train = g.node("RefAny3DTrain", (x + 20, 170), size=[400, 440], name=TRAIN_NAME, steps=1000, optimizer="prodigy",
+                   save_every=250, preview_every=100, resume=False)
+    g.link(unet, "MODEL", train, "model")
+    g.link(enc, "encoded", train, "encoded")
+    g.link(vae, "VAE", train, "vae")
+    x = 1380
+    g.group("4 · Results", (x, 0, 440, 640))
+    save = g.node("RefAny3DSaveAdapter", (x + 20, 50), size=[400, 140], name=TRAIN_NAME, dtype="bf16")
+    loss = g.node("LossGraphNode", (x + 20, 230), size=[400, 380], filename_prefix="RefAny3D_train/loss_graph")
+    g.link(train, "adapter", save, "adapter")
+    g.link(train, "loss_map", loss, "loss")
+    g.note((0, -370), [860, 340], "RefAny3D · train an adapter on your 3D asset\n\n"
+           "Trains RefAny3D's adapter (Reference-LoRA, Domain-LoRA and domain embedder, docs/method.md §6) with "
+           "the release's loss; FLUX.1-dev itself is frozen and unchanged. The synthetic training set renders "
+           "your asset at 64 random poses over backgrounds (512 px, 8 reference views each, as the release); "
+           "'sample folders' or 'release layout' train on your own photos instead. RefAny3D Encode Training Data "
+           "encodes it once with the VAE and the text encoders into output/refany3d_encoded/<key>/ (the folder is "
+           "shown on the node; the same data is re-used, not encoded again), so training needs neither in memory."
+           "\n\nWhat to set:\n1. RefAny3D Load 3D Asset: your .glb/.gltf/.obj/.ply/.stl in "
+           f"{ASSET_HOWTO}\n2. RefAny3D Train: the run's name (here {TRAIN_NAME}; the same in Save Adapter), "
+           "steps; then Queue.\n\n" + TRAIN_FILES_NOTE)
+    g.note((900, -370), [920, 340], "Training wants a GPU. Memory plan (an estimate) at 512 px, 8 views, Prodigy "
+           "and gradient checkpointing: ≈ 34 GB with a bf16 base, ≈ 23 GB with an fp8 base (UNETLoader "
+           "weight_dtype fp8_e4m3fn). It runs on a CPU too, far too slowly for more than a test.\n\n"
+           "While it trains: step and loss on the Train node, a preview (one-step prediction of the first "
+           f"sample, RGB and point map; needs the VAE connected) every 100 steps. Every 250 steps (save_every) and "
+           f"at the end the trained files are written to models/refany3d/{TRAIN_NAME}/ (default.safetensors, "
+           "coord.safetensors, domain_embedder.safetensors): pick them in RefAny3D Load Adapter (press R to "
+           "refresh) and use them with RefAny3D Apply as the release's. Save Adapter writes the final adapter "
+           "there (bf16, as the release); Plot Loss Graph saves the loss curve in output/RefAny3D_train/.\n\n"
+           f"Cancel saves a resumable state of the last finished step in models/refany3d/{TRAIN_NAME}/"
+           "training_state/: turn 'resume' on and Queue again to continue it up to 'steps' (a new run under "
+           "the same name is refused while a state is there).\n\n"
+           "Many GPUs: the same encoded folder trains from the command line, in the pack's folder "
+           "(ComfyUI/custom_nodes/comfyui-refany3d): `torchrun --nproc_per_node N -m training --model "
+           "../../models/diffusion_models/flux1-dev.safetensors --data ../../output/refany3d_encoded/<key> "
+           f"--out ../../models/refany3d/{TRAIN_NAME} --optimizer prodigy --steps 1000` (PyTorch DDP over N "
+           "GPUs; `python -m training …` for one, --help for the rest).")
+    return g
+
+
 WORKFLOWS = {
     "refany3d_asset_to_image": asset_to_image,
     "refany3d_best_seed": best_seed,
     "refany3d_viewpoint_control": viewpoint_control,
     "refany3d_references_from_images": references_from_images,
     "refany3d_render_preview": render_preview,
+    "refany3d_train_adapter": train_adapter,
 }
 
 # --- building in the real frontend ---------------------------------------------------------------
