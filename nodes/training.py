@@ -56,6 +56,28 @@ def run_folder(name: str) -> Path:
 # the dataset
 
 
+def dataset_folder(folder: str) -> Path:
+    """A dataset folder as typed on the node: absolute, or relative to ComfyUI's input directory."""
+    path = Path(folder.strip()).expanduser()
+    return path if path.is_absolute() else Path(folder_paths.get_input_directory()) / path
+
+
+def folder_stamp(folder: Path) -> str:
+    """A digest of every file below ``folder`` (relative name, size, modification time), the reference cache
+    left out; "" for a folder that cannot be read (the run then reports it)."""
+    h = hashlib.sha256()
+    try:
+        for root, dirs, files in os.walk(folder, followlinks=True):
+            dirs[:] = sorted(d for d in dirs if d != datasets.CACHE_DIR)
+            for name in sorted(files):
+                path = Path(root) / name
+                st = path.stat()
+                h.update(f"{path.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    except OSError:
+        return ""
+    return h.hexdigest()
+
+
 class RefAny3DTrainingDataset(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -101,6 +123,14 @@ class RefAny3DTrainingDataset(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, source=None, folder="", **_options):
+        """For the folder sources: every file's name, size and time, so samples added, removed or edited in the
+        folder are seen at the next run instead of ComfyUI handing back the cached dataset."""
+        if SOURCES.get(source) == "synthetic" or not isinstance(folder, str) or not folder.strip():
+            return ""
+        return folder_stamp(dataset_folder(folder))
+
+    @classmethod
     def execute(cls, source, folder="", count=64, size=512, views=8, seed=0, prompt_template="a photo of {name}",
                 asset=None, backgrounds=None) -> io.NodeOutput:
         if source not in SOURCES:
@@ -117,9 +147,7 @@ class RefAny3DTrainingDataset(io.ComfyNode):
             if not folder or not folder.strip():
                 raise RefAny3DError(f"the '{source}' source reads a folder: set 'folder' (absolute, or relative to "
                                     f"ComfyUI's input directory {folder_paths.get_input_directory()})")
-            path = Path(folder.strip()).expanduser()
-            if not path.is_absolute():
-                path = Path(folder_paths.get_input_directory()) / path
+            path = dataset_folder(folder)
             kind = datasets.FolderDataset if SOURCES[source] == "folder" else datasets.ReleaseDataset
             ds = kind(str(path), size=size, ref_size=size, views=views)
         if len(ds) == 0:

@@ -265,3 +265,33 @@ def test_frozen_view_trains_on_inference_mode_weights_and_leaves_the_model_as_it
     after = dict(flux.named_parameters())
     for k, (p, requires_grad, value) in before.items():
         assert after[k] is p and p.requires_grad == requires_grad and torch.equal(p, value), k
+
+
+def test_dataset_node_fingerprint_follows_the_folder(tmp_path):
+    """Samples added, removed or edited in a dataset folder change Training Dataset's fingerprint (so ComfyUI
+    runs it again rather than handing back the cached dataset); the reference cache does not."""
+    import importlib
+    import os
+    nodes = importlib.import_module(f"{import_pack().__name__}.nodes.training")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "prompt.txt").write_text("a chair")
+
+    def stamp():
+        return nodes.RefAny3DTrainingDataset.fingerprint_inputs(source="sample folders", folder=str(tmp_path))
+    first = stamp()
+    assert first and stamp() == first
+    (tmp_path / "a" / ".refany3d-cache").mkdir()
+    (tmp_path / "a" / ".refany3d-cache" / "refs-0.safetensors").write_bytes(b"x")
+    assert stamp() == first
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "prompt.txt").write_text("a table")
+    second = stamp()
+    assert second != first
+    (tmp_path / "b" / "prompt.txt").write_text("a red table")
+    assert stamp() != second
+    third = stamp()
+    os.utime(tmp_path / "b" / "prompt.txt", ns=(1, 1))
+    assert stamp() != third
+    assert nodes.RefAny3DTrainingDataset.fingerprint_inputs(source="synthetic", folder=str(tmp_path)) == ""
+    assert nodes.RefAny3DTrainingDataset.fingerprint_inputs(source="sample folders", folder=str(tmp_path / "no")) == \
+        nodes.folder_stamp(tmp_path / "no")
