@@ -7,6 +7,10 @@
   ``domain_embedder``, ``hidden_size``), differentiably, and writes itself back in the release format.
 * :func:`training_loss`: the release's flow-matching loss with its dropouts; all randomness is keyed
   on (seed, step, sample index), so a sample's draw never depends on how samples are batched.
+* :func:`structural_zeros` / :func:`learning_statistics`: the layers that can never learn (§6) and what
+  the last backward taught the others.
+* :func:`frozen_view`: the base model's weights as frozen aliases on the same storage (fp8 included) for
+  the length of a training run, so weights ComfyUI made in inference mode can take part in a backward.
 
 A plain library: torch only; ComfyUI is reached through :func:`~.forward.refany3d_forward` and
 :func:`training_mode`, inside functions.
