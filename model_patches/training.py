@@ -241,21 +241,21 @@ def learning_statistics(adapter: TrainableAdapter) -> dict:
     """What the last backward taught, structural zeros left out: the gradient norm of the layers that can
     learn, how many of them got a non-zero gradient, and how many layers were left out."""
     skip = structural_zeros(adapter)
-    total, learning, norm_sq = 0, 0, 0.0
-    for name in adapter.lora_A:
-        for key in adapter.lora_A[name]:
-            if (name, _module(key)) in skip:
-                continue
-            total += 1
-            grads = [p.grad for p in (adapter.lora_A[name][key], adapter.lora_B[name][key]) if p.grad is not None]
-            sq = sum(float(g.detach().double().pow(2).sum()) for g in grads)
-            norm_sq += sq
-            learning += sq > 0
-    for p in adapter.domain_embedder.parameters():
-        if p.grad is not None:
-            norm_sq += float(p.grad.detach().double().pow(2).sum())
-    return {"grad_norm": norm_sq ** 0.5, "layers": total, "layers_with_gradient": learning,
-            "structural_zeros": len(skip)}
+    layers = [(adapter.lora_A[name][key], adapter.lora_B[name][key]) for name in adapter.lora_A
+              for key in adapter.lora_A[name] if (name, _module(key)) not in skip]
+
+    def stats(params) -> Tensor:  # [Σ grad², max |grad|] of some parameters, fp32 on their device (no transfer yet)
+        params = list(params)
+        grads = [p.grad.detach().float() for p in params if p.grad is not None]
+        if not grads:
+            return params[0].new_zeros(2, dtype=torch.float32)
+        return torch.stack([sum(g.pow(2).sum() for g in grads), torch.stack([g.abs().amax() for g in grads]).amax()])
+
+    # one transfer for the whole adapter, not one per layer (a hot path: every training step)
+    per_layer = torch.stack([stats(pair) for pair in layers]).tolist() if layers else []
+    embedder = stats(adapter.domain_embedder.parameters()).tolist()
+    return {"grad_norm": (sum(sq for sq, _ in per_layer) + embedder[0]) ** 0.5, "layers": len(layers),
+            "layers_with_gradient": sum(peak > 0 for _, peak in per_layer), "structural_zeros": len(skip)}
 
 
 def _export(t: Tensor, dtype) -> Tensor:

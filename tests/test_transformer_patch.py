@@ -183,28 +183,13 @@ def test_apply_node_encodes_references_once_in_model_scale(parts, vae):
     assert one.get_wrappers("diffusion_model", "refany3d")[0].black == (None, None)
 
 
-def tiny_sd_model():
-    """A real (tiny) non-Flux ComfyUI model: an SD1.5-type UNet."""
-    import comfy.model_patcher
-    import comfy.supported_models
-    cfg = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-           "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 32, "num_res_blocks": [1],
-           "transformer_depth": [1], "channel_mult": [1], "transformer_depth_middle": 1,
-           "use_linear_in_transformer": False, "context_dim": 32, "num_heads": 2, "transformer_depth_output": [1, 1],
-           "use_temporal_attention": False, "use_temporal_resblock": False, "num_head_channels": -1}
-    config = comfy.supported_models.SD15(cfg)
-    config.set_inference_dtype(torch.float32, None)
-    return comfy.model_patcher.ModelPatcher(config.get_model({}, ""), load_device=torch.device("cpu"),
-                                            offload_device=torch.device("cpu"))
-
-
 def test_apply_node_errors(parts, vae):
     model_nodes, _ = import_pack()
     apply = model_nodes.RefAny3DApply.execute
     patcher, adapter, _, _ = parts
     img = torch.rand(2, 32, 32, 3)
     with pytest.raises(ValueError, match="RefAny3D needs a FLUX.1 model .*the MODEL input is a BaseModel model"):
-        apply(tiny_sd_model(), adapter, vae, img, img)
+        apply(tiny.build_sd15(), adapter, vae, img, img)
     sds = release_state_dicts(2 * D, 1, 1, rank=4)
     wide = load_adapter(sds["reference"], sds["domain"], sds["domain_embedder"])
     with pytest.raises(ValueError, match="for a D=64 wide Flux .* the model's hidden size is 32"):

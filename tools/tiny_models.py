@@ -126,6 +126,21 @@ def build_flux(hidden_size: int = 64, num_heads: int = 2, depth: int = 1, depth_
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=offload)
 
 
+def build_sd15():
+    """A real (tiny, random) non-Flux ComfyUI model: an SD1.5-type UNet in a ModelPatcher on the CPU."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    cfg = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+           "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 32, "num_res_blocks": [1],
+           "transformer_depth": [1], "channel_mult": [1], "transformer_depth_middle": 1,
+           "use_linear_in_transformer": False, "context_dim": 32, "num_heads": 2, "transformer_depth_output": [1, 1],
+           "use_temporal_attention": False, "use_temporal_resblock": False, "num_head_channels": -1}
+    config = comfy.supported_models.SD15(cfg)
+    config.set_inference_dtype(torch.float32, None)
+    return comfy.model_patcher.ModelPatcher(config.get_model({}, ""), load_device=torch.device("cpu"),
+                                            offload_device=torch.device("cpu"))
+
+
 def build_flux_module(*args, **kwargs):
     """The bare ``comfy.ldm.flux.model.Flux`` of :func:`build_flux` (same arguments)."""
     return build_flux(*args, **kwargs).model.diffusion_model

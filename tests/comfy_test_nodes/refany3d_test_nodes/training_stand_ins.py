@@ -58,21 +58,6 @@ class RefAny3DTestTextEncoder(io.ComfyNode):
         return io.NodeOutput(StandInTextEncoder(context_dim, pooled_dim))
 
 
-def tiny_sd_model():
-    """A real (tiny) non-Flux ComfyUI model: an SD1.5-type UNet."""
-    import comfy.model_patcher
-    import comfy.supported_models
-    cfg = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-           "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 32, "num_res_blocks": [1],
-           "transformer_depth": [1], "channel_mult": [1], "transformer_depth_middle": 1,
-           "use_linear_in_transformer": False, "context_dim": 32, "num_heads": 2, "transformer_depth_output": [1, 1],
-           "use_temporal_attention": False, "use_temporal_resblock": False, "num_head_channels": -1}
-    config = comfy.supported_models.SD15(cfg)
-    config.set_inference_dtype(torch.float32, None)
-    return comfy.model_patcher.ModelPatcher(config.get_model({}, ""), load_device=torch.device("cpu"),
-                                            offload_device=torch.device("cpu"))
-
-
 def tiny_models():
     sys.path.insert(0, str(PACK_ROOT))
     try:
@@ -101,7 +86,7 @@ class RefAny3DTestTinyModel(io.ComfyNode):
     @classmethod
     def execute(cls, kind, hidden_size, seed) -> io.NodeOutput:
         if kind == "sd15":
-            return io.NodeOutput(tiny_sd_model())
+            return io.NodeOutput(tiny_models().build_sd15())
         return io.NodeOutput(tiny_models().build_flux(hidden_size=hidden_size, num_heads=2, context_in_dim=32,
                                                       vec_in_dim=16, seed=seed))
 
