@@ -63,7 +63,8 @@ def refany3d_forward(flux, adapter, x_rgb: Tensor, x_point_map: Tensor, refs_rgb
     plan = NO_CACHE
     if isolated and reference_cache is not None and refs_rgb.shape[1] > 0:
         key = (id(flux), id(adapter), dtype, str(device), int(ref_column_shift), ref_timestep, ref_guidance)
-        plan = reference_cache.plan(refs_rgb, refs_point_map, pooled, [key + (f,) for f in flags])
+        plan = reference_cache.plan(refs_rgb, refs_point_map, pooled, [key + (f,) for f in flags],
+                                    shape=cache_shape(flux, refs_rgb, dtype, device))
     lay = layout_of(x_rgb, refs_rgb, context.shape[1], p, refs_in_sequence=plan.refs_in_sequence)
 
     img = routed_linear(flux.img_in, image_tokens(x_rgb, x_point_map, refs_rgb, refs_point_map, lay, p),
@@ -97,6 +98,16 @@ def refany3d_forward(flux, adapter, x_rgb: Tensor, x_point_map: Tensor, refs_rgb
     v_rgb = final_layer(flux, x[:, lay.txt:lay.txt + n], vecs[TARGET_RGB])
     v_pm = final_layer(flux, x[:, lay.txt + n:lay.txt + 2 * n], vecs[TARGET_POINT_MAP])
     return unpatchify(v_rgb, h, w, p), unpatchify(v_pm, h, w, p)
+
+
+def cache_shape(flux, refs_rgb: Tensor, dtype, device) -> dict:
+    """What one reference-cache entry holds for this model and these references (see
+    :class:`~.cache.CacheSize`): per block K and V of the 2·N·m reference tokens, per head."""
+    p = flux.patch_size
+    n, h, w = refs_rgb.shape[1], refs_rgb.shape[-2], refs_rgb.shape[-1]
+    return dict(blocks=len(flux.double_blocks) + len(flux.single_blocks), heads=flux.num_heads,
+                tokens=2 * n * (h // p) * (w // p), head_dim=flux.hidden_size // flux.num_heads, dtype=dtype,
+                device=device)
 
 
 def _direct(fn, *args):

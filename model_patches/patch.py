@@ -24,9 +24,14 @@ Sampling design
   and the black images are encoded once too. They are stored in the wrapper, moved to the sampling
   device/dtype on first use.
 * **Cached references** (§4, optional): the references' keys/values are computed at the first
-  step and reused for every later step and for the guidance pass. The cache lives in the wrapper;
-  an OUTER_SAMPLE wrapper empties it at the start and end of every sampling run, and entries are
-  matched on the reference latents and pooled vector, so nothing leaks between prompts.
+  step and reused for every later step and for the guidance pass. The caches live in the wrapper,
+  one per compute device (ComfyUI can run clones of the model on several devices, in threads; each
+  cache is locked); an OUTER_SAMPLE wrapper empties them at the start and end of every sampling
+  run, and entries are matched on the reference latents and pooled vector, so nothing leaks
+  between prompts. Before the first entry is recorded its size is known and it is placed where it
+  fits (:mod:`.cache`: on the device beside the loaded model, in CPU memory brought in block by
+  block, or not cached); the decision is reported through ``notify`` (RefAny3D Apply shows it on
+  its node).
 * **Memory**: ComfyUI sizes the free memory it keeps for activations from the latent's area; a
   PREPARE_SAMPLING wrapper scales that estimate by the reference tokens and the guidance pass. The
   adapter's weights are an additional model of the clone (:mod:`.adapter`): ComfyUI loads, counts,
@@ -37,11 +42,13 @@ Sampling design
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from .cache import ReferenceCache
+from .cache import NONE, Decision, MemoryBudget, ReferenceCache
 from .errors import RefAny3DError
 from .flux_check import check_flux, check_transformer_options
 from .forward import refany3d_forward
@@ -78,13 +85,15 @@ def join(rgb: Tensor, point_map: Tensor) -> Tensor:
 class RefAny3DPatch:
     """The state of one RefAny3D Apply: the adapter's weights (a module ComfyUI's model management
     moves, see :mod:`.adapter`), reference latents (model scale, [N, 16, h, w]), black-reference
-    latents, image guidance and mode, reference cache. Called by ComfyUI as the DIFFUSION_MODEL
-    wrapper; :meth:`outer_sample` and :meth:`prepare_sampling` are the OUTER_SAMPLE and
-    PREPARE_SAMPLING wrappers."""
+    latents, image guidance and mode, reference caches (one per compute device, placed within
+    ``cache_budget``; ``notify(text, warning)`` hears every placement decision). Called by ComfyUI as
+    the DIFFUSION_MODEL wrapper; :meth:`outer_sample` and :meth:`prepare_sampling` are the
+    OUTER_SAMPLE and PREPARE_SAMPLING wrappers. Safe to call from several threads at once."""
 
     def __init__(self, adapter, refs_rgb: Tensor, refs_point_map: Tensor, black_rgb: Tensor | None = None,
                  black_point_map: Tensor | None = None, image_guidance: float = 2.0,
-                 guidance_pass: str = DEFAULT_GUIDANCE_PASS, cache_references: bool = False, max_cached: int = 4):
+                 guidance_pass: str = DEFAULT_GUIDANCE_PASS, cache_references: bool = False, max_cached: int = 4,
+                 cache_budget: MemoryBudget | None = None, notify: Callable[[str, bool], None] | None = None):
         if guidance_pass not in GUIDANCE_PASSES:
             raise RefAny3DError(f"guidance pass must be one of {list(GUIDANCE_PASSES)}, got '{guidance_pass}'")
         if not math.isfinite(float(image_guidance)):
@@ -97,17 +106,47 @@ class RefAny3DPatch:
         self.image_guidance = float(image_guidance)
         self.guidance_masked = GUIDANCE_PASSES[guidance_pass]
         self.cache_references = bool(cache_references)
-        self.cache = ReferenceCache(max_entries=max_cached)
+        self.max_cached = int(max_cached)
+        self.cache_budget = cache_budget if cache_budget is not None else MemoryBudget()
+        self.notify = notify
+        self.caches: dict[str, ReferenceCache] = {}
         self._moved: dict = {}
+        self._lock = threading.Lock()
         self.calls = 0
+
+    def cache_for(self, device) -> ReferenceCache:
+        """The reference cache of one compute device (made on first use)."""
+        with self._lock:
+            key = str(torch.device(device))
+            if key not in self.caches:
+                self.caches[key] = ReferenceCache(self.max_cached, self.cache_budget, self._decided)
+            return self.caches[key]
+
+    @property
+    def cache(self) -> ReferenceCache:
+        """The cache of the device ComfyUI samples on (the one most runs use)."""
+        import comfy.model_management as mm
+        return self.cache_for(mm.get_torch_device())
+
+    def _decided(self, decision: Decision) -> None:
+        if self.notify is not None:
+            self.notify(decision.describe(), decision.placement == NONE)
+
+    def clear_caches(self) -> None:
+        with self._lock:
+            caches = list(self.caches.values())
+            self._moved.clear()
+        for cache in caches:
+            cache.clear()
 
     def _on(self, which: str, device, dtype) -> tuple[Tensor, Tensor]:
         """The reference (or black) latents on the sampling device, moved once per run."""
         key = (which, str(device), dtype)
-        if key not in self._moved:
-            pair = self.refs if which == "refs" else self.black
-            self._moved[key] = tuple(t.to(device=device, dtype=dtype) for t in pair)
-        return self._moved[key]
+        with self._lock:
+            if key not in self._moved:
+                pair = self.refs if which == "refs" else self.black
+                self._moved[key] = tuple(t.to(device=device, dtype=dtype) for t in pair)
+            return self._moved[key]
 
     def outer_sample(self, executor, *args, **kwargs):
         """OUTER_SAMPLE wrapper: a fresh reference cache for every sampling run; what the run returns
@@ -116,15 +155,13 @@ class RefAny3DPatch:
         Flux sampling of the joined latent. ComfyUI calls it as ``executor(noise, latent_image,
         sampler, sigmas, denoise_mask, callback, disable_pbar, seed, ...)``; only the callback is
         wrapped (to see the denoised estimates), everything else is passed on as given."""
-        self.cache.clear()
-        self._moved.clear()
+        self.clear_caches()
         last: dict = {}
         args, kwargs = _watch_callback(args, kwargs, last)
         try:
             out = executor(*args, **kwargs)
         finally:
-            self.cache.clear()
-            self._moved.clear()
+            self.clear_caches()
         record_sampled(out)
         x0 = last.get("x0")
         guider = getattr(executor, "class_obj", None)
@@ -149,11 +186,22 @@ class RefAny3DPatch:
     def prepare_sampling(self, executor, *args, **kwargs):
         """PREPARE_SAMPLING wrapper: ComfyUI loads the model with room for RefAny3D's activations.
         ComfyUI calls it as ``executor(model, noise_shape, conds, ...)`` (keyword options vary by
-        version); only the noise shape is changed, everything else is passed on as given."""
+        version); only the noise shape is changed, everything else is passed on as given. ComfyUI's
+        estimate of one step's memory for that shape is kept for the cache's placement (what must
+        stay free beside the cache)."""
         if len(args) > 1:
             args = (args[0], self.memory_shape(args[1]), *args[2:])
+            shape = args[1]
         elif "noise_shape" in kwargs:
-            kwargs["noise_shape"] = self.memory_shape(kwargs["noise_shape"])
+            kwargs["noise_shape"] = shape = self.memory_shape(kwargs["noise_shape"])
+        else:
+            shape = None
+        model = args[0] if args else kwargs.get("model")
+        if shape is not None and hasattr(getattr(model, "model", None), "memory_required"):
+            try:
+                self.cache_budget.step_memory = int(model.model.memory_required(shape))
+            except Exception:  # an estimate only: a model that cannot give one keeps the last figure
+                pass
         return executor(*args, **kwargs)
 
     def __call__(self, executor, x, timestep, context, y=None, guidance=None, ref_latents=None, control=None,
@@ -171,9 +219,10 @@ class RefAny3DPatch:
         x_rgb, x_pm = split_joined(x, patch=getattr(flux, "patch_size", 2))
         b = x.shape[0]
         refs = [r[None].expand(b, *r.shape) for r in self._on("refs", x.device, x.dtype)]
-        self.calls += 1
+        with self._lock:
+            self.calls += 1
         options = dict(cached_references=self.cache_references,
-                       reference_cache=self.cache if self.cache_references else None,
+                       reference_cache=self.cache_for(x.device) if self.cache_references else None,
                        transformer_options=transformer_options)
         if self.image_guidance == 1.0:
             return join(*refany3d_forward(flux, self.adapter, x_rgb, x_pm, refs[0], refs[1], timestep, context,
@@ -225,27 +274,32 @@ def check_model(model, adapter):
 
 def apply_refany3d(model, adapter, refs_rgb: Tensor, refs_point_map: Tensor, black_rgb: Tensor | None = None,
                    black_point_map: Tensor | None = None, image_guidance: float = 2.0,
-                   guidance_pass: str = DEFAULT_GUIDANCE_PASS, cache_references: bool = False):
+                   guidance_pass: str = DEFAULT_GUIDANCE_PASS, cache_references: bool = False,
+                   cache_budget: MemoryBudget | None = None, notify: Callable[[str, bool], None] | None = None):
     """A clone of ModelPatcher ``model`` that samples RefAny3D. ``refs_*``: reference latents in the
     model's scale (after ``process_latent_in``), [N, 16, h, w]; ``black_*`` likewise for the black
     references (needed when image_guidance != 1). Checks model and adapter (:func:`check_model`)."""
     check_model(model, adapter)
     return _patched_clone(model, adapter, refs_rgb, refs_point_map, black_rgb, black_point_map, image_guidance,
-                          guidance_pass, cache_references)
+                          guidance_pass, cache_references, cache_budget, notify)
 
 
 def apply_to_views(model, adapter, vae, reference_rgb: Tensor, reference_point_map: Tensor,
                    image_guidance: float = 2.0, guidance_pass: str = DEFAULT_GUIDANCE_PASS,
-                   cache_references: bool = False):
+                   cache_references: bool = False, cache_budget: MemoryBudget | None = None,
+                   notify: Callable[[str, bool], None] | None = None):
     """RefAny3D Apply: checks model and adapter, encodes the reference IMAGE batches once with ``vae``
-    (:func:`encode_references`) and returns the patched clone."""
+    (:func:`encode_references`) and returns the patched clone. ``cache_budget``: limits of the
+    reference cache (None: what ComfyUI reports free); ``notify(text, warning)``: hears where the
+    cache was placed."""
     check_model(model, adapter)
     refs = encode_references(model, vae, reference_rgb, reference_point_map, black=float(image_guidance) != 1.0)
-    return _patched_clone(model, adapter, *refs, image_guidance, guidance_pass, cache_references)
+    return _patched_clone(model, adapter, *refs, image_guidance, guidance_pass, cache_references, cache_budget,
+                          notify)
 
 
 def _patched_clone(model, adapter, refs_rgb, refs_point_map, black_rgb, black_point_map, image_guidance,
-                   guidance_pass, cache_references):
+                   guidance_pass, cache_references, cache_budget=None, notify=None):
     """The clone with the three wrappers, and the adapter's weights as an additional model of it
     (``set_additional_models``): ComfyUI loads them onto the compute device with the model, counts
     them, and offloads and unloads them with it."""
@@ -254,7 +308,7 @@ def _patched_clone(model, adapter, refs_rgb, refs_point_map, black_rgb, black_po
     from .adapter import adapter_patcher
     weights = adapter_patcher(adapter, model)
     patch = RefAny3DPatch(weights.model, refs_rgb, refs_point_map, black_rgb, black_point_map, image_guidance,
-                          guidance_pass, cache_references)
+                          guidance_pass, cache_references, cache_budget=cache_budget, notify=notify)
     m = model.clone()
     for kind in (pe.WrappersMP.DIFFUSION_MODEL, pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.PREPARE_SAMPLING):
         m.remove_wrappers_with_key(kind, WRAPPER_KEY)

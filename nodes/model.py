@@ -7,9 +7,29 @@ import math
 from comfy_api.latest import io
 
 from ..model_patches import DEFAULT_GUIDANCE_PASS, GUIDANCE_PASSES, RefAny3DError, apply_to_views
+from ..model_patches.cache import GB, MemoryBudget
+from .notify import log, show_on_node
 from .sockets import Adapter
 
 GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 20.0
+CACHE_GB_MAX = 4096.0
+
+
+def cache_budget(device_gb: float = -1.0, cpu_gb: float = -1.0) -> MemoryBudget:
+    """The reference cache's limits from the node's inputs (GB; negative: none of its own, only what
+    ComfyUI reports free)."""
+    def limit(gb):
+        return None if gb is None or gb < 0 else int(gb * GB)
+    return MemoryBudget(device=limit(device_gb), host=limit(cpu_gb))
+
+
+def placement_notifier(node_id):
+    """``notify(text, warning)`` for the patch: the cache's placement in the log and on the Apply node
+    (sent when the first sampling step decides it, after the node itself has run)."""
+    def notify(text: str, warning: bool) -> None:
+        (log.warning if warning else log.info)("RefAny3D Apply (node %s): %s", node_id, text)
+        show_on_node(node_id, text)
+    return notify
 
 
 def guidance_problem(image_guidance) -> str | None:
@@ -54,8 +74,19 @@ class RefAny3DApply(io.ComfyNode):
                 io.Boolean.Input("cache_references", default=False,
                                  tooltip="Cached variant (docs/method.md §4): references attend only to references, so their "
                                          "keys/values are computed at the first step and reused. Faster; uses "
-                                         "more memory; results differ slightly from the default."),
+                                         "more memory; results differ slightly from the default. The cache's size "
+                                         "and where it was kept are shown here at the first step."),
+                io.Float.Input("cache_device_gb", default=-1.0, min=-1.0, max=CACHE_GB_MAX, step=0.5, optional=True,
+                               tooltip="Most GB the reference cache may take on the GPU. -1: whatever ComfyUI reports "
+                                       "free beside the loaded model and the step's own memory. When it does not "
+                                       "fit, the cache goes to CPU memory (brought in block by block), else it is "
+                                       "not kept (same result, slower)."),
+                io.Float.Input("cache_cpu_gb", default=-1.0, min=-1.0, max=CACHE_GB_MAX, step=0.5, optional=True,
+                               tooltip="Most GB the reference cache may take in CPU memory when it does not fit on "
+                                       "the GPU. -1: the free memory ComfyUI reports, less 4 GB. 0: never in CPU "
+                                       "memory."),
             ],
+            hidden=[io.Hidden.unique_id],
             outputs=[io.Model.Output(tooltip="The RefAny3D model (a patched clone; the input model is unchanged).")],
         )
 
@@ -67,7 +98,8 @@ class RefAny3DApply(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, adapter, vae, reference_rgb, reference_point_map, image_guidance=2.0,
-                guidance_pass=DEFAULT_GUIDANCE_PASS, cache_references=False) -> io.NodeOutput:
+                guidance_pass=DEFAULT_GUIDANCE_PASS, cache_references=False, cache_device_gb=-1.0,
+                cache_cpu_gb=-1.0) -> io.NodeOutput:
         problem = guidance_problem(image_guidance)
         if problem:
             raise RefAny3DError(problem)
@@ -76,8 +108,10 @@ class RefAny3DApply(io.ComfyNode):
                 "RefAny3D: reference views are %d px wide; the release shifts references by a fixed 32 token "
                 "columns (512 px), so wider views overlap the target's positions. Use 512 px views.",
                 reference_rgb.shape[2])
+        node_id = cls.hidden.unique_id if cls.hidden else None
         return io.NodeOutput(apply_to_views(model, adapter, vae, reference_rgb, reference_point_map, image_guidance,
-                                            guidance_pass, cache_references))
+                                            guidance_pass, cache_references, cache_budget(cache_device_gb, cache_cpu_gb),
+                                            placement_notifier(node_id)))
 
 
 NODES = [RefAny3DApply]
