@@ -158,9 +158,9 @@ class Decision:
     host_room: int
 
     def describe(self) -> str:
-        where = {DEVICE: "kept on the compute device", HOST: "kept in CPU memory, brought in block by block",
-                 NONE: "not cached (too big for the free memory): every step computes the references, same "
-                       "result, slower"}[self.placement]
+        where = {DEVICE: "on the compute device", HOST: "in CPU memory, brought in block by block",
+                 NONE: "not kept, too big for the free memory (every step computes the references: same "
+                       "result, slower)"}[self.placement]
         return (f"reference cache {where}; size {self.size.describe()}; room on the device "
                 f"{max(self.device_room, 0) / GB:.1f} GB, in CPU memory {max(self.host_room, 0) / GB:.1f} GB")
 

@@ -146,9 +146,9 @@ def test_three_placements_sample_the_same_latents_and_say_where_they_ran(parts):
     # matrix shapes than the cached step's, so equal to float rounding)
     torch.testing.assert_close(outs[NONE], outs[DEVICE], rtol=0, atol=1e-5)
     gb = f"{2 * one_sample / 2 ** 30:.2f} GB (2 samples × 3 blocks"
-    assert heard[DEVICE] == [(heard[DEVICE][0][0], False)] and "kept on the compute device" in heard[DEVICE][0][0]
-    assert "kept in CPU memory, brought in block by block" in heard[HOST][0][0] and not heard[HOST][0][1]
-    assert "not cached" in heard[NONE][0][0] and heard[NONE][0][1]  # a warning
+    assert heard[DEVICE] == [(heard[DEVICE][0][0], False)] and "reference cache on the compute device" in heard[DEVICE][0][0]
+    assert "reference cache in CPU memory, brought in block by block" in heard[HOST][0][0] and not heard[HOST][0][1]
+    assert "reference cache not kept, too big for the free memory" in heard[NONE][0][0] and heard[NONE][0][1]  # a warning
     assert all(gb in text for h in heard.values() for text, _ in h)
 
 
@@ -189,3 +189,31 @@ def test_one_patch_from_several_threads_gives_each_its_own_results(parts):
     assert other is not cache and other is patch.cache_for(torch.device("cuda", 1))
     patch.clear_caches()
     assert len(cache) == 0
+
+
+def test_apply_node_shows_where_the_cache_ran_and_how_big(comfy, tmp_path_factory):
+    """Through the real server: the placement chosen from the node's limits, shown on RefAny3D Apply
+    (and in the log) at the first step, and the same pictures from every placement."""
+    import numpy as np
+    from test_transformer_comfy import graph, load, provide_models, upload_asset
+    sub = provide_models(comfy.models_dir)
+    asset = upload_asset(comfy, tmp_path_factory.mktemp("cache-placement"))
+    pictures, texts = {}, {}
+    # the test model: 1 + 1 blocks, 24 heads of 128, two 64 px views (2·2·16 reference tokens), fp32 on the CPU
+    size = 2 * 2 * 2 * 24 * 64 * 128 * 4  # ref + black samples × blocks × K,V × heads × tokens × head size × bytes
+    for where, limits in ((DEVICE, (-1.0, -1.0)), (HOST, (0.0, -1.0)), (NONE, (0.0, 0.0))):
+        g = graph(sub, asset, steps=2, cache=True, seed=4)
+        g["apply"]["inputs"].update(cache_device_gb=limits[0], cache_cpu_gb=limits[1])
+        result = comfy.run(g, timeout=600)
+        assert result.status == "success", result.error_text() + comfy.log_text()[-3000:]
+        texts[where] = result.node_texts("apply")
+        pictures[where] = load(comfy.output_files(result, "save_rgb")[0])
+    assert len(texts[DEVICE]) == 1 and "reference cache on the compute device" in texts[DEVICE][0]
+    assert len(texts[HOST]) == 1 and "reference cache in CPU memory, brought in block by block" in texts[HOST][0]
+    assert len(texts[NONE]) == 1 and "reference cache not kept, too big for the free memory" in texts[NONE][0]
+    for t in texts.values():
+        assert f"size {size / 2 ** 30:.2f} GB (2 samples × 2 blocks × K,V × 24 heads × 64 reference tokens" in t[0]
+    assert "room on the device 0.0 GB" in texts[HOST][0]
+    assert "RefAny3D Apply (node apply): reference cache not kept" in comfy.log_text()  # a warning in the log
+    np.testing.assert_array_equal(pictures[HOST], pictures[DEVICE])
+    assert np.abs(pictures[NONE] - pictures[DEVICE]).max() <= 2 / 255  # float rounding, then 8-bit pictures
