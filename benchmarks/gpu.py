@@ -317,16 +317,39 @@ def training_rows(meter: Meter, shape: Shape, flux, base: str) -> None:
         torch.cuda.empty_cache()
 
 
+def textured_sphere(n_faces: int):
+    """bench_render's asset without PIL (the GPU machine may lack it): a UV sphere with about
+    ``n_faces`` faces (poles on ±Y, wound outward) and a smooth 256² texture."""
+    import torch
+
+    from rendering.asset import Asset, Texture
+    n = max(4, int(round(math.sqrt(n_faces / 2))))
+    t = torch.linspace(0.0, math.pi, n + 1, dtype=torch.float64)[:, None].expand(n + 1, n + 1)
+    p = torch.linspace(0.0, 2 * math.pi, n + 1, dtype=torch.float64)[None, :].expand(n + 1, n + 1)
+    v = torch.stack([t.sin() * p.cos(), t.cos(), t.sin() * p.sin()], -1).reshape(-1, 3)
+    uv = torch.stack([p / (2 * math.pi), 1 - t / math.pi], -1).reshape(-1, 2)
+    i, j, w = torch.arange(n)[:, None], torch.arange(n)[None, :], n + 1
+    a, b, c, d = i * w + j, i * w + j + 1, (i + 1) * w + j, (i + 1) * w + j + 1
+    f = torch.cat([torch.stack([a, b, c], -1).reshape(-1, 3), torch.stack([b, d, c], -1).reshape(-1, 3)])
+    y, x = torch.meshgrid(torch.arange(256) / 256, torch.arange(256) / 256, indexing="ij")
+    rgb = torch.stack([0.5 + 0.5 * torch.sin(2 * math.pi * x), 0.5 + 0.5 * torch.cos(2 * math.pi * y),
+                       0.5 + 0.5 * torch.sin(2 * math.pi * (x + y))], -1)
+    vt = v.float()
+    return Asset(vt, f, torch.full_like(vt, 0.5), uv=uv.float(), face_texture=torch.zeros(len(f), dtype=torch.int64),
+                 textures=[Texture((rgb * 255).round().to(torch.uint8), torch.ones(3))], name=f"sphere{n_faces}")
+
+
 def render_rows(meter: Meter, shape: Shape) -> None:
+    """The pack's renderer as RefAny3D Render Views runs it (back faces skipped when the mesh is
+    closed; that check needs scipy, and the note says whether it ran)."""
     import rendering
-    from benchmarks.bench_render import textured_sphere
     device = str(meter.device)
     for faces in shape.faces:
         asset = textured_sphere(faces)
-        asset.closed_orientation()
-
+        culled = asset.closed_orientation() != 0
         t, peak = meter.time(lambda a=asset: rendering.render_views(a, 8, resolution=shape.render_res, device=device))
-        meter.add(Row("rendering", f"8 views × {shape.render_res}², {asset.num_faces} faces", t, peak))
+        meter.add(Row("rendering", f"8 views × {shape.render_res}², {asset.num_faces} faces", t, peak,
+                      note="back faces skipped" if culled else "back faces not skipped (no scipy here)"))
 
 
 # ---------------------------------------------------------------------------------------------
