@@ -18,7 +18,7 @@ Rows, each with its peak memory (``torch.cuda.max_memory_allocated``, weights in
   the cache placed by the pack's own decision from this card's free memory (model_patches.cache);
   for the fp8 base also as on a 24 GB card (the cache where it fits there);
 * the projected time per image for 28 steps with image guidance (uncached: 28 steps; cached: the
-  first + 27 later steps), with the FLOP model of docs/method.md §7 as achieved TFLOP/s and its
+  first + 27 later steps), with the FLOP model of docs/method.md §8 as achieved TFLOP/s and its
   share of the card's bf16 peak;
 * one training step (gradient checkpointing on, batch 1, AdamW) on each base, its peak beside the
   memory plan's estimate (training/memory.py);
@@ -71,7 +71,7 @@ DRY = Shape(width=64, heads=2, double=2, single=2, ctx=32, pooled=16, axes=None,
 
 
 # ---------------------------------------------------------------------------------------------
-# the FLOP model (docs/method.md §7)
+# the FLOP model (docs/method.md §8)
 
 def attention_pairs(T: int, n: int, N: int, m: int, masked: bool, isolated: bool, refs_in_sequence: bool) -> int:
     """(query, key) pairs of one block's group attention for one sample (docs/method.md §4)."""
@@ -435,7 +435,7 @@ def main(argv=None) -> int:
              f"torch {torch.__version__}, ComfyUI {comfy_version(comfy_dir)}, Python {sys.version.split()[0]}; FLUX.1 shape "
              f"{shape.double}+{shape.single} blocks, width {shape.width}, {shape.heads} heads; {shape.size}² target, "
              f"N = {shape.views} references at {shape.ref_size}², {shape.text} text tokens; best of {shape.repeats}; "
-             f"share of {PEAK_TFLOPS:.0f} TFLOP/s (bf16 dense) by the FLOP model of docs/method.md §7."]
+             f"share of {PEAK_TFLOPS:.0f} TFLOP/s (bf16 dense) by the FLOP model of docs/method.md §8."]
     print("\n".join(title) + "\n\n" + HEADER + "\n|" + " --- |" * 7, flush=True)
     adapter = build_adapter(shape, device) if parts & {"bf16", "fp8"} else None
     for base in ("bf16", "fp8"):

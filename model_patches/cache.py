@@ -108,8 +108,9 @@ def comfy_room(device: torch.device, need: int, step_memory: int) -> tuple[int, 
     free = int(mm.get_free_memory(device))
     if 0 < need and free - reserve < need:
         in_use = [m for m in getattr(mm, "current_loaded_models", []) if getattr(m, "currently_used", False)]
-        mm.free_memory(need + reserve, device, keep_loaded=in_use)
-        free = int(mm.get_free_memory(device))
+        if in_use:  # never without knowing what this sampling uses: that would unload the model itself
+            mm.free_memory(need + reserve, device, keep_loaded=in_use)
+            free = int(mm.get_free_memory(device))
     return free - reserve, host
 
 

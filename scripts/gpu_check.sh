@@ -53,11 +53,12 @@ prepare() {
 }
 
 run() {
-  local carry site
+  local carry work site
   carry=$(cd "$CARRY" && pwd)
-  site=$carry/site
-  rm -rf "$site" "$carry/ComfyUI" && mkdir -p "$site" "$carry/ComfyUI"
-  tar xzf "$carry/comfy-v0.31.0-py.tar.gz" -C "$carry/ComfyUI"
+  mkdir -p "${GPU_RUN:-.gpu_run}" && work=$(cd "${GPU_RUN:-.gpu_run}" && pwd)  # outside the carried folder
+  site=$work/site
+  rm -rf "$site" "$work/ComfyUI" && mkdir -p "$site" "$work/ComfyUI"
+  tar xzf "$carry/comfy-v0.31.0-py.tar.gz" -C "$work/ComfyUI"
   for whl in "$carry"/wheels/*.whl "$carry"/wheels/*.tar.xz; do
     [ -e "$whl" ] || continue
     local mod
@@ -73,7 +74,7 @@ else: tarfile.open(a, 'r:xz').extractall(d, filter='data')" "$whl" "$site"
     fi
   done
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-  export COMFYUI_DIR="$carry/ComfyUI"
+  export COMFYUI_DIR="$work/ComfyUI"
   local out=${OUT:-.}
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
   set -o pipefail

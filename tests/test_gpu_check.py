@@ -4,7 +4,7 @@
   every row of the GPU run is there (sampling steps on both bases with the cache's placement, the
   24 GB-card case in CPU memory, training beside the memory plan, rendering), so the check cannot
   rot before a GPU runs it.
-* The FLOP model of docs/method.md §7: the attention pairs equal the allowed entries of the dense
+* The FLOP model of docs/method.md §8: the attention pairs equal the allowed entries of the dense
   group mask (tools/dense_attention.py, the L×L oracle), and the weight FLOPs per token equal the
   block weights of ComfyUI's real FLUX.1-dev module (built on the meta device).
 """
