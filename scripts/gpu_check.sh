@@ -10,7 +10,7 @@
 #
 # Carried wheels (cp312, manylinux x86_64): numpy, Pillow (comfy.utils imports it), psutil,
 # safetensors, einops, packaging, comfy-aimdo, and comfy-kitchen repacked as .tar.xz without its ROCm
-# library (its CUDA kernels stay: ComfyUI's RoPE runs through them). ≈ 47 MiB in all. Not carried:
+# library (its CUDA kernels stay: ComfyUI's RoPE runs through them). ≈ 46 MiB in all. Not carried:
 # scipy (35 MB; the renderer's closed-mesh check: without it back faces are not skipped, and the
 # table says so).
 set -euo pipefail
