@@ -7,7 +7,10 @@ then every triangle primitive placed and coloured.
 """
 from __future__ import annotations
 
+import struct
 from pathlib import Path
+
+import numpy as np
 
 from .errors import AssetError
 from .gltf_compressed import decode_compressed_primitives, decoder_available, open_texture_image
@@ -18,7 +21,20 @@ from .gltf_scene import placed_primitives
 
 def read_gltf(path: Path) -> tuple[list, list[str]]:
     """(parts, warnings) of a .gltf/.glb; AssetError when it has no triangles or cannot be read right."""
-    doc = GltfDocument(path)
+    try:
+        return read_document(GltfDocument(path))
+    except AssetError:
+        raise
+    except (TypeError, AttributeError, KeyError, ValueError, IndexError, OverflowError, struct.error,
+            np.linalg.LinAlgError) as e:  # a field of the wrong type or shape somewhere in the JSON
+        kind = Path(path).suffix[1:].upper()
+        raise AssetError(f"could not read {Path(path).name}: not a valid {kind} file, damaged or truncated "
+                         f"({type(e).__name__}: {e})") from e
+    except MemoryError as e:
+        raise AssetError(f"{Path(path).name} is too large to load in the memory available") from e
+
+
+def read_document(doc: GltfDocument) -> tuple[list, list[str]]:
     warnings = check_extensions(doc, decoder_available)
     decode_compressed_primitives(doc)
     notes: list[str] = []

@@ -22,6 +22,7 @@ COMPONENT_TYPES = {5120: np.int8, 5121: np.uint8, 5122: np.int16, 5123: np.uint1
                    5126: np.float32}
 #: normalized integers: c / (2^bits - 1) unsigned, max(c / (2^(bits-1) - 1), -1) signed (glTF 2.0 §3.11)
 NORMALIZE_DIVISOR = {5120: 127.0, 5121: 255.0, 5122: 32767.0, 5123: 65535.0}
+MAX_VALUES = 1 << 30  # components in one accessor
 ELEMENT_SIZE = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT2": 4, "MAT3": 9, "MAT4": 16}
 
 
@@ -32,6 +33,7 @@ class GltfDocument:
         self.path = Path(path)
         self.name = self.path.name
         self.bin_chunk: bytes | None = None
+        self.kind = self.path.suffix[1:].upper()
         if self.path.suffix.lower() == ".glb":
             self.tree = self._read_glb()
         else:
@@ -45,10 +47,12 @@ class GltfDocument:
         try:
             tree = json.loads(data.decode("utf-8"))
         except (ValueError, UnicodeDecodeError, RecursionError) as e:
-            raise AssetError(f"could not read {self.name}: its glTF JSON is not valid ({e})") from e
+            raise AssetError(f"could not read {self.name}: not a valid {self.kind} file, damaged or truncated "
+                             f"(its JSON: {e})") from e
         if not isinstance(tree, dict):
-            raise AssetError(f"could not read {self.name}: its glTF JSON is not an object")
-        version = str((tree.get("asset") or {}).get("version", ""))
+            raise AssetError(f"could not read {self.name}: not a valid {self.kind} file (its JSON is not an object)")
+        asset = tree.get("asset")
+        version = str(asset.get("version", "")) if isinstance(asset, dict) else ""
         if not version.startswith("2."):
             raise AssetError(f"{self.name} is glTF version '{version or 'unknown'}': only glTF 2.0 is read "
                              "(re-export it from a current tool)")
@@ -64,13 +68,15 @@ class GltfDocument:
         if version != 2:
             raise AssetError(f"{self.name} is a GLB of version {version}: only glTF 2.0 is read")
         if length > len(data):
-            raise AssetError(f"could not read {self.name}: the file is truncated ({len(data):,} of {length:,} bytes)")
+            raise AssetError(f"could not read {self.name}: not a valid GLB file, damaged or truncated "
+                             f"({len(data):,} of {length:,} bytes)")
         offset, tree = 12, None
         while offset + 8 <= length:
             size, kind = struct.unpack_from("<II", data, offset)
             body = data[offset + 8:offset + 8 + size]
             if len(body) < size:
-                raise AssetError(f"could not read {self.name}: a GLB chunk is truncated")
+                raise AssetError(f"could not read {self.name}: not a valid GLB file, damaged or truncated "
+                                 "(a chunk ends early)")
             if kind == GLB_JSON and tree is None:
                 tree = self._parse_json(body)
             elif kind == GLB_BIN and self.bin_chunk is None:
@@ -154,6 +160,8 @@ class GltfDocument:
             raise AssetError(f"{self.name} is damaged: accessor {index} has componentType {ctype!r}, "
                              f"type {kind!r}, count {count!r}")
         dtype, width = np.dtype(COMPONENT_TYPES[ctype]).newbyteorder("<"), ELEMENT_SIZE[kind]
+        if count * width > MAX_VALUES:
+            raise AssetError(f"{self.name}: accessor {index} holds {count:,} elements, more than can be loaded")
         if "bufferView" in acc:
             values = self._strided(acc["bufferView"], int(acc.get("byteOffset", 0)), count, dtype,
                                    width, f"accessor {index}", matrix_columns(kind, dtype.itemsize))
