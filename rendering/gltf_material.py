@@ -62,11 +62,12 @@ def check_extensions(doc: GltfDocument, available) -> list[str]:
 
 
 def base_colour_source(material: dict) -> tuple[list[float], dict | None]:
-    """(baseColorFactor RGBA, baseColorTexture info or None); KHR_materials_pbrSpecularGlossiness's
-    diffuse colour stands in when the material has no metallic-roughness block."""
+    """(baseColorFactor RGBA, baseColorTexture info or None); a KHR_materials_pbrSpecularGlossiness
+    material shows its diffuse colour (its metallic-roughness block is then the fallback for
+    viewers without the extension)."""
     pbr = material.get("pbrMetallicRoughness")
     spec = (material.get("extensions") or {}).get("KHR_materials_pbrSpecularGlossiness")
-    if not isinstance(pbr, dict) and isinstance(spec, dict):
+    if isinstance(spec, dict):
         return list(spec.get("diffuseFactor") or [1.0] * 4), spec.get("diffuseTexture")
     pbr = pbr if isinstance(pbr, dict) else {}
     return list(pbr.get("baseColorFactor") or [1.0] * 4), pbr.get("baseColorTexture")
