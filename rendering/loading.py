@@ -18,8 +18,8 @@ from .colors import linear_to_srgb
 from .errors import AssetError
 from .sidecars import check_references, folder_resolver
 
-SUPPORTED_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off", ".usd", ".usda", ".usdc", ".usdz")
-UNSUPPORTED_HINT = {".fbx": "FBX is not supported: export the asset as GLB (e.g. from Blender)"}
+SUPPORTED_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off", ".usd", ".usda", ".usdc", ".usdz", ".fbx")
+UNSUPPORTED_HINT: dict[str, str] = {}
 
 
 def import_trimesh():
@@ -46,7 +46,7 @@ class Part:
 
 
 def load_asset(path, root=None) -> Asset:
-    """Read a GLB/glTF/OBJ(+MTL)/PLY/STL/OFF/USD(A/C/Z) file into one Asset (scene transforms applied).
+    """Read a GLB/glTF/OBJ(+MTL)/PLY/STL/OFF/USD(A/C/Z)/FBX file into one Asset (scene transforms applied).
 
     Every file it names (material library, textures, buffers, images) must be present, inside the
     asset's folder, and readable: otherwise AssetError naming it (rendering/sidecars.py). ``root``
@@ -75,6 +75,10 @@ def load_asset(path, root=None) -> Asset:
     if ext in (".usd", ".usda", ".usdc", ".usdz"):
         from .usd import read_usd
         parts, warnings = read_usd(path)
+        return finish(parts, warnings, name)
+    if ext == ".fbx":
+        from .fbx import read_fbx
+        parts, warnings = read_fbx(path)
         return finish(parts, warnings, name)
     trimesh = import_trimesh()
     resolver = folder_resolver(path)

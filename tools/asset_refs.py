@@ -27,9 +27,8 @@ from urllib.parse import unquote
 
 # the extensions RefAny3D Load 3D Asset reads (rendering.SUPPORTED_EXTENSIONS; kept equal by a test,
 # duplicated because the client runs without the pack's libraries)
-SUPPORTED_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off", ".usd", ".usda", ".usdc", ".usdz")
-UNSUPPORTED_HINT = {".fbx": "FBX is not supported: export the asset as GLB (e.g. from Blender)",
-                    ".blend": "export the asset from Blender as GLB (File > Export > glTF 2.0)",
+SUPPORTED_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off", ".usd", ".usda", ".usdc", ".usdz", ".fbx")
+UNSUPPORTED_HINT = {".blend": "export the asset from Blender as GLB (File > Export > glTF 2.0)",
                     ".3ds": "3DS is not supported: export the asset as GLB or OBJ",
                     ".dae": "COLLADA is not supported: export the asset as GLB or OBJ"}
 
@@ -107,6 +106,9 @@ def collect(asset: str | Path) -> AssetBundle:
                 path = _add(files, root, rel, layer_rel)
                 if not known and path.suffix.lower() in (".usd", ".usda", ".usdc"):
                     layers.append((path, safe_relative(rel, layer_rel)))
+    elif ext == ".fbx":
+        for name in fbx_texture_files(asset, root):
+            files[name] = root / name
     return AssetBundle(asset, files)
 
 
@@ -247,6 +249,25 @@ def usd_asset_paths(path: Path) -> list[str]:
         if name and name not in found:
             found.append(name)
     return found
+
+
+def fbx_texture_files(path: Path, root: Path) -> list[str]:
+    """Texture files an FBX names that lie beside it (exporters write the path on their own machine,
+    so the reader looks the file up by its name beside the FBX). A named texture that is neither
+    beside it nor embedded (no media ``Content`` in the file) is an AssetInputError."""
+    data = path.read_bytes()
+    names = [m.group(0).decode("utf-8", "replace").replace("\\", "/").rsplit("/", 1)[-1].rsplit("::", 1)[-1]
+             for m in FBX_TEXTURE_NAME.finditer(data)]
+    found, missing = [], []
+    for name in dict.fromkeys(n.strip() for n in names if n.strip()):
+        (found if (root / name).is_file() else missing).append(name)
+    if missing and b"Content" not in data:
+        raise AssetInputError(f"{path.name} references the texture '{missing[0]}', which is missing: put it beside "
+                              f"{path.name} (expected at {root / missing[0]}), or export the FBX with embedded media")
+    return found
+
+
+FBX_TEXTURE_NAME = re.compile(rb"[A-Za-z0-9_.:\\/ -]+\.(?:png|jpe?g|tga|bmp|tiff?|webp)(?![A-Za-z0-9])", re.IGNORECASE)
 
 
 def _gltf_json(path: Path):

@@ -1,5 +1,5 @@
-"""The client's upload finds a USD layer's companion files (textures, referenced layers) or refuses
-before sending; a USDZ travels alone."""
+"""The client's upload finds a USD layer's or an FBX's companion files (textures, referenced
+layers) or refuses before sending; a USDZ travels alone."""
 from __future__ import annotations
 
 import pytest
@@ -28,3 +28,16 @@ def test_usd_naming_a_file_outside_its_folder_is_refused_and_usdz_travels_alone(
         collect(tmp_path / "a.usda")
     (tmp_path / "b.usdz").write_bytes(b"PK\x03\x04" + bytes(60))
     assert list(collect(tmp_path / "b.usdz").files) == ["b.usdz"]
+
+
+def test_fbx_sends_the_textures_beside_it_and_refuses_a_missing_one(tmp_path):
+    from test_fbx_assets import fbx_ascii, quads
+    v, _, uv, polys = quads()
+    smooth_texture(16).save(tmp_path / "wood.png")
+    path = tmp_path / "box.fbx"
+    text = fbx_ascii(v, polys, uv, [i for p in polys for i in p], texture="C:\\\\Users\\\\artist\\\\maps\\\\wood.png")
+    path.write_text(text)
+    assert set(collect(path).files) == {"box.fbx", "wood.png"}
+    (tmp_path / "wood.png").unlink()
+    with pytest.raises(AssetInputError, match="wood.png"):
+        collect(path)
