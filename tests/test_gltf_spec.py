@@ -499,7 +499,7 @@ def test_required_extension_refused_by_name_used_one_warned(tmp_path):
         rendering.load_asset(tmp_path / "required.glb")
 
 
-def test_ktx2_only_texture_and_meshopt_without_fallback_are_refused_by_name(tmp_path):
+def test_ktx2_textures_are_refused_by_name(tmp_path):
     v, f, uv = textured_box()
     g = GltfBuilder()
     image = g.add("images", {"bufferView": g.view(b"\xabKTX 20\xbb\r\n\x1a\n" + bytes(64)), "mimeType": "image/ktx2"})
@@ -510,3 +510,33 @@ def test_ktx2_only_texture_and_meshopt_without_fallback_are_refused_by_name(tmp_
     g.glb(tmp_path / "ktx.glb")
     with pytest.raises(rendering.AssetError, match="KHR_texture_basisu"):
         rendering.load_asset(tmp_path / "ktx.glb")
+    # a texture whose plain ``source`` is a KTX2 image (seen in the wild): named as KTX2, not as a bad image
+    g.tree["textures"][tex] = {"source": image}
+    g.glb(tmp_path / "ktx_source.glb")
+    with pytest.raises(rendering.AssetError, match="KTX2"):
+        rendering.load_asset(tmp_path / "ktx_source.glb")
+
+
+def test_meshopt_without_fallback_data_is_refused_by_name(tmp_path):
+    v, f, _ = box()
+    g = GltfBuilder()
+    g.node(mesh=g.mesh([g.triangles(v, f)]))
+    view = g.tree["bufferViews"][g.tree["accessors"][0]["bufferView"]]
+    view["buffer"] = 1  # the compressed data lives in buffer 0; buffer 1 is the fallback with no data
+    view["extensions"] = {"EXT_meshopt_compression": {"buffer": 0, "byteLength": 10, "byteStride": 12,
+                                                      "mode": "ATTRIBUTES", "count": len(v)}}
+    g.tree["extensionsUsed"] = g.tree["extensionsRequired"] = ["EXT_meshopt_compression"]
+    path = g.glb(tmp_path / "meshopt.glb")
+    import json
+    import struct
+    data = path.read_bytes()
+    length = struct.unpack_from("<I", data, 12)[0]
+    tree = json.loads(data[20:20 + length])
+    tree["buffers"].append({"byteLength": 1 << 20, "extensions": {"EXT_meshopt_compression": {"fallback": True}}})
+    js = json.dumps(tree).encode()
+    js += b" " * (-len(js) % 4)
+    rest = data[20 + length:]
+    path.write_bytes(struct.pack("<III", 0x46546C67, 2, 20 + len(js) + len(rest)) + struct.pack("<II", len(js), 0x4E4F534A)
+                     + js + rest)
+    with pytest.raises(rendering.AssetError, match="EXT_meshopt_compression"):
+        rendering.load_asset(path)
