@@ -82,7 +82,7 @@ class RefAny3DLoadAsset(io.ComfyNode):
             node_id="RefAny3DLoadAsset",
             display_name="RefAny3D Load 3D Asset",
             category="RefAny3D/asset",
-            description=("Loads a 3D asset (GLB, glTF, OBJ+MTL, PLY, STL) from ComfyUI's input/3d folder, or takes a "
+            description=("Loads a 3D asset (GLB, glTF, OBJ+MTL, PLY, STL, USD/USDZ, FBX) from ComfyUI's input/3d folder, or takes a "
                          "core MESH, for RefAny3D's reference renders. Scene transforms are applied; each "
                          "part keeps its own texture and base-colour factor."),
             inputs=[

@@ -5,8 +5,11 @@ Conventions (docs/method.md §1):
 * Point-map colour of a point p: ``(p - vmin) / (vmax - vmin)`` per axis over all vertices;
   an axis with zero extent (flat asset) gets the constant 0.5 instead of a division by zero.
 * Rendering frame: centred at the bounding-box centre, scaled by ``2 / largest side``.
-* Base colour per face: ``textures[face_texture[f]]`` sampled at the UV (texture × factor), or,
-  for faces with ``face_texture == -1``, the per-vertex display colour ``colors``.
+* Base colour per face: ``textures[face_texture[f]]`` sampled at the UV (texture × factor) times
+  the per-vertex ``colors`` (glTF COLOR_0, ones without it), or, for faces with
+  ``face_texture == -1``, the per-vertex display colour ``colors``.
+* Cut-outs (glTF alphaMode MASK): a surface point of a face with ``face_cutoff`` c > 0 is not
+  drawn where alpha = interpolated ``alpha`` × texel alpha is below c; what lies behind shows.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ class Texture:
 
     image: torch.Tensor  # [H, W, 3] uint8, sRGB-encoded texels, row 0 = top of the image
     factor: torch.Tensor  # [3] float32, linear-light baseColorFactor (ones = no factor)
+    wrap: tuple = (10497, 10497)  # glTF sampler wrapS, wrapT: REPEAT, CLAMP_TO_EDGE (33071), MIRRORED_REPEAT (33648)
+    alpha: torch.Tensor | None = None  # [H, W] uint8 texel alpha, kept only for alphaMode MASK materials
 
     def has_factor(self) -> bool:
         return bool((self.factor != 1.0).any())
@@ -42,6 +47,8 @@ class Asset:
     face_texture: torch.Tensor | None = None  # [F] int64, index into textures or -1
     textures: list[Texture] = field(default_factory=list)
     name: str = ""
+    alpha: torch.Tensor | None = None  # [V] float32 alpha (glTF factor × COLOR_0) where some face is a cut-out
+    face_cutoff: torch.Tensor | None = None  # [F] float32 alphaMode MASK cutoff (0 = opaque face), or None
     warnings: list[str] = field(default_factory=list)  # what the loader could not honour (the asset still renders)
     _orientation: int | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -51,6 +58,10 @@ class Asset:
             raise AssetError(f"colours must be one RGB per vertex, got {tuple(self.colors.shape)}")
         if self.textures and (self.uv is None or self.face_texture is None):
             raise AssetError("a textured asset needs UVs and a per-face texture index")
+
+    @property
+    def has_cut_outs(self) -> bool:
+        return self.face_cutoff is not None and bool((self.face_cutoff > 0).any())
 
     @property
     def num_faces(self) -> int:

@@ -1,6 +1,7 @@
-"""Loading 3D files with trimesh into an Asset, one texture per primitive kept as is.
+"""Loading 3D files into an Asset, one texture per primitive kept as is.
 
-trimesh's own concatenation packs textured parts into an atlas and, with a baseColorFactor,
+glTF/GLB is read as the glTF 2.0 spec says by the pack's own reader (rendering/gltf.py); OBJ, PLY,
+STL and OFF by trimesh. trimesh's own concatenation packs textured parts into an atlas and, with a baseColorFactor,
 overflows uint8 in its material packing (trimesh 4.5-5.2); so each scene node's geometry is read
 on its own here and only the geometry is concatenated.
 """
@@ -17,8 +18,8 @@ from .colors import linear_to_srgb
 from .errors import AssetError
 from .sidecars import check_references, folder_resolver
 
-SUPPORTED_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
-UNSUPPORTED_HINT = {".fbx": "FBX is not supported: export the asset as GLB (e.g. from Blender)"}
+SUPPORTED_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off", ".usd", ".usda", ".usdc", ".usdz", ".fbx")
+UNSUPPORTED_HINT: dict[str, str] = {}
 
 
 def import_trimesh():
@@ -35,14 +36,17 @@ class Part:
 
     vertices: np.ndarray  # [v, 3] float64
     faces: np.ndarray  # [f, 3] int64
-    colors: np.ndarray  # [v, 3] float32 display colour (used when texture is None)
+    colors: np.ndarray  # [v, 3] float32 display colour; with a texture, what the texture × factor is multiplied by
     uv: np.ndarray | None = None  # [v, 2] float32 (v up), set when texture is set
     texture: object = None  # PIL image of the base colour
     factor: tuple = (1.0, 1.0, 1.0)  # linear base-colour factor applied to the texture
+    wrap: tuple = (10497, 10497)  # glTF sampler wrapS, wrapT (REPEAT, CLAMP_TO_EDGE 33071, MIRRORED_REPEAT 33648)
+    alpha: np.ndarray | None = None  # [v] float32 alpha (factor × COLOR_0) of an alphaMode MASK material
+    cutoff: float | None = None  # alphaCutoff of an alphaMode MASK material: points with alpha below it are not drawn
 
 
 def load_asset(path, root=None) -> Asset:
-    """Read a GLB/glTF/OBJ(+MTL)/PLY/STL/OFF file into one Asset (scene transforms applied).
+    """Read a GLB/glTF/OBJ(+MTL)/PLY/STL/OFF/USD(A/C/Z)/FBX file into one Asset (scene transforms applied).
 
     Every file it names (material library, textures, buffers, images) must be present, inside the
     asset's folder, and readable: otherwise AssetError naming it (rendering/sidecars.py). ``root``
@@ -64,6 +68,18 @@ def load_asset(path, root=None) -> Asset:
     if ext == ".gltf":
         check_gltf_json(path)
     check_references(path, root)
+    if ext in (".gltf", ".glb"):
+        from .gltf import read_gltf
+        parts, warnings = read_gltf(path)
+        return finish(parts, warnings, name)
+    if ext in (".usd", ".usda", ".usdc", ".usdz"):
+        from .usd import read_usd
+        parts, warnings = read_usd(path)
+        return finish(parts, warnings, name)
+    if ext == ".fbx":
+        from .fbx import read_fbx
+        parts, warnings = read_fbx(path)
+        return finish(parts, warnings, name)
     trimesh = import_trimesh()
     resolver = folder_resolver(path)
     try:
@@ -86,6 +102,10 @@ def load_asset(path, root=None) -> Asset:
     if not parts:
         raise AssetError(f"{name} contains no triangle faces: nothing to render "
                          "(point clouds and lines are not supported)")
+    return finish(parts, warnings, name)
+
+
+def finish(parts: list[Part], warnings: list[str], name: str) -> Asset:
     asset = combine_parts(parts, name)
     asset.warnings = [f"{name}: {w}" for w in warnings]
     return asset
@@ -128,7 +148,7 @@ def make_part(vertices: np.ndarray, faces: np.ndarray, visual, warnings: list[st
         image, factor, flat = material_colour(material)
         if image is not None and uv is not None and len(uv) == n:
             uv = np.nan_to_num(np.asarray(uv, dtype=np.float32)[:, :2], nan=0.0, posinf=0.0, neginf=0.0)
-            return Part(vertices, faces, grey, uv, image, factor)
+            return Part(vertices, faces, np.ones((n, 3), dtype=np.float32), uv, image, factor)
         if image is not None and warnings is not None:
             texture = image.info.get("file_path") if hasattr(image, "info") else None
             warnings.append(f"the part '{label}' has a base-colour texture{f' ({texture})' if texture else ''} but "
@@ -211,6 +231,14 @@ def texture_to_uint8(image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
 
 
+def texture_alpha(image) -> np.ndarray:
+    """[H, W] uint8 alpha of a PIL image (255 where the image has no alpha)."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info) \
+            or (image.mode in ("RGB", "L") and "transparency" in image.info):
+        return np.ascontiguousarray(np.asarray(image.convert("RGBA"), dtype=np.uint8)[..., 3])
+    return np.full((image.height, image.width), 255, dtype=np.uint8)
+
+
 def decode_texture(image, name: str) -> np.ndarray:
     """texture_to_uint8, with a damaged image (it is decoded only here) as an AssetError."""
     from PIL import Image
@@ -228,22 +256,28 @@ def decode_texture(image, name: str) -> np.ndarray:
 
 
 def combine_parts(parts: list[Part], name: str) -> Asset:
-    """Concatenate the parts' geometry; textures are kept one per (image, factor)."""
-    vertices, faces, colors, uvs, face_tex = [], [], [], [], []
+    """Concatenate the parts' geometry; textures are kept one per (image, factor, wrap, cut-out)."""
+    vertices, faces, colors, uvs, face_tex, alphas, cutoffs = [], [], [], [], [], [], []
     textures: list[Texture] = []
     tex_index: dict[tuple, int] = {}
     offset = 0
+    cut_out = any(part.cutoff is not None for part in parts)
     for part in parts:
         n = len(part.vertices)
         vertices.append(part.vertices)
         faces.append(part.faces + offset)
         colors.append(np.asarray(part.colors, dtype=np.float32))
+        if cut_out:
+            alphas.append(np.ones(n, np.float32) if part.alpha is None else np.asarray(part.alpha, np.float32))
+            cutoffs.append(np.full(len(part.faces), 0.0 if part.cutoff is None else part.cutoff, np.float32))
         if part.texture is not None:
-            key = (id(part.texture), tuple(float(f) for f in part.factor))
+            masked = part.cutoff is not None
+            key = (id(part.texture), tuple(float(f) for f in part.factor), tuple(part.wrap), masked)
             if key not in tex_index:
                 tex_index[key] = len(textures)
+                alpha = torch.from_numpy(texture_alpha(part.texture)) if masked else None
                 textures.append(Texture(torch.from_numpy(decode_texture(part.texture, name).copy()),
-                                        torch.tensor(part.factor, dtype=torch.float32)))
+                                        torch.tensor(part.factor, dtype=torch.float32), tuple(part.wrap), alpha))
             uvs.append(part.uv)
             face_tex.append(np.full(len(part.faces), tex_index[key], dtype=np.int64))
         else:
@@ -253,8 +287,11 @@ def combine_parts(parts: list[Part], name: str) -> Asset:
     v = torch.from_numpy(np.concatenate(vertices)).float()
     f = torch.from_numpy(np.concatenate(faces)).long()
     c = torch.from_numpy(np.concatenate(colors)).float()
+    cut = {}
+    if cut_out:
+        cut = {"alpha": torch.from_numpy(np.concatenate(alphas)), "face_cutoff": torch.from_numpy(np.concatenate(cutoffs))}
     if textures:
         uv = torch.from_numpy(np.concatenate(uvs).astype(np.float32))
         ft = torch.from_numpy(np.concatenate(face_tex))
-        return Asset(v, f, c, uv=uv, face_texture=ft, textures=textures, name=name)
-    return Asset(v, f, c, name=name)
+        return Asset(v, f, c, uv=uv, face_texture=ft, textures=textures, name=name, **cut)
+    return Asset(v, f, c, name=name, **cut)

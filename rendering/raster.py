@@ -46,7 +46,8 @@ def split_faces(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
 
 def rasterize(cam_vertices: torch.Tensor, faces, focal: float, resolution: int,
               cull: int = 0, face_chunk: int = FACE_CHUNK, max_candidates: int = MAX_CANDIDATES,
-              height: int | None = None) -> torch.Tensor:
+              height: int | None = None, behind: torch.Tensor | None = None,
+              with_depth: bool = False):
     """Visible face per pixel: [H*W] int64 face index, -1 where no face covers the pixel centre.
     The image is ``resolution`` pixels wide and ``height`` (default: ``resolution``) high.
 
@@ -55,6 +56,9 @@ def rasterize(cam_vertices: torch.Tensor, faces, focal: float, resolution: int,
     (render_views ensures it).
     cull: 0 tests every face; +1 skips faces wound clockwise as seen from the camera (back faces
     of an outward-wound closed mesh), -1 skips counter-clockwise ones (see topology.py).
+    behind: [H*W] float32 1/z per pixel: only surface points strictly farther (smaller 1/z) are
+    kept (the next layer of a depth peel; +inf keeps everything, -inf nothing).
+    with_depth: also return the visible point's 1/z per pixel ([H*W] float32).
     """
     s, h_img = resolution, resolution if height is None else height
     cols = split_faces(faces) if isinstance(faces, torch.Tensor) else faces
@@ -81,7 +85,7 @@ def rasterize(cam_vertices: torch.Tensor, faces, focal: float, resolution: int,
         if sel.numel():
             fiz = [iz.index_select(0, c.index_select(0, sel)) for c in corner]
             scatter_small(zbuf, sel + start, [v[sel] for v in fx], [v[sel] for v in fy], fiz,
-                          x0[sel], y0[sel], w[sel], h[sel], s, cull)
+                          x0[sel], y0[sel], w[sel], h[sel], s, cull, behind)
         many = (keep & ~small).nonzero().squeeze(1)
         if many.numel():
             fiz = torch.stack([iz[c[many]] for c in corner], dim=1)
@@ -89,8 +93,11 @@ def rasterize(cam_vertices: torch.Tensor, faces, focal: float, resolution: int,
             coef = plane_coefficients(torch.stack([v[many] - bx for v in fx], dim=1),
                                       torch.stack([v[many] - by for v in fy], dim=1), fiz)
             scatter_boxes(zbuf, many + start, x0[many].long(), y0[many].long(),
-                          w[many].long() + 1, h[many].long() + 1, coef, s, max_candidates)
-    return torch.where(zbuf >= 0, zbuf & 0xFFFFFFFF, torch.full_like(zbuf, -1))
+                          w[many].long() + 1, h[many].long() + 1, coef, s, max_candidates, behind)
+    face = torch.where(zbuf >= 0, zbuf & 0xFFFFFFFF, torch.full_like(zbuf, -1))
+    if with_depth:
+        return face, (zbuf >> 32).to(torch.int32).view(torch.float32)
+    return face
 
 
 def bounding_boxes(fx, fy, s: int, h_img: int | None = None):
@@ -121,7 +128,7 @@ def edge(ax, ay, bx, by, px, py):
     return (bx - ax) * (py - ay) - (by - ay) * (px - ax)
 
 
-def scatter_small(zbuf, face_ids, fx, fy, fiz, x0, y0, w, h, s: int, cull: int = 0) -> None:
+def scatter_small(zbuf, face_ids, fx, fy, fiz, x0, y0, w, h, s: int, cull: int = 0, behind=None) -> None:
     """Faces [k] whose box holds at most 2 x 2 pixel centres: test each centre, z-test the inside ones.
 
     fx, fy: 3 x [k] corner positions (pixel-centre units); fiz: 3 x [k] corner 1/z; x0, y0: first
@@ -161,11 +168,15 @@ def scatter_small(zbuf, face_ids, fx, fy, fiz, x0, y0, w, h, s: int, cull: int =
             continue
         izv = (ev[0][sel] * fiz[0][sel] + ev[1][sel] * fiz[1][sel] + ev[2][sel] * fiz[2][sel]) / area[sel]
         pix = (y0[sel].long() + dy) * s + x0[sel].long() + dx
-        depth_test(zbuf, pix, izv, face_ids[sel])
+        depth_test(zbuf, pix, izv, face_ids[sel], behind)
 
 
-def depth_test(zbuf, pix, izv, face_ids) -> None:
-    """Keep the largest 1/z per pixel: zbuf[pix] = max(zbuf[pix], (bits(1/z) << 32) | face)."""
+def depth_test(zbuf, pix, izv, face_ids, behind=None) -> None:
+    """Keep the largest 1/z per pixel: zbuf[pix] = max(zbuf[pix], (bits(1/z) << 32) | face);
+    with ``behind``, only points with 1/z < behind[pix]."""
+    if behind is not None:
+        keep = (izv < behind[pix]).nonzero().squeeze(1)
+        pix, izv, face_ids = pix[keep], izv[keep], face_ids[keep]
     bits = izv.contiguous().view(torch.int32).to(torch.int64)
     zbuf.scatter_reduce_(0, pix, (bits << 32) | face_ids, reduce="amax")
 
@@ -191,7 +202,7 @@ def plane_coefficients(vx, vy, fiz):
     return torch.cat([bary, izc], dim=1)
 
 
-def scatter_boxes(zbuf, face_ids, x0, y0, w, h, coef, s: int, max_candidates: int) -> None:
+def scatter_boxes(zbuf, face_ids, x0, y0, w, h, coef, s: int, max_candidates: int, behind=None) -> None:
     """Test every pixel centre in each face's w x h box and z-test the inside ones."""
     bucket = ceil_log2(w) * 16 + ceil_log2(h)
     order = torch.argsort(bucket)
@@ -218,7 +229,7 @@ def scatter_boxes(zbuf, face_ids, x0, y0, w, h, coef, s: int, max_candidates: in
             if gi.numel() == 0:
                 continue
             pix = (y0[g][gi] + dy[ki]) * s + x0[g][gi] + dx[ki]
-            depth_test(zbuf, pix, vals[gi, ki, 3], face_ids[g][gi])
+            depth_test(zbuf, pix, vals[gi, ki, 3], face_ids[g][gi], behind)
 
 
 def ceil_log2(n: torch.Tensor) -> torch.Tensor:

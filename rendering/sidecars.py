@@ -297,6 +297,10 @@ def check_gltf_textures(path: Path) -> None:
             continue
         label = f"base-colour image {index}" + (f" ('{image['name']}')" if isinstance(image.get("name"), str) else "")
         uri = image.get("uri")
+        if image.get("mimeType") == "image/ktx2" or (isinstance(uri, str) and uri.lower().endswith(".ktx2")):
+            raise AssetError(f"the {label} of {path.name} is a KTX2 / Basis Universal image"
+                             f"{f' ({short(uri)})' if isinstance(uri, str) and not uri.startswith('data:') else ''}, "
+                             "which this reader does not decode: export the asset with PNG or JPEG textures")
         if isinstance(uri, str) and uri.startswith("data:"):
             data = data_uri_bytes(uri)
             if data is None:

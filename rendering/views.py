@@ -19,6 +19,8 @@ MAX_RESOLUTION = 4096
 MAX_FACES = 50_000_000
 AUTO_CULL_FACES = 50_000
 SHADE_CHUNK = 1 << 20  # covered pixels shaded at once
+MAX_PEEL_LAYERS = 32  # cut-out surfaces looked through per pixel (glTF alphaMode MASK)
+CLAMP_TO_EDGE, MIRRORED_REPEAT, REPEAT = 33071, 33648, 10497
 BACKENDS = ("pack", "pytorch3d")
 
 
@@ -81,12 +83,13 @@ def render_views(asset: Asset, num_views: int = 8, preset: str = "release", reso
                          f"normalisation) outside the visible depth range {NEAR}..{FAR}: use a radius "
                          f"between {reach + NEAR:.2f} and {FAR - reach:.2f}")
     cull = 0
-    if cull_back_faces or (cull_back_faces is None and asset.num_faces >= AUTO_CULL_FACES):
+    if (cull_back_faces or (cull_back_faces is None and asset.num_faces >= AUTO_CULL_FACES)) \
+            and not asset.has_cut_outs:  # a cut-out shows the inside of a closed shell
         cull = asset.closed_orientation()
     shader = Shader(asset, verts, y_rotation, device)
     s = resolution
     p3d = None
-    if backend == "pytorch3d":
+    if backend == "pytorch3d" and not shader.cut_out:  # cut-outs need the depth peel of the pack's rasterizer
         from .pytorch3d_backend import PyTorch3DRasterizer
         p3d = PyTorch3DRasterizer(shader.verts, shader.faces, s, device)
     n = len(cameras)
@@ -98,7 +101,7 @@ def render_views(asset: Asset, num_views: int = 8, preset: str = "release", reso
     for i, cam in enumerate(cameras):
         if p3d is None:
             cam_v = cam.to_camera(verts32)  # [V, 3] float32
-            face = rasterize(cam_v, shader.face_cols, cam.focal, s, cull=cull)  # [H*W]
+            face = visible_faces(shader, cam, cam_v, s, cull)  # [H*W]
         else:
             face, bary, z = p3d.view(cam)
         hit = (face >= 0).nonzero().squeeze(1)  # [P] covered pixels
@@ -119,6 +122,30 @@ def render_views(asset: Asset, num_views: int = 8, preset: str = "release", reso
     return Views(rgb.view(n, s, s, 3), point_map.view(n, s, s, 3), mask.view(n, s, s), depth.view(n, s, s), cameras)
 
 
+def visible_faces(shader: Shader, cam: Camera, cam_v: torch.Tensor, s: int, cull: int = 0,
+                  height: int | None = None) -> torch.Tensor:
+    """Visible face per pixel ([H*W], -1 = background): the rasterizer's nearest face, and where
+    that point is cut out (alphaMode MASK), the next surface behind it (depth peeling)."""
+    if not shader.cut_out:
+        return rasterize(cam_v, shader.face_cols, cam.focal, s, cull=cull, height=height)
+    face, iz = rasterize(cam_v, shader.face_cols, cam.focal, s, cull=cull, height=height, with_depth=True)
+    for layer in range(MAX_PEEL_LAYERS + 1):
+        pix = (face >= 0).nonzero().squeeze(1)
+        dropped = pix[~shader.drawn(pix, face[pix], cam, s, height)]
+        if dropped.numel() == 0:
+            break
+        if layer == MAX_PEEL_LAYERS:
+            face[dropped] = -1
+            break
+        behind = torch.full_like(iz, -math.inf)
+        behind[dropped] = iz[dropped]
+        nxt, nxt_iz = rasterize(cam_v, shader.face_cols, cam.focal, s, cull=cull, height=height,
+                                behind=behind, with_depth=True)
+        face[dropped] = nxt[dropped]
+        iz[dropped] = nxt_iz[dropped]
+    return face
+
+
 class Shader:
     """Per-pixel attributes of the visible faces: base colour, point map, depth."""
 
@@ -129,10 +156,16 @@ class Shader:
         self.faces = asset.faces.to(device)  # [F, 3]
         self.face_cols = split_faces(self.faces)  # 3 x [F] int32
         uv = asset.uv if asset.uv is not None else torch.zeros(asset.num_vertices, 2)
-        # per-vertex attributes interpolated together: point map 0:3, colour 3:6, uv 6:8
-        self.attrs = torch.cat([asset.point_map_colors(), asset.colors.float(), uv.float()], dim=1).to(device)
+        # per-vertex attributes interpolated together: point map 0:3, colour 3:6, uv 6:8, alpha 8 (cut-outs)
+        attrs = [asset.point_map_colors(), asset.colors.float(), uv.float()]
+        self.cut_out = asset.has_cut_outs
+        if self.cut_out:
+            attrs.append(asset.alpha.float()[:, None])
+            self.face_cutoff = asset.face_cutoff.float().to(device)
+        self.attrs = torch.cat(attrs, dim=1).to(device)
         self.face_texture = asset.face_texture.to(device) if asset.face_texture is not None else None
-        self.textures = [(t.image.to(device), t.factor.to(device), t.has_factor()) for t in asset.textures]
+        self.textures = [(t.image.to(device), t.factor.to(device), t.has_factor(), t.wrap,
+                          t.alpha.to(device) if t.alpha is not None else None) for t in asset.textures]
         a = math.radians(y_rotation)
         self.rot = None if y_rotation % 360 == 0 else torch.tensor(
             [[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0], [-math.sin(a), 0.0, math.cos(a)]],
@@ -148,26 +181,48 @@ class Shader:
         rgb, pm = self.surface(faces, bary, corner)
         return rgb, pm, t.float()
 
+    def interpolate(self, faces: torch.Tensor, bary, corner=None) -> torch.Tensor:
+        """[P, 8 or 9] per-vertex attributes interpolated at the barycentrics (3 x [P])."""
+        if corner is None:
+            corner = [c.index_select(0, faces) for c in self.face_cols]
+        return sum(b.float()[:, None] * self.attrs.index_select(0, c) for b, c in zip(bary, corner))
+
+    def drawn(self, pixels: torch.Tensor, faces: torch.Tensor, cam: Camera, s: int,
+              height: int | None = None) -> torch.Tensor:
+        """[P] bool: the visible point is drawn (alphaMode MASK: alpha × texel alpha >= the cutoff)."""
+        corner = [c.index_select(0, faces) for c in self.face_cols]
+        tri = [[self.verts_t[d].index_select(0, c) for d in range(3)] for c in corner]
+        bary, _ = ray_barycentrics([float(e) for e in cam.eye], pixel_rays(cam, pixels, s, height), tri)
+        values = self.interpolate(faces, bary, corner)
+        alpha = values[:, 8].clamp(0, 1)
+        if self.textures:
+            tex_id = self.face_texture[faces]
+            for k, (_, _, _, wrap, texel_alpha) in enumerate(self.textures):
+                if texel_alpha is None:
+                    continue
+                sel = (tex_id == k).nonzero().squeeze(1)
+                if sel.numel():
+                    alpha[sel] = alpha[sel] * sample_bilinear(texel_alpha[..., None], values[sel, 6:8], wrap)[:, 0]
+        return alpha >= self.face_cutoff[faces]
+
     def surface(self, faces: torch.Tensor, bary, corner=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Faces [P] and barycentrics (3 x [P]) -> base colour [P, 3] and point map [P, 3]: attribute
         interpolation, y_rotation of the point-map frame, texture lookup and colour rules."""
-        if corner is None:
-            corner = [c.index_select(0, faces) for c in self.face_cols]
-        values = sum(b.float()[:, None] * self.attrs.index_select(0, c) for b, c in zip(bary, corner))  # [P, 8]
+        values = self.interpolate(faces, bary, corner)
         pm = values[:, 0:3].clamp(0, 1)
         if self.rot is not None:
             pm = (((pm * 2 - 1) @ self.rot.T + 1) / 2).clamp(0, 1)
         rgb = values[:, 3:6]
         if self.textures:
             tex_id = self.face_texture[faces]
-            for k, (image, factor, has_factor) in enumerate(self.textures):
+            for k, (image, factor, has_factor, wrap, _) in enumerate(self.textures):
                 sel = (tex_id == k).nonzero().squeeze(1)
                 if sel.numel() == 0:
                     continue
-                c = sample_bilinear(image, values[sel, 6:8])
+                c = sample_bilinear(image, values[sel, 6:8], wrap)
                 if has_factor:  # texels are sRGB, the factor is linear (docs/method.md §1.6)
                     c = linear_to_srgb(srgb_to_linear(c) * factor)
-                rgb[sel] = c
+                rgb[sel] = c * rgb[sel]  # times the vertex colours (glTF COLOR_0; ones without)
         return rgb.clamp(0, 1), pm
 
 
@@ -213,8 +268,19 @@ def ray_barycentrics(origin, dirs, tri):
     return [1 - u - v, u, v], t
 
 
-def sample_bilinear(image: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
-    """Bilinear lookup with repeat wrapping: image [H, W, 3] uint8, uv [P, 2] (v up) -> [P, 3] in [0, 1].
+def wrap_index(i: torch.Tensor, n: int, mode: int) -> torch.Tensor:
+    """Texel index wrapped into 0..n-1: REPEAT, CLAMP_TO_EDGE or MIRRORED_REPEAT (period 2n)."""
+    if mode == CLAMP_TO_EDGE:
+        return i.clamp(0, n - 1)
+    if mode == MIRRORED_REPEAT:
+        m = i.remainder(2 * n)
+        return torch.where(m < n, m, 2 * n - 1 - m)
+    return i.remainder(n)
+
+
+def sample_bilinear(image: torch.Tensor, uv: torch.Tensor, wrap=(REPEAT, REPEAT)) -> torch.Tensor:
+    """Bilinear lookup: image [H, W, C] uint8, uv [P, 2] (v up) -> [P, C] in [0, 1]; ``wrap`` is the
+    glTF sampler's (wrapS, wrapT), repeat by default.
 
     glTF/OpenGL UVs as trimesh gives them: u -> column, v is flipped when indexing rows
     (v = 1 is the top row of the image). Texel centres sit at (j + 0.5) / W.
@@ -225,11 +291,10 @@ def sample_bilinear(image: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     x0f, y0f = torch.floor(x), torch.floor(y)
     fx = (x - x0f).float()[:, None]
     fy = (y - y0f).float()[:, None]
-    x0 = x0f.long().remainder(w)
-    y0 = y0f.long().remainder(h)
-    x1 = (x0 + 1).remainder(w)
-    y1 = (y0 + 1).remainder(h)
-    flat = image.reshape(-1, 3)
+    x0i, y0i = x0f.long(), y0f.long()
+    x0, x1 = wrap_index(x0i, w, wrap[0]), wrap_index(x0i + 1, w, wrap[0])
+    y0, y1 = wrap_index(y0i, h, wrap[1]), wrap_index(y0i + 1, h, wrap[1])
+    flat = image.reshape(h * w, -1)
     def texel(yy, xx):
         return flat[yy * w + xx].float()
     top = texel(y0, x0) * (1 - fx) + texel(y0, x1) * fx

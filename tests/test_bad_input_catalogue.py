@@ -300,13 +300,13 @@ def test_client_server_address_without_scheme_means_http(private, tmp_path):
 def test_client_checks_local_inputs_before_any_network_call(private, tmp_path):
     """A missing asset, an unsupported type, a workflow without a Load Asset node: exit 2 with the
     reason, against a live server (nothing uploaded) and a dead address (no 'unreachable')."""
-    (tmp_path / "thing.fbx").write_bytes(b"Kaydara FBX Binary  \0")
+    (tmp_path / "thing.blend").write_bytes(b"BLENDER-v300")
     (tmp_path / "notes.txt").write_text("not a mesh")
     asset = write_demo_asset(tmp_path / "box.glb")
     no_loader = tmp_path / "no_loader.json"
     no_loader.write_text(json.dumps({"1": {"class_type": "EmptyImage", "inputs": {
         "width": 8, "height": 8, "batch_size": 1, "color": 0}}}))
-    cases = [(["--asset", tmp_path / "thing.fbx"], "FBX is not supported"),
+    cases = [(["--asset", tmp_path / "thing.blend"], "export the asset from Blender as GLB"),
              (["--asset", tmp_path / "notes.txt"], "unsupported 3D file type '.txt'"),
              (["--asset", tmp_path / "nothing.glb"], "does not exist"),
              (["--asset", asset, "--workflow", no_loader], "no node that takes it")]

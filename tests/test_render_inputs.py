@@ -64,12 +64,12 @@ def test_texture_times_factor_in_linear_light_without_uint8_overflow(tmp_path):
     assert np.abs(front_colour(path) - srgb(lin * factor)).max() < 1e-5
 
 
-def test_texture_wins_over_vertex_colours_and_vertex_colours_over_grey(tmp_path):
+def test_vertex_colours_multiply_the_texture_and_vertex_colours_over_grey(tmp_path):
     from PIL import Image
     v, f, uv = marked_quad()
     red = Image.new("RGB", (4, 4), (255, 0, 0))
-    both = write_glb(tmp_path / "both.glb", [GltfPart(v, f, uv=uv, texture=red, colors=np.tile([0, 1.0, 0], (4, 1)))])
-    assert np.allclose(front_colour(both), [1, 0, 0])
+    both = write_glb(tmp_path / "both.glb", [GltfPart(v, f, uv=uv, texture=red, colors=np.tile([0.5, 1.0, 0], (4, 1)))])
+    assert np.allclose(front_colour(both), [0.5, 0, 0])  # glTF: COLOR_0 × texture × factor
     vc = write_glb(tmp_path / "vc.glb", [GltfPart(v, f, colors=np.tile([0, 0, 1.0], (4, 1)))])
     assert np.allclose(front_colour(vc), [0, 0, 1])
     plain = write_glb(tmp_path / "plain.glb", [GltfPart(v, f)])

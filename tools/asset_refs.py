@@ -2,7 +2,7 @@
 
 An OBJ names its material libraries (``mtllib``), an MTL names texture maps (``map_Kd``, ``bump``…,
 options such as ``-s 1 1 1`` before the file name), a glTF names its buffers and images by URI (a
-GLB may too). The headless client uploads these sidecars with the asset, into the same folder, so
+GLB may too), a USD layer names textures and other layers by asset path (a USDZ holds them inside). The headless client uploads these sidecars with the asset, into the same folder, so
 that the relative references still resolve on the server.
 
 Rules: a reference is a path relative to the asset's folder (an MTL's maps: relative to the MTL's
@@ -27,11 +27,8 @@ from urllib.parse import unquote
 
 # the extensions RefAny3D Load 3D Asset reads (rendering.SUPPORTED_EXTENSIONS; kept equal by a test,
 # duplicated because the client runs without the pack's libraries)
-SUPPORTED_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
-UNSUPPORTED_HINT = {".fbx": "FBX is not supported: export the asset as GLB (e.g. from Blender)",
-                    ".blend": "export the asset from Blender as GLB (File > Export > glTF 2.0)",
-                    ".usd": "USD is not supported: export the asset as GLB",
-                    ".usdz": "USDZ is not supported: export the asset as GLB",
+SUPPORTED_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off", ".usd", ".usda", ".usdc", ".usdz", ".fbx")
+UNSUPPORTED_HINT = {".blend": "export the asset from Blender as GLB (File > Export > glTF 2.0)",
                     ".3ds": "3DS is not supported: export the asset as GLB or OBJ",
                     ".dae": "COLLADA is not supported: export the asset as GLB or OBJ"}
 
@@ -99,6 +96,19 @@ def collect(asset: str | Path) -> AssetBundle:
     elif ext in (".gltf", ".glb"):
         for uri in gltf_uris(asset):
             _add(files, root, uri, asset.name)
+    elif ext in (".usd", ".usda", ".usdc"):  # a .usdz carries its files inside
+        layers = [(asset, asset.name)]
+        while layers:  # layers it references name files of their own, relative to themselves
+            layer, layer_rel = layers.pop()
+            for rel in usd_asset_paths(layer):
+                rel = _relative_to_mtl(root, layer_rel, rel) if "/" in layer_rel else rel
+                known = safe_relative(rel, layer_rel) in files
+                path = _add(files, root, rel, layer_rel)
+                if not known and path.suffix.lower() in (".usd", ".usda", ".usdc"):
+                    layers.append((path, safe_relative(rel, layer_rel)))
+    elif ext == ".fbx":
+        for name in fbx_texture_files(asset, root):
+            files[name] = root / name
     return AssetBundle(asset, files)
 
 
@@ -215,6 +225,49 @@ def gltf_uris(path: Path) -> list[str]:
             if name not in found:
                 found.append(name)
     return found
+
+
+USD_TEXT_PATH = re.compile(r"@([^@\n]+)@")
+# a crate (binary) file keeps asset paths as plain strings: those naming a file a stage reads
+USD_CRATE_PATH = re.compile(rb"[A-Za-z0-9_./ -]+\.(?:png|jpe?g|exr|hdr|tga|bmp|tiff?|webp|usd[acz]?)(?![A-Za-z0-9])",
+                            re.IGNORECASE)
+
+
+def usd_asset_paths(path: Path) -> list[str]:
+    """The files a .usd/.usda/.usdc names beside itself (textures, layers it references), as
+    written: ``@…@`` asset paths of a text layer, file-name strings of a binary (crate) one."""
+    data = path.read_bytes()
+    if data.startswith(b"PXR-USDC"):
+        names = [m.group(0).decode("utf-8", "replace").strip() for m in USD_CRATE_PATH.finditer(data)]
+    else:
+        names = USD_TEXT_PATH.findall(data.decode("utf-8", "replace"))
+    found: list[str] = []
+    for name in names:
+        name = name.strip()
+        if name.startswith("./"):
+            name = name[2:]
+        if name and name not in found:
+            found.append(name)
+    return found
+
+
+def fbx_texture_files(path: Path, root: Path) -> list[str]:
+    """Texture files an FBX names that lie beside it (exporters write the path on their own machine,
+    so the reader looks the file up by its name beside the FBX). A named texture that is neither
+    beside it nor embedded (no media ``Content`` in the file) is an AssetInputError."""
+    data = path.read_bytes()
+    names = [m.group(0).decode("utf-8", "replace").replace("\\", "/").rsplit("/", 1)[-1].rsplit("::", 1)[-1]
+             for m in FBX_TEXTURE_NAME.finditer(data)]
+    found, missing = [], []
+    for name in dict.fromkeys(n.strip() for n in names if n.strip()):
+        (found if (root / name).is_file() else missing).append(name)
+    if missing and b"Content" not in data:
+        raise AssetInputError(f"{path.name} references the texture '{missing[0]}', which is missing: put it beside "
+                              f"{path.name} (expected at {root / missing[0]}), or export the FBX with embedded media")
+    return found
+
+
+FBX_TEXTURE_NAME = re.compile(rb"[A-Za-z0-9_.:\\/ -]+\.(?:png|jpe?g|tga|bmp|tiff?|webp)(?![A-Za-z0-9])", re.IGNORECASE)
 
 
 def _gltf_json(path: Path):
