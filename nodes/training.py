@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import time
 from pathlib import Path
 
 import comfy.model_management
@@ -19,6 +20,7 @@ from comfy_api.latest import io, ui
 
 from ..model_patches import RefAny3DError, check_flux, check_transformer_options, load_adapter, validate_adapter
 from ..model_patches.training import frozen_view
+from ..rendering import join_inside
 from ..training import TrainConfig, Trainer, datasets
 from ..training import checkpoint as ckpt
 from ..training import encoded as encoded_data
@@ -56,19 +58,40 @@ def run_folder(name: str) -> Path:
 # the dataset
 
 
+#: the most files and folders the Training Dataset fingerprint looks at; a larger tree (a home folder linked into
+#: input/ by mistake) is not walked further and the node simply runs again every time
+MAX_FINGERPRINT_ENTRIES = 20000
+
+
 def dataset_folder(folder: str) -> Path:
-    """A dataset folder as typed on the node: absolute, or relative to ComfyUI's input directory."""
-    path = Path(folder.strip()).expanduser()
-    return path if path.is_absolute() else Path(folder_paths.get_input_directory()) / path
+    """A dataset folder as typed on the node: a name inside ComfyUI's input folder (links inside it followed);
+    absolute names, '..' and NUL are refused without a word about the server's other files."""
+    name = folder.strip()
+    path = join_inside(name, folder_paths.get_input_directory(), what="dataset folder", error=RefAny3DError)
+    if not path.is_dir():
+        raise RefAny3DError(f"dataset folder '{name}' not found in ComfyUI's input folder (or it is a file): put "
+                            "the dataset there, or link it there, and name it relative to input/")
+    return path
 
 
-def folder_stamp(folder: Path) -> str:
+def folder_stamp(folder: Path, limit: int = MAX_FINGERPRINT_ENTRIES) -> str:
     """A digest of every file below ``folder`` (relative name, size, modification time), the reference cache
-    left out; "" for a folder that cannot be read (the run then reports it)."""
+    left out; "" for a folder that cannot be read (the run then reports it). At most ``limit`` entries are
+    looked at and a folder reached twice through links is walked once; a larger tree, or a Cancel during the
+    walk, gives a fresh value each time (the node runs again rather than trusting a partial look)."""
     h = hashlib.sha256()
+    seen, entries = set(), 0
     try:
         for root, dirs, files in os.walk(folder, followlinks=True):
+            real = os.path.realpath(root)
+            if real in seen:
+                dirs[:] = []
+                continue
+            seen.add(real)
             dirs[:] = sorted(d for d in dirs if d != datasets.CACHE_DIR)
+            entries += len(dirs) + len(files)
+            if entries > limit or comfy.model_management.processing_interrupted():
+                return f"unbounded:{time.time_ns()}"
             for name in sorted(files):
                 path = Path(root) / name
                 st = path.stat()
@@ -96,8 +119,9 @@ class RefAny3DTrainingDataset(io.ComfyNode):
                                        "a folder with one sub-folder per sample. release layout: the RefAny3D "
                                        "release's dataset layout (meta_data.json)."),
                 io.String.Input("folder", default="",
-                                tooltip="The dataset folder for 'sample folders' and 'release layout': absolute, "
-                                        "or relative to ComfyUI's input directory. Unused for synthetic."),
+                                tooltip="The dataset folder for 'sample folders' and 'release layout', inside "
+                                        "ComfyUI's input folder and named relative to it (a dataset elsewhere: link "
+                                        "it into input/). Unused for synthetic."),
                 io.Int.Input("count", default=64, min=1, max=100000,
                              tooltip="Synthetic only: number of samples (random poses) to render."),
                 io.Int.Input("size", default=512, min=16, max=2048, step=16,
@@ -128,7 +152,10 @@ class RefAny3DTrainingDataset(io.ComfyNode):
         folder are seen at the next run instead of ComfyUI handing back the cached dataset."""
         if SOURCES.get(source) == "synthetic" or not isinstance(folder, str) or not folder.strip():
             return ""
-        return folder_stamp(dataset_folder(folder))
+        try:
+            return folder_stamp(dataset_folder(folder))
+        except RefAny3DError:
+            return ""  # the run says what is wrong with the name
 
     @classmethod
     def execute(cls, source, folder="", count=64, size=512, views=8, seed=0, prompt_template="a photo of {name}",
@@ -145,8 +172,8 @@ class RefAny3DTrainingDataset(io.ComfyNode):
                                            backgrounds=backgrounds, prompt_template=prompt_template)
         else:
             if not folder or not folder.strip():
-                raise RefAny3DError(f"the '{source}' source reads a folder: set 'folder' (absolute, or relative to "
-                                    f"ComfyUI's input directory {folder_paths.get_input_directory()})")
+                raise RefAny3DError(f"the '{source}' source reads a folder: set 'folder' (a folder inside ComfyUI's "
+                                    "input folder, named relative to it; link an outside dataset into it)")
             path = dataset_folder(folder)
             kind = datasets.FolderDataset if SOURCES[source] == "folder" else datasets.ReleaseDataset
             ds = kind(str(path), size=size, ref_size=size, views=views)
@@ -409,6 +436,7 @@ class RefAny3DTrain(io.ComfyNode):
                 trainable = TrainableAdapter.for_flux(flux, rank=rank, seed=seed)
             trainer = Trainer(flux, trainable, data, data.uncond(), config, out_dir=state_dir,
                               cancel=comfy.model_management.throw_exception_if_processing_interrupted)
+            trainer.state_name = lambda path: f"models/refany3d/{name}/{TRAINING_STATE_DIR}/{path.name}"
             if resume and existing:
                 resume_from(trainer, state_dir, name)
             elif resume:
@@ -419,8 +447,8 @@ class RefAny3DTrain(io.ComfyNode):
             def save():
                 nonlocal saved
                 ckpt.save_release(trainable, out_dir)
-                ckpt.save_state(state_dir, trainer.step, trainable, trainer.optimizer, trainer.losses,
-                                config.to_json(), keep=config.keep_states)
+                trainer.last_state = ckpt.save_state(state_dir, trainer.step, trainable, trainer.optimizer,
+                                                     trainer.losses, config.to_json(), keep=config.keep_states)
                 saved = trainer.step
 
             pbar.update_absolute(min(trainer.step, steps), steps)

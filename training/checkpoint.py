@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -87,6 +88,8 @@ def state_dirs(folder) -> list[Path]:
 def save_state(folder, step: int, adapter: torch.nn.Module, optimizer: torch.optim.Optimizer,
                losses: list[float], config: dict, keep: int = 3) -> Path:
     """Writes ``folder/state-<step>/`` atomically and removes all but the last ``keep`` states."""
+    if int(step) < 0:
+        raise ValueError(f"a training state's step is ≥ 0, got {step}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{STATE_PREFIX}{int(step):08d}"
@@ -112,7 +115,8 @@ def save_state(folder, step: int, adapter: torch.nn.Module, optimizer: torch.opt
 
 def load_state(path) -> dict:
     """A saved state (a ``state-<step>`` folder, or a folder of them: the latest) as
-    ``{"step", "losses", "config", "adapter": state dict, "optimizer": state dict}``."""
+    ``{"step", "losses", "config", "adapter": state dict, "optimizer": state dict}``. Every field is
+    checked (ValueError naming the file and the field): a tampered or damaged state is never trained on."""
     import safetensors.torch
     path = Path(path)
     if not (path / "state.json").is_file():
@@ -120,10 +124,70 @@ def load_state(path) -> dict:
         if not states:
             raise FileNotFoundError(f"no training state in {path}")
         path = states[-1]
-    meta = json.loads((path / "state.json").read_text())
-    if meta.get("format") != "refany3d-training-state":
+    try:
+        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path / 'state.json'} cannot be read ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != "refany3d-training-state":
         raise ValueError(f"{path / 'state.json'} is not a RefAny3D training state")
-    tensors = safetensors.torch.load_file(str(path / "tensors.safetensors"), device="cpu")
+    problem = _meta_problem(meta, path)
+    if problem:
+        raise ValueError(f"{path / 'state.json'} is damaged: {problem}")
+    try:
+        tensors = safetensors.torch.load_file(str(path / "tensors.safetensors"), device="cpu")
+    except Exception as e:  # safetensors' own errors: a truncated or damaged file
+        raise ValueError(f"{path / 'tensors.safetensors'} cannot be read ({e})") from None
+    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise ValueError(f"{path / 'tensors.safetensors'} holds non-finite values (NaN or infinity) in {bad}")
     adapter = {k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")}
     return {"step": meta["step"], "losses": meta["losses"], "config": meta["config"], "adapter": adapter,
             "optimizer": _optimizer_join(tensors, meta["optimizer"]), "path": path}
+
+
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _values_problem(values, where: str) -> str | None:
+    """A non-finite number anywhere in the JSON ``values`` (NaN, Infinity are valid to Python's json)."""
+    if isinstance(values, float) and not math.isfinite(values):
+        return f"{where} is {values}"
+    if isinstance(values, dict):
+        return next((p for k, v in values.items() if (p := _values_problem(v, f"{where}.{k}"))), None)
+    if isinstance(values, list):
+        return next((p for i, v in enumerate(values) if (p := _values_problem(v, f"{where}[{i}]"))), None)
+    return None
+
+
+def _meta_problem(meta: dict, path: Path) -> str | None:
+    step, losses, config, opt = (meta.get(k) for k in ("step", "losses", "config", "optimizer"))
+    if meta.get("version") != 1:
+        return f"version {meta.get('version')!r} (this pack reads version 1)"
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return f"'step' must be a whole number ≥ 0, got {step!r}"
+    m = _STATE_DIR.match(path.name)
+    if m and int(m[1]) != step:
+        return f"'step' is {step} but the folder is {path.name}"
+    if not isinstance(losses, list) or len(losses) != step or not all(_finite_number(x) for x in losses):
+        return f"'losses' must hold one finite number per step ({step}), got {_describe_list(losses)}"
+    if not isinstance(config, dict):
+        return "'config' is missing"
+    lr = config.get("lr")
+    if lr is not None and not (_finite_number(lr) and lr >= 0):
+        return f"'config.lr' must be a finite number ≥ 0 or null, got {lr!r}"
+    if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list):
+        return "'optimizer' must hold 'state' and 'param_groups'"
+    for n, group in enumerate(opt["param_groups"]):
+        if not isinstance(group, dict) or not isinstance(group.get("params"), list):
+            return f"'optimizer.param_groups[{n}]' must list its 'params'"
+        if not (_finite_number(group.get("lr")) and group["lr"] >= 0):
+            return f"the optimizer's learning rate (param group {n}) must be a finite number ≥ 0, got {group.get('lr')!r}"
+    return _values_problem(opt, "'optimizer'") or _values_problem(config, "'config'")
+
+
+def _describe_list(values) -> str:
+    if not isinstance(values, list):
+        return type(values).__name__
+    bad = next((v for v in values if not _finite_number(v)), None)
+    return f"{len(values)} values" + (f" including {bad!r}" if bad is not None else "")

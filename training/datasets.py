@@ -308,7 +308,11 @@ class ReleaseDataset(Dataset):
             if missing:
                 raise DatasetError(f"{meta}: {label} lacks {', '.join(repr(k) for k in missing)} "
                                    f"(every entry needs {', '.join(RELEASE_KEYS)})")
-            paths = {k: self.folder / entry[k] for k in RELEASE_KEYS}
+            try:
+                paths = {k: rendering.join_inside(entry[k], self.folder, where="the dataset folder")
+                         for k in RELEASE_KEYS}
+            except rendering.AssetError as e:
+                raise DatasetError(f"meta_data.json: {label}: {e}") from None
             self.entries.append(paths)
         first: dict[Path, int] = {}
         for n, paths in enumerate(self.entries):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import random
 import tempfile
@@ -29,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from ._pack import (RELEASE_FILES, LossOut, RefAny3DError, TrainableAdapter, Unconditional, learning_statistics,
-                    training_loss, training_mode)
+from ._pack import (MAX_ABS_WEIGHT, RELEASE_FILES, LossOut, RefAny3DError, TrainableAdapter, Unconditional,
+                    learning_statistics, training_loss, training_mode)
 
 from . import checkpoint as ckpt
 from . import distributed as dist
@@ -39,6 +40,16 @@ OPTIMIZERS = ("adamw", "prodigy")
 RELEASE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PRODIGY_MISSING = ("the Prodigy optimizer needs the optional package 'prodigyopt', which is not installed: "
                    "pip install prodigyopt (or choose optimizer 'adamw')")
+
+
+class TrainingDiverged(RefAny3DError):
+    """A step gave a non-finite loss or gradient, or weights past what a release file may hold: the run stopped
+    before the step's update was saved anywhere. ``step``: the step that failed; ``last_state``: the last state
+    saved (or resumed from) before it, None when there is none."""
+
+    def __init__(self, message: str, step: int, last_state: Path | None):
+        super().__init__(message)
+        self.step, self.last_state = step, last_state
 
 
 @dataclass
@@ -168,6 +179,8 @@ class Trainer:
         self.optimizer = make_optimizer(adapter.parameters(), self.config)
         self.step = 0
         self.losses: list[float] = []
+        #: the last state saved (or resumed from): what a stopped run names to resume from
+        self.last_state: Path | None = None
         #: learning_statistics of the last step's gradients (structural zeros left out)
         self.statistics: dict | None = None
 
@@ -212,7 +225,10 @@ class Trainer:
                     if micro:
                         self._stop_requested()  # an interrupt may raise here; a plain stop finishes the step
                     idx = self.indices(self.step, micro)
-                    batch = collate([self.dataset[i] for i in idx], idx, self.device)
+                    try:
+                        batch = collate([self.dataset[i] for i in idx], idx, self.device)
+                    except RefAny3DError as e:
+                        self._stop(str(e), "Fix or re-make the data, then resume")
                     last = micro == cfg.accumulation - 1
                     sync = self.ddp.no_sync() if (self.ddp is not None and not last) else contextlib.nullcontext()
                     with sync:
@@ -223,18 +239,57 @@ class Trainer:
         except torch.OutOfMemoryError:
             self.optimizer.zero_grad(set_to_none=True)
             raise RefAny3DError(self._out_of_memory()) from None
+        total = dist.mean_over_ranks(total, self.world_size, self.device)
+        if not math.isfinite(total):
+            self._diverged(f"the loss is {total}", idx)
         self.statistics = learning_statistics(self.adapter)
+        if not math.isfinite(self.statistics["grad_norm"]):
+            self._diverged(f"the gradient norm is {self.statistics['grad_norm']}", idx)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), cfg.grad_clip)
         self.optimizer.step()
+        peak = self._peak_weight()
+        if not peak <= MAX_ABS_WEIGHT:
+            self._diverged(f"the update made a weight {peak:g} (a release file holds at most {MAX_ABS_WEIGHT:g})", idx)
         self.step += 1
-        total = dist.mean_over_ranks(total, self.world_size, self.device)
         self.losses.append(total)
         if cfg.save_every and self.out_dir is not None and self.step % cfg.save_every == 0:
             self.save()
         if self.on_step is not None:
             self.on_step(self.step, total)
         return total
+
+    def _peak_weight(self) -> float:
+        """The largest |value| of the adapter's weights (NaN when one is NaN), in one transfer."""
+        with torch.no_grad():
+            return float(torch.stack([p.detach().abs().amax().float() for p in self.adapter.parameters()]).amax())
+
+    def state_name(self, path: Path) -> str:
+        """How a message names a saved state (the node names it inside models/)."""
+        return str(path)
+
+    def _diverged(self, what: str, indices: Sequence[int]) -> None:
+        self._stop(f"{what} (not a finite number)", "Likely causes: a learning rate too large for this optimizer "
+                   f"(lower it), or damaged data (samples {', '.join(str(i) for i in indices)} of this step's last "
+                   "micro-batch)")
+
+    def _stop(self, what: str, hint: str) -> None:
+        """Stops the run at the step being computed: nothing of it is written (the weights in memory may hold
+        its update; no file does), and the message names the step and the state to resume from."""
+        self.optimizer.zero_grad(set_to_none=True)
+        failed = self.step + 1
+        last = self.last_state
+        where = (f"the last good state is {self.state_name(last)} (step {self.step_of(last)}): resume from it"
+                 if last is not None else "no state was saved before it: a new run starts from step 0")
+        raise TrainingDiverged(f"training stopped at step {failed}: {what}. Nothing of step {failed} was saved; "
+                               f"{where}. {hint}", failed, last)
+
+    def _optimizer_problem(self, saved: dict) -> str | None:
+        return _optimizer_problem_of(self.optimizer, saved)
+
+    @staticmethod
+    def step_of(path: Path) -> int:
+        return int(path.name.rsplit("-", 1)[-1])
 
     def _out_of_memory(self) -> str:
         """The out-of-memory message, with the estimate for this model, sample size and settings."""
@@ -280,6 +335,7 @@ class Trainer:
                       "adapter": adapter_summary({k: tuple(v.shape) for k, v in self.adapter.state_dict().items()})}
             path = ckpt.save_state(out, self.step, self.adapter, self.optimizer, self.losses, config,
                                    keep=self.config.keep_states)
+        self.last_state = path
         if sync:
             dist.barrier(self.world_size)
         return path
@@ -310,10 +366,43 @@ class Trainer:
         if saved_opt is not None and saved_opt != self.config.optimizer:
             raise RefAny3DError(f"cannot resume from {state['path']}: it was trained with the {saved_opt} optimizer, "
                                 f"this run uses {self.config.optimizer}; use the same optimizer to resume")
+        problem = self._optimizer_problem(state["optimizer"])
+        if problem:
+            raise RefAny3DError(f"cannot resume from {state['path']}: its optimizer state {problem}; the state is "
+                                "damaged (resume from an older state-<step> folder, or start a new run)")
         with torch.no_grad():
             self.adapter.load_state_dict(state["adapter"], strict=True)
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, RuntimeError, TypeError) as e:
+            raise RefAny3DError(f"cannot resume from {state['path']}: its optimizer state does not load ({e}); "
+                                "resume from an older state-<step> folder, or start a new run") from None
         self.step, self.losses = int(state["step"]), [float(x) for x in state["losses"]]
+        self.last_state = state["path"]
+
+
+def _param_list(optimizer: torch.optim.Optimizer) -> list[list[torch.Tensor]]:
+    return [list(g["params"]) for g in optimizer.param_groups]
+
+
+def _optimizer_problem_of(optimizer: torch.optim.Optimizer, saved: dict) -> str | None:
+    """What in a saved optimizer state dict does not fit ``optimizer`` (groups, parameter counts, tensor
+    shapes), else None. Per-parameter tensors are scalars or the shape of their parameter."""
+    mine = _param_list(optimizer)
+    groups = saved["param_groups"]
+    if len(groups) != len(mine) or [len(g["params"]) for g in groups] != [len(g) for g in mine]:
+        return (f"has {len(groups)} parameter group(s) of {[len(g['params']) for g in groups]} parameters, this "
+                f"run {len(mine)} of {[len(g) for g in mine]}")
+    ids = [pid for g in groups for pid in g["params"]]
+    params = dict(zip(ids, (p for g in mine for p in g)))
+    for pid, entry in saved["state"].items():
+        if pid not in params:
+            return f"names parameter {pid}, which no group lists"
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor) and value.ndim and tuple(value.shape) != tuple(params[pid].shape):
+                return (f"holds {name} of shape {tuple(value.shape)} for a parameter of shape "
+                        f"{tuple(params[pid].shape)}")
+    return None
 
 
 def write_embedder_pth(adapter: TrainableAdapter, folder, dtype: torch.dtype = torch.float32) -> Path:
