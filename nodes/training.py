@@ -383,6 +383,10 @@ class RefAny3DTrain(io.ComfyNode):
                               tooltip="Start from this adapter (e.g. the release, from RefAny3D Load Adapter) "
                                       "instead of the release's fresh initialisation."),
                 io.Vae.Input("vae", optional=True, tooltip="The Flux VAE, to decode the previews."),
+                io.Boolean.Input("overwrite", default=False, optional=True,
+                                 tooltip="Off: a new run (resume off, or no state to resume) into a folder that "
+                                         "already holds an adapter is refused, so nothing is replaced. On: the run's "
+                                         "saves replace that adapter. A resumed run saves over its own files."),
             ],
             outputs=[
                 Adapter.Output(display_name="adapter",
@@ -404,7 +408,7 @@ class RefAny3DTrain(io.ComfyNode):
     @classmethod
     def execute(cls, model, encoded, name, steps=1000, batch_size=1, accumulation=1, optimizer="prodigy",
                 learning_rate=0.0, rank=16, seed=0, save_every=250, preview_every=100, resume=False, adapter=None,
-                vae=None) -> io.NodeOutput:
+                vae=None, overwrite=False) -> io.NodeOutput:
         from ..model_patches.training import TrainableAdapter
         node_id = cls.hidden.unique_id if cls.hidden else None
         out_dir = run_folder(name)
@@ -421,6 +425,8 @@ class RefAny3DTrain(io.ComfyNode):
             raise RefAny3DError(f"models/refany3d/{name}/{TRAINING_STATE_DIR}/ already holds a training state "
                                 f"({existing[-1].name}): turn 'resume' on to continue that run, or choose another "
                                 "name (or delete the folder) to start a new one")
+        if not existing:
+            refuse_to_replace(out_dir, name, overwrite)
         load_model(model)
         flux = check_flux(model)
         if adapter is not None:
@@ -481,6 +487,14 @@ class RefAny3DTrain(io.ComfyNode):
         return out
 
 
+def refuse_to_replace(folder: Path, name: str, overwrite: bool) -> None:
+    """An adapter already in ``folder`` is replaced only when the user said so."""
+    present = ckpt.adapter_files(folder)
+    if present and not overwrite:
+        raise RefAny3DError(f"models/refany3d/{name}/ already holds an adapter ({', '.join(present)}); nothing was "
+                            "written: choose another name, or turn 'overwrite' on to replace that adapter")
+
+
 def resume_from(trainer, state_dir: Path, name: str) -> None:
     """Loads the latest state, with a clear error when it does not fit this run."""
     try:
@@ -514,12 +528,17 @@ class RefAny3DSaveAdapter(io.ComfyNode):
                 Adapter.Input("adapter", tooltip="The adapter to save (from RefAny3D Train or Load Adapter)."),
                 io.String.Input("name", default="my_refany3d",
                                 tooltip="Folder name in models/refany3d/ (a plain name: no path separators or "
-                                        "'..'). Files of the same name there are replaced."),
+                                        "'..'). A folder that already holds an adapter is replaced only with "
+                                        "'overwrite' on."),
                 io.Combo.Input("dtype", options=["bf16", "fp32"], default="bf16",
                                tooltip="bf16: as the release ships its files (half the size). fp32: full precision."),
                 io.Boolean.Input("write_pth", default=False,
                                  tooltip="Also write domain_embedder.pth (a plain state dict, as the release ships "
                                          "it) for the authors' own code."),
+                io.Boolean.Input("overwrite", default=False, optional=True,
+                                 tooltip="Off: a folder that already holds an adapter is refused (nothing is "
+                                         "replaced). On: its adapter is replaced by this one (every adapter file of "
+                                         "the folder: no old domain_embedder.pth stays beside new files)."),
             ],
             outputs=[],
             is_output_node=True,
@@ -531,20 +550,14 @@ class RefAny3DSaveAdapter(io.ComfyNode):
         return (run_name_problem(name) if name is not None else None) or True
 
     @classmethod
-    def execute(cls, adapter, name, dtype="bf16", write_pth=False) -> io.NodeOutput:
+    def execute(cls, adapter, name, dtype="bf16", write_pth=False, overwrite=False) -> io.NodeOutput:
         from ..model_patches.training import TrainableAdapter
         folder = run_folder(name)
         torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+        refuse_to_replace(folder, name, overwrite)
         with torch.inference_mode(False):
             trainable = TrainableAdapter.from_adapter(adapter)
-            paths = ckpt.save_release(trainable, folder, torch_dtype)
-            if write_pth:
-                pth = folder / "domain_embedder.pth"
-                tmp = folder / ".domain_embedder.pth.tmp"
-                sd = trainable.to_release_state_dicts(torch_dtype)["domain_embedder"]
-                torch.save(sd, tmp)
-                os.replace(tmp, pth)
-                paths["domain_embedder_pth"] = pth
+            paths = ckpt.save_release(trainable, folder, torch_dtype, write_pth=bool(write_pth))
         names = ", ".join(sorted(p.name for p in paths.values()))
         text = f"saved {names} in models/refany3d/{name}/"
         show_on_node(cls.hidden.unique_id if cls.hidden else None, text)

@@ -5,22 +5,23 @@
 * :func:`save_state` / :func:`load_state`: a folder ``state-<step>/`` holding ``tensors.safetensors``
   (the fp32 trainable tensors and the optimizer's tensors) and ``state.json`` (step, loss history,
   config, the optimizer's other values). Every file and folder is written under a temporary name and
-  moved into place with ``os.replace``, so a crash never leaves a half-written state; only the last
-  ``keep`` states are kept.
+  moved into place with ``os.replace`` (:mod:`training.files`: modes as the umask says), so a crash never
+  leaves a half-written state; only the last ``keep`` states are kept. :func:`load_state` checks every
+  field before a run trusts it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ._pack import ADAPTER_NAMES, RELEASE_FILES
+from .files import replacing, replacing_dir
 
 EMBEDDER_FILE = "domain_embedder.safetensors"
 STATE_PREFIX = "state-"
@@ -28,28 +29,47 @@ _STATE_DIR = re.compile(r"^state-(\d+)$")
 
 
 def _atomic_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    with replacing(path) as tmp:
+        safetensors_save(tensors, tmp, metadata)
+
+
+def safetensors_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
     import safetensors.torch
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
-                                    metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path),
+                                metadata=metadata)
 
 
-def save_release(adapter, folder, dtype: torch.dtype = torch.float32) -> dict[str, Path]:
+#: every file of an adapter in a folder; a folder holds one adapter, so writing one removes the others' leftovers
+ADAPTER_FILES = (RELEASE_FILES["reference"], RELEASE_FILES["domain"], EMBEDDER_FILE, RELEASE_FILES["domain_embedder"])
+
+
+def adapter_files(folder) -> list[str]:
+    """The adapter files present in ``folder`` (none when it does not exist)."""
+    folder = Path(folder)
+    return [name for name in ADAPTER_FILES if (folder / name).is_file()]
+
+
+def save_release(adapter, folder, dtype: torch.dtype = torch.float32, write_pth: bool = False) -> dict[str, Path]:
     """Writes the release files of a ``TrainableAdapter`` into ``folder`` (the release itself used
-    bf16; fp32 by default); returns {"reference", "domain", "domain_embedder"} -> path."""
+    bf16; fp32 by default; with ``write_pth`` also the release's ``domain_embedder.pth``, a plain state dict
+    for the authors' code); returns {"reference", "domain", "domain_embedder"[, "domain_embedder_pth"]} -> path.
+
+    The folder then holds exactly this adapter: every file is written under a temporary name first, an
+    adapter file this save does not write (a ``domain_embedder.pth`` of an earlier adapter) is removed, and
+    only then are the new files moved into place."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sds = adapter.to_release_state_dicts(dtype)
     paths = {name: folder / RELEASE_FILES[name] for name in ADAPTER_NAMES}
     paths["domain_embedder"] = folder / EMBEDDER_FILE
-    for name, path in paths.items():
-        _atomic_safetensors(sds[name], path, metadata={"format": "pt", "refany3d": name})
+    with contextlib.ExitStack() as stack:
+        for name, path in paths.items():
+            safetensors_save(sds[name], stack.enter_context(replacing(path)), {"format": "pt", "refany3d": name})
+        if write_pth:
+            paths["domain_embedder_pth"] = folder / RELEASE_FILES["domain_embedder"]
+            torch.save(sds["domain_embedder"], stack.enter_context(replacing(paths["domain_embedder_pth"])))
+        for stale in set(adapter_files(folder)) - {p.name for p in paths.values()}:
+            (folder / stale).unlink()
     return paths
 
 
@@ -93,21 +113,15 @@ def save_state(folder, step: int, adapter: torch.nn.Module, optimizer: torch.opt
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{STATE_PREFIX}{int(step):08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=folder))
-    try:
+    with replacing_dir(final) as tmp:
         tensors = {f"adapter.{k}": v.detach().float() for k, v in adapter.state_dict().items()}
         opt_tensors, opt_meta = _optimizer_split(optimizer)
         tensors.update(opt_tensors)
         _atomic_safetensors(tensors, tmp / "tensors.safetensors")
         meta = {"format": "refany3d-training-state", "version": 1, "step": int(step), "losses": list(losses),
                 "config": config, "optimizer": opt_meta}
-        (tmp / "state.json").write_text(json.dumps(meta, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        with replacing(tmp / "state.json") as json_tmp:
+            json_tmp.write_text(json.dumps(meta, indent=1))
     for old in state_dirs(folder)[:-max(1, int(keep))]:
         shutil.rmtree(old)
     return final

@@ -31,8 +31,6 @@ import inspect
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ._pack import RefAny3DError, rendering, sibling
+from .files import replacing
 
 log = logging.getLogger(__name__)
 
@@ -439,17 +438,12 @@ class FolderDataset(Dataset):
                 pass
             log.warning("RefAny3D dataset: cached references %s are damaged; rendering them again", path)
         rgb, point_map = self.render(i)
-        tmp = None
         try:  # written under a unique temporary name, then renamed: readers (other ranks, workers) never see half a file
-            path.parent.mkdir(exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            save_file({"rgb": rgb, "point_map": point_map}, tmp, metadata={"asset": self.samples[i]["asset"].name})
-            os.replace(tmp, path)
+            with replacing(path) as tmp:
+                save_file({"rgb": rgb, "point_map": point_map}, str(tmp),
+                          metadata={"asset": self.samples[i]["asset"].name})
         except (OSError, SafetensorError) as e:
             log.warning("RefAny3D dataset: cannot cache references in %s (%s); they will be rendered again", path, e)
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
         return rgb, point_map
 
     def render(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,13 +21,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
 from ._pack import RefAny3DError, Unconditional
+from .files import file_mode, temp_dir
 
 FORMAT = "refany3d-encoded-dataset"
 VERSION = 1
@@ -127,9 +127,8 @@ def encode_dataset(dataset, encode_image: Callable[[torch.Tensor], torch.Tensor]
     if folder.is_dir() and any(folder.iterdir()) and not (folder / INFO_FILE).is_file():
         raise RefAny3DError(f"cannot encode into {folder}: the folder holds other files and is not an encoded "
                             "dataset; choose an empty or new folder")
-    import safetensors.torch
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".encoding", dir=folder.parent))
+    tmp = temp_dir(folder, ".encoding")
     try:
         if progress is not None:
             progress(0, total)
@@ -140,7 +139,7 @@ def encode_dataset(dataset, encode_image: Callable[[torch.Tensor], torch.Tensor]
 
         def flush():
             name = f"shard-{len(shards):05d}.safetensors"
-            safetensors.torch.save_file(shard, str(tmp / name), metadata={"format": FORMAT})
+            write_safetensors(shard, tmp / name)
             shards.append({"file": name, "count": len({k.split(".")[0] for k in shard}),
                            "bytes": (tmp / name).stat().st_size})
             shard.clear()
@@ -205,18 +204,26 @@ def encode_dataset(dataset, encode_image: Callable[[torch.Tensor], torch.Tensor]
         uncond = {"context": context, "black_reference": black}
         if pooled is not None:
             uncond["pooled"] = pooled
-        safetensors.torch.save_file(uncond, str(tmp / UNCOND_FILE), metadata={"format": FORMAT})
+        write_safetensors(uncond, tmp / UNCOND_FILE)
         info = {"format": FORMAT, "version": VERSION, "count": total,
                 "shapes": {**shapes, "context_channels": channels, "context_length": max(max_len, context.shape[0]),
                            "pooled": pooled_size},
                 "shards": shards, "samples": records,
                 "source": {"describe": _describe(dataset), "fingerprint": _fingerprint(dataset)}}
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
+        os.chmod(tmp / INFO_FILE, file_mode())
         _move_into_place(tmp, folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return EncodedDataset(folder)
+
+
+def write_safetensors(tensors: dict, path: Path) -> None:
+    """A file of the (temporary) encoding folder, with the umask's mode."""
+    import safetensors.torch
+    safetensors.torch.save_file(tensors, str(path), metadata={"format": FORMAT})
+    os.chmod(path, file_mode())
 
 
 def _describe(dataset) -> str:

@@ -21,9 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import random
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ from ._pack import (MAX_ABS_WEIGHT, RELEASE_FILES, LossOut, RefAny3DError, Train
 
 from . import checkpoint as ckpt
 from . import distributed as dist
+from .files import replacing
 
 OPTIMIZERS = ("adamw", "prodigy")
 RELEASE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -343,11 +342,8 @@ class Trainer:
     def save_release(self, folder) -> dict[str, Path]:
         """The release files of the current adapter in ``folder`` (precision ``config.release_dtype``;
         with ``config.write_pth`` also the release's ``domain_embedder.pth``, a plain state dict)."""
-        dtype = RELEASE_DTYPES[self.config.release_dtype]
-        paths = ckpt.save_release(self.adapter, folder, dtype)
-        if self.config.write_pth:
-            paths["domain_embedder_pth"] = write_embedder_pth(self.adapter, folder, dtype)
-        return paths
+        return ckpt.save_release(self.adapter, folder, RELEASE_DTYPES[self.config.release_dtype],
+                                 write_pth=self.config.write_pth)
 
     def load(self, path) -> None:
         """Resumes from a saved state (a ``state-<step>`` folder or a folder of them: the latest).
@@ -408,16 +404,7 @@ def _optimizer_problem_of(optimizer: torch.optim.Optimizer, saved: dict) -> str 
 def write_embedder_pth(adapter: TrainableAdapter, folder, dtype: torch.dtype = torch.float32) -> Path:
     """The release's ``domain_embedder.pth`` (a plain state dict through ``torch.save``, for the authors'
     own code; the pack itself reads it only with ``weights_only=True``), written atomically."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / RELEASE_FILES["domain_embedder"]
-    sd = adapter.to_release_state_dicts(dtype)["domain_embedder"]
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        torch.save(sd, tmp)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    final = Path(folder) / RELEASE_FILES["domain_embedder"]
+    with replacing(final) as tmp:
+        torch.save(adapter.to_release_state_dicts(dtype)["domain_embedder"], tmp)
     return final
