@@ -196,6 +196,10 @@ def _digest(*tensors) -> str:
     return h.hexdigest()[:16]
 
 
+def encodings_folder() -> Path:
+    return Path(folder_paths.get_output_directory()) / "refany3d_encoded"
+
+
 def text_encoder(clip):
     def encode_text(prompt: str):
         cond = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
@@ -234,6 +238,18 @@ class RefAny3DEncodeTrainingData(io.ComfyNode):
             hidden=[io.Hidden.unique_id],
         )
 
+    #: the encoding folders this node handed out in this server's life
+    handed_out: set[Path] = set()
+
+    @classmethod
+    def fingerprint_inputs(cls, **_inputs):
+        """Unchanged while every encoding this node handed out is intact; an encoding damaged or removed since
+        (a truncated shard) makes ComfyUI run the node again, which then encodes anew instead of handing back
+        the damaged one from its cache."""
+        if all(encoded_data.is_encoded(folder) for folder in cls.handed_out):
+            return ""
+        return f"damaged:{time.time_ns()}"
+
     @classmethod
     def execute(cls, dataset, vae, clip) -> io.NodeOutput:
         node_id = cls.hidden.unique_id if cls.hidden else None
@@ -242,9 +258,10 @@ class RefAny3DEncodeTrainingData(io.ComfyNode):
         probe_ctx, probe_pooled = encode_text("refany3d probe")
         probe_img = encode_image(torch.linspace(0, 1, 16 * 16 * 3).view(1, 16, 16, 3))
         key = hashlib.sha256(f"{dataset.fingerprint()}:{_digest(probe_ctx, probe_pooled, probe_img)}".encode())
-        folder = Path(folder_paths.get_output_directory()) / "refany3d_encoded" / key.hexdigest()[:24]
+        folder = encodings_folder() / key.hexdigest()[:24]
         if encoded_data.is_encoded(folder, dataset.fingerprint()):
             show_on_node(node_id, f"re-used the encoding in {folder}")
+            cls.handed_out.add(folder)
             return io.NodeOutput(encoded_data.EncodedDataset(folder))
         pbar = comfy.utils.ProgressBar(len(dataset))
         encoded = encoded_data.encode_dataset(
@@ -252,6 +269,7 @@ class RefAny3DEncodeTrainingData(io.ComfyNode):
             progress=lambda done, total: pbar.update_absolute(done, total),
             cancel=comfy.model_management.throw_exception_if_processing_interrupted)
         show_on_node(node_id, f"{len(encoded)} samples encoded in {folder}")
+        cls.handed_out.add(folder)
         return io.NodeOutput(encoded)
 
 
