@@ -88,11 +88,21 @@ def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.
 
 
 def _optimizer_join(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict] = {int(pid): dict(vals) for pid, vals in meta["state"].items()}
+    """The optimizer's state dict from its tensors and JSON values; ValueError for names that are not
+    ``optim.<number>.<name>`` or values that are not a table per parameter."""
+    state: dict[int, dict] = {}
+    for pid, vals in meta["state"].items():
+        if not str(pid).isdigit() or not isinstance(vals, dict):
+            raise ValueError(f"the optimizer state of parameter {pid!r} is not a table of values")
+        state[int(pid)] = dict(vals)
     for key, t in tensors.items():
         if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
+            _, pid, name = (key.split(".", 2) + ["", ""])[:3]
+            if not pid.isdigit() or not name:
+                raise ValueError(f"tensors.safetensors holds {key!r}, not an optimizer tensor name")
             state.setdefault(int(pid), {})[name] = t
+        elif not key.startswith("adapter."):
+            raise ValueError(f"tensors.safetensors holds {key!r}, neither an adapter nor an optimizer tensor")
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
@@ -155,8 +165,12 @@ def load_state(path) -> dict:
     if bad is not None:
         raise ValueError(f"{path / 'tensors.safetensors'} holds non-finite values (NaN or infinity) in {bad}")
     adapter = {k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")}
+    try:
+        optimizer = _optimizer_join(tensors, meta["optimizer"])
+    except ValueError as e:
+        raise ValueError(f"{path} is damaged: {e}") from None
     return {"step": meta["step"], "losses": meta["losses"], "config": meta["config"], "adapter": adapter,
-            "optimizer": _optimizer_join(tensors, meta["optimizer"]), "path": path}
+            "optimizer": optimizer, "path": path}
 
 
 def _finite_number(v) -> bool:

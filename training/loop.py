@@ -284,7 +284,7 @@ class Trainer:
                                f"{where}. {hint}", failed, last)
 
     def _optimizer_problem(self, saved: dict) -> str | None:
-        return _optimizer_problem_of(self.optimizer, saved)
+        return _optimizer_problem_of(self.optimizer, saved, self.config)
 
     @staticmethod
     def step_of(path: Path) -> int:
@@ -377,24 +377,54 @@ class Trainer:
         self.last_state = state["path"]
 
 
-def _param_list(optimizer: torch.optim.Optimizer) -> list[list[torch.Tensor]]:
-    return [list(g["params"]) for g in optimizer.param_groups]
+def _same_kind(a, b) -> bool:
+    """``a`` (saved) is the same kind of value as ``b`` (this run's): numbers finite, sequences of the same length."""
+    if isinstance(b, bool) or b is None:
+        return type(a) is type(b)
+    if isinstance(b, (int, float)):
+        return isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a)
+    if isinstance(b, (list, tuple)):
+        return isinstance(a, (list, tuple)) and len(a) == len(b) and all(_same_kind(x, y) for x, y in zip(a, b))
+    if isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and a.dtype.is_floating_point == b.dtype.is_floating_point
+    return type(a) is type(b)
 
 
-def _optimizer_problem_of(optimizer: torch.optim.Optimizer, saved: dict) -> str | None:
-    """What in a saved optimizer state dict does not fit ``optimizer`` (groups, parameter counts, tensor
-    shapes), else None. Per-parameter tensors are scalars or the shape of their parameter."""
-    mine = _param_list(optimizer)
+def _fresh_entry(optimizer: torch.optim.Optimizer, config: TrainConfig) -> dict:
+    """The per-parameter state this kind of optimizer keeps (one step of a throwaway copy on a zero gradient)."""
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad = torch.zeros(2)
+    probe = make_optimizer([p], config)
+    probe.step()
+    return probe.state_dict()["state"][0]
+
+
+def _optimizer_problem_of(optimizer: torch.optim.Optimizer, saved: dict, config: TrainConfig) -> str | None:
+    """What in a saved optimizer state dict does not fit ``optimizer`` (groups, their settings, parameter counts,
+    the names, kinds and shapes of the per-parameter state), else None."""
+    mine = [list(g["params"]) for g in optimizer.param_groups]
     groups = saved["param_groups"]
     if len(groups) != len(mine) or [len(g["params"]) for g in groups] != [len(g) for g in mine]:
         return (f"has {len(groups)} parameter group(s) of {[len(g['params']) for g in groups]} parameters, this "
                 f"run {len(mine)} of {[len(g) for g in mine]}")
+    for n, (group, ours) in enumerate(zip(groups, optimizer.param_groups)):
+        for key, value in ours.items():
+            if key != "params" and (key not in group or not _same_kind(group[key], value)):
+                return f"has {key} = {group.get(key)!r} in parameter group {n}, not a value of the kind {value!r}"
     ids = [pid for g in groups for pid in g["params"]]
+    if len(set(ids)) != len(ids) or not all(isinstance(i, int) for i in ids):
+        return "lists a parameter twice or by a name that is not a number"
     params = dict(zip(ids, (p for g in mine for p in g)))
+    fresh = _fresh_entry(optimizer, config)
     for pid, entry in saved["state"].items():
         if pid not in params:
             return f"names parameter {pid}, which no group lists"
+        if not isinstance(entry, dict) or set(entry) != set(fresh):
+            return (f"holds {sorted(entry) if isinstance(entry, dict) else type(entry).__name__} for parameter {pid}; "
+                    f"this optimizer keeps {sorted(fresh)}")
         for name, value in entry.items():
+            if not _same_kind(value, fresh[name]):
+                return f"holds {name} = {value!r} for parameter {pid}, not a value of the kind {fresh[name]!r}"
             if isinstance(value, torch.Tensor) and value.ndim and tuple(value.shape) != tuple(params[pid].shape):
                 return (f"holds {name} of shape {tuple(value.shape)} for a parameter of shape "
                         f"{tuple(params[pid].shape)}")
