@@ -517,6 +517,8 @@ def resume_from(trainer, state_dir: Path, name: str) -> None:
     """Loads the latest state, with a clear error when it does not fit this run."""
     try:
         trainer.load(state_dir)
+    except RefAny3DError:
+        raise  # the trainer's own message names the state and the field
     except (RuntimeError, KeyError, ValueError) as e:
         raise RefAny3DError(f"the state in models/refany3d/{name}/{TRAINING_STATE_DIR}/ does not fit this run "
                             f"(another rank, optimizer or model width?): {e}") from None
