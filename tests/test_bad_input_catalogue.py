@@ -1221,3 +1221,136 @@ def test_tr_tampered_resume_states_and_a_truncated_shard(private):
     assert sorted(p.name for p in states.iterdir())[-1] == "state-00000003"
     shutil.rmtree(encoding)
     still_serving(server)
+
+
+# ============================================================================ client against a hostile server (issue 17)
+#
+# The real client (tools/client.py, a subprocess) against a small server in this process that answers as
+# a broken proxy or a hostile server would: garbage instead of JSON, a /ws that answers 404, a /ws or a
+# download closed half-way, outputs named with a path or '..', outputs named like the user's own files.
+# Each ends with its documented exit code and one line, no traceback, and nothing half-written in --out.
+
+import base64  # noqa: E402
+import hashlib  # noqa: E402
+import threading  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
+
+
+class HostileHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    mode, outputs = "garbage", []
+
+    def log_message(self, *args):
+        pass
+
+    def answer(self, body: bytes, status: int = 200) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path.startswith("/object_info"):
+            return self.answer(b"<html>502 bad gateway</html>" if self.mode == "garbage" else b"{}")
+        if self.path.startswith("/ws"):
+            return self.websocket()
+        if self.path.startswith("/history"):
+            entry = {"status": {"completed": True, "status_str": "success", "messages": []},
+                     "outputs": {"9": {"images": [{"filename": n, "subfolder": "", "type": "output"}
+                                                  for n in self.outputs]}}}
+            return self.answer(json.dumps({"p1": entry}).encode())
+        if self.path.startswith("/view"):
+            if self.mode == "cut":  # promises 100 kB, sends 10 bytes, hangs up
+                self.send_response(200)
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                self.wfile.write(b"0123456789")
+                self.wfile.flush()
+                self.close_connection = True
+                return None
+            return self.answer(b"written by the server: " + self.path.encode())
+        return self.answer(b"{}")
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path == "/prompt":
+            return self.answer(json.dumps({"prompt_id": "p1", "number": 0, "node_errors": {}}).encode())
+        return self.answer(b"{}")
+
+    def websocket(self):
+        if self.mode == "ws404":
+            return self.answer(b"Not Found", 404)
+        accept = base64.b64encode(hashlib.sha1((self.headers["Sec-WebSocket-Key"] + WS_GUID).encode()).digest())
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept.decode())
+        self.end_headers()
+        self.close_connection = True
+        if self.mode == "wsclose":
+            return None  # the stream ends before the run does
+        msg = json.dumps({"type": "execution_success", "data": {"prompt_id": "p1"}}).encode()
+        self.wfile.write(bytes([0x81, len(msg)]) + msg)  # one unmasked text frame (RFC 6455 §5.2)
+        self.wfile.flush()
+        try:
+            self.rfile.read(2)  # until the client closes
+        except OSError:
+            pass
+        return None
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), HostileHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    workflow = tmp_path / "save.json"
+    workflow.write_text(json.dumps({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "RefAny3D/image"}}}))
+    yield f"http://127.0.0.1:{server.server_address[1]}", workflow
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("mode, outputs, words", [
+    ("garbage", [], "answered GET /object_info with '<html>502 bad gateway</html>'"),
+    ("ws404", [], "did not open its /ws websocket"),
+    ("wsclose", [], "closed the /ws stream while prompt p1 was queued or running"),
+    ("cut", ["image_00001_.png"], "broke off its answer to GET /view"),
+    ("ok", ["image_00001_.png", ".."], "the server named an output '..'"),
+    ("ok", ["image_00001_.png", "../escape.png"], "the server named an output '../escape.png'"),
+    ("ok", ["image_00001_.png", "sub\\\\x.png"], "not a plain file name"),
+])
+def test_hc_network_failures_are_exit_3_with_one_line_and_nothing_written(hostile, tmp_path, mode, outputs, words):
+    url, workflow = hostile
+    HostileHandler.mode, HostileHandler.outputs = mode, outputs
+    out = tmp_path / "out"
+    proc = run_client("--server", url, "--workflow", workflow, "--out", out, "--quiet", timeout=120)
+    assert proc.returncode == 3, (proc.returncode, proc.stderr)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and words in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() or not list(out.iterdir())
+    assert not (tmp_path / "escape.png").exists()
+
+
+def test_hc_overwrite_replaces_only_the_workflows_own_names(hostile, tmp_path):
+    """--overwrite lets the workflow's own outputs replace files of the same name; a name the server chose
+    otherwise (here the user's notes.txt) is never replaced: the new file is kept beside it."""
+    url, workflow = hostile
+    HostileHandler.mode, HostileHandler.outputs = "ok", ["image_00001_.png", "notes.txt", "image_00001_.png"]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "image_00001_.png").write_text("an older run")
+    proc = run_client("--server", url, "--workflow", workflow, "--out", out, "--quiet", "--overwrite", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "notes-1.txt").read_text().startswith("written by the server")
+    assert (out / "image_00001_.png").read_text().startswith("written by the server")
+    assert (out / "image_00001_-1.png").read_text().startswith("written by the server")  # not over its own twin
+    assert sorted(p.name for p in out.iterdir()) == ["image_00001_-1.png", "image_00001_.png", "notes-1.txt",
+                                                     "notes.txt"]
