@@ -39,6 +39,9 @@ def run_name_problem(name) -> str | None:
     """Why ``name`` cannot name a folder in models/refany3d/, else None."""
     if not isinstance(name, str) or not name.strip():
         return "name is empty: give the run a name (its files go to models/refany3d/<name>/)"
+    if "\x00" in name:
+        return (f"name {name.replace(chr(0), '␀')!r} contains a NUL character (␀), which no folder name can hold: "
+                "retype the name")
     if any(sep in name for sep in ("/", "\\", os.sep)) or name.strip() in (".", "..") or ".." in name \
             or name != name.strip():
         return (f"name {name!r} must be a plain folder name (no path separators, no '..', no leading or "

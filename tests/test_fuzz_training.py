@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 D, CTX, POOLED, RANK = 32, 24, 12, 2
-EXAMPLES = {"state": 100, "encoded": 250}
+EXAMPLES = {"state": 60, "encoded": 250}
 MAX_SECONDS_PER_INPUT = 10.0
 SETTINGS = dict(derandomize=True, deadline=None, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,

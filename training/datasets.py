@@ -113,9 +113,21 @@ def has_alpha(img) -> bool:
     return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
 
 
+#: the largest photo (and point map) read, in pixels: training sizes are at most 2048², and decoding a larger
+#: picture costs gigabytes of memory for nothing (an 80-Mpx photo took a server from 1.1 GB to 7.5 GB)
+MAX_PHOTO_PIXELS = 40_000_000
+
+
 def check_pair(photo: Path, point_map: Path, sample: str) -> None:
-    """Header checks of a photo and its scene point map: readable, same size, alpha present."""
+    """Header checks of a photo and its scene point map: readable, same size, at most MAX_PHOTO_PIXELS, alpha
+    present. Nothing is decoded."""
     with open_image(photo, sample, "photo") as p, open_image(point_map, sample, "point map") as m:
+        for img, path, what in ((p, photo, "photo"), (m, point_map, "point map")):
+            if img.size[0] * img.size[1] > MAX_PHOTO_PIXELS:
+                raise DatasetError(f"sample '{sample}': the {what} {path.name} is {img.size[0]}x{img.size[1]} "
+                                   f"({img.size[0] * img.size[1] / 1e6:.0f} Mpx); at most "
+                                   f"{MAX_PHOTO_PIXELS / 1e6:.0f} Mpx are read (training uses at most 2048 px): "
+                                   "downscale the photo and its point map together")
         if p.size != m.size:
             raise DatasetError(f"sample '{sample}': the photo {photo.name} is {p.size[0]}x{p.size[1]} but the point "
                                f"map {point_map.name} is {m.size[0]}x{m.size[1]}: they must be pixel-aligned, "

@@ -62,6 +62,7 @@ def replacing(final) -> Iterator[Path]:
     tmp = temp_file(final)
     try:
         yield tmp
+        os.chmod(tmp, file_mode())  # again: a writer may have replaced the file (safetensors 0.8 does, as 0600)
         os.replace(tmp, final)
     finally:
         if tmp.exists():

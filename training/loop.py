@@ -412,7 +412,7 @@ def _optimizer_problem_of(optimizer: torch.optim.Optimizer, saved: dict, config:
             if key != "params" and (key not in group or not _same_kind(group[key], value)):
                 return f"has {key} = {group.get(key)!r} in parameter group {n}, not a value of the kind {value!r}"
     ids = [pid for g in groups for pid in g["params"]]
-    if len(set(ids)) != len(ids) or not all(isinstance(i, int) for i in ids):
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids) or len(set(ids)) != len(ids):
         return "lists a parameter twice or by a name that is not a number"
     params = dict(zip(ids, (p for g in mine for p in g)))
     fresh = _fresh_entry(optimizer, config)
