@@ -1354,3 +1354,34 @@ def test_hc_overwrite_replaces_only_the_workflows_own_names(hostile, tmp_path):
     assert (out / "image_00001_-1.png").read_text().startswith("written by the server")  # not over its own twin
     assert sorted(p.name for p in out.iterdir()) == ["image_00001_-1.png", "image_00001_.png", "notes-1.txt",
                                                      "notes.txt"]
+
+
+def tr_png_header(path: Path, width: int, height: int, colour_type: int) -> None:
+    """A PNG whose header (IHDR, PNG spec §11.2.2) says width × height, with a token IDAT: what Pillow reads
+    when it opens a file, without the gigabytes a real 80-Mpx picture would cost the test."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def test_tr_an_80_mpx_photo_and_nul_in_names_are_refused_by_name(private):
+    """An 80-Mpx photo is refused from its header, before anything is decoded (it took a server from 1.1 GB to
+    7.5 GB); a NUL in a run name or a dataset folder is named as such, not a bare 'embedded null byte'."""
+    from tools.comfy_http import PromptRejected
+    from tools.training_fixtures import write_folder_dataset
+    server = private
+    root = write_folder_dataset(server.input_dir / "tr_huge", samples=(("mug", "box"),), width=32, height=32)
+    tr_png_header(root / "mug" / "photo.png", 10000, 8000, 2)
+    tr_png_header(root / "mug" / "point_map.png", 10000, 8000, 6)
+    message = tr_failure(server, tr_graph(server, "tr_huge", "sample folders", "tr_huge"), "RefAny3DTrainingDataset")
+    assert "photo.png is 10000x8000 (80 Mpx); at most 40 Mpx are read" in message, message
+    with pytest.raises(PromptRejected, match="contains a NUL character"):  # Save Adapter shares the check
+        server.submit(tr_graph(server, "tr\x00run"))
+    message = tr_failure(server, tr_graph(server, "tr_nul", "sample folders", "tr_huge\x00"), "RefAny3DTrainingDataset")
+    assert "contains a NUL character" in message and "embedded null byte" not in message
+    still_serving(server)

@@ -113,7 +113,8 @@ def test_train_save_load_apply_sample(comfy, setup):
     asset, name = setup, f"run_{uuid.uuid4().hex[:6]}"
     g = train_graph(asset, name)
     g["save"] = {"class_type": "RefAny3DSaveAdapter",
-                 "inputs": {"adapter": ["train", 0], "name": name, "dtype": "fp32", "write_pth": True}}
+                 "inputs": {"adapter": ["train", 0], "name": name, "dtype": "fp32", "write_pth": True,
+                            "overwrite": True}}  # the run's own folder: Train saved there
     sample_graph(g, ("train", 0), f"refany3d/{name}_trained")
     result = comfy.run(g, timeout=600)
     assert result.status == "success", result.error_text() + comfy.log_text()[-3000:]
