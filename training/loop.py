@@ -135,6 +135,16 @@ def adapter_summary(shapes: dict[str, tuple[int, ...]]) -> str:
             f"({blocks['transformer_blocks']} double and {blocks['single_transformer_blocks']} single blocks)")
 
 
+def first_difference(mine: dict[str, tuple], theirs: dict[str, tuple]) -> tuple[str, str]:
+    """(this run's side, the state's side) of the first tensor name or shape in which two adapters differ."""
+    def side(shapes: dict[str, tuple], key: str) -> str:
+        return f"{key} of shape {shapes[key]}" if key in shapes else f"without {key}"
+    for key in sorted(set(mine) | set(theirs)):
+        if mine.get(key) != theirs.get(key):
+            return side(mine, key), side(theirs, key)
+    return "the same", "the same"
+
+
 class Trainer:
     """Training of ``adapter`` on ``flux`` (``comfy.ldm.flux.model.Flux``), one process or one rank of many.
 
@@ -355,9 +365,12 @@ class Trainer:
         mine = {k: tuple(v.shape) for k, v in self.adapter.state_dict().items()}
         theirs = {k: tuple(v.shape) for k, v in state["adapter"].items()}
         if mine != theirs:
-            raise RefAny3DError(f"cannot resume from {state['path']}: the state is from {adapter_summary(theirs)}; "
-                                f"this model and adapter are {adapter_summary(mine)}. Resume with the same model "
-                                "and rank, or start a new run in another output folder")
+            ours, saved = adapter_summary(mine), adapter_summary(theirs)
+            if ours == saved:  # the summaries agree: name the first tensor that differs instead
+                ours, saved = first_difference(mine, theirs)
+            raise RefAny3DError(f"cannot resume from {state['path']}: the state is from {saved}; this model and "
+                                f"adapter are {ours}. Resume with the same model and rank, or start a new run in "
+                                "another output folder")
         saved_opt = state["config"].get("optimizer")
         if saved_opt is not None and saved_opt != self.config.optimizer:
             raise RefAny3DError(f"cannot resume from {state['path']}: it was trained with the {saved_opt} optimizer, "
