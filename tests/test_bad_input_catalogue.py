@@ -1200,7 +1200,7 @@ def test_tr_tampered_resume_states_and_a_truncated_shard(private):
               "the optimizer's learning rate (param group 0) must be a finite number ≥ 0, got nan"),
              ({}, {lora: tensors[lora][:1].clone()}, "rank 1"),
              # same width, rank and depth: the two sides are told apart by the first tensor that differs
-             ({}, {lora + "_extra": tensors[lora]}, f"the state is from {lora[len('adapter.'):]}_extra of shape"),
+             ({}, {lora + "_extra": tensors[lora].clone()}, f"the state is from {lora[len('adapter.'):]}_extra of shape"),
              ({}, {lora: torch.full_like(tensors[lora], float("nan"))}, "holds non-finite values (NaN or infinity)")]
     good = tr_files(states.parent)
     for fields, swap, words in cases:
