@@ -15,6 +15,7 @@ import torch
 
 from .adapter import ADAPTER_NAMES, DOMAIN, REFERENCE, RefAny3DAdapter
 from .errors import AdapterError
+from .files import replacing
 from .weight_values import MAX_ABS_WEIGHT, check_weight_values, real_dtype
 from .release_format import (COMFY_BLOCK, LORA_KEY, DOMAIN_EMBEDDER_KEYS, EMBED_DIM, FUSED_PARTS, NUM_DOMAINS,
                              RELEASE_FILES, expected_in_out, fmt_shape, map_diffusers_module, read_state_dict,
@@ -217,9 +218,9 @@ def convert_domain_embedder(pth, out_safetensors) -> Path:
     check_domain_embedder_state(sd, label)
     check_weight_values(sd, label, "domain embedder")
     out = Path(out_safetensors)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file({k: sd[k].contiguous() for k in DOMAIN_EMBEDDER_KEYS}, str(out),
-                                metadata={"format": "pt", "refany3d": "domain_embedder"})
+    with replacing(out) as tmp:  # never half a file; the mode the umask gives
+        safetensors.torch.save_file({k: sd[k].contiguous() for k in DOMAIN_EMBEDDER_KEYS}, str(tmp),
+                                    metadata={"format": "pt", "refany3d": "domain_embedder"})
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import time
 from pathlib import Path
 
 import comfy.model_management
@@ -19,6 +20,7 @@ from comfy_api.latest import io, ui
 
 from ..model_patches import RefAny3DError, check_flux, check_transformer_options, load_adapter, validate_adapter
 from ..model_patches.training import frozen_view
+from ..rendering import join_inside
 from ..training import TrainConfig, Trainer, datasets
 from ..training import checkpoint as ckpt
 from ..training import encoded as encoded_data
@@ -37,6 +39,9 @@ def run_name_problem(name) -> str | None:
     """Why ``name`` cannot name a folder in models/refany3d/, else None."""
     if not isinstance(name, str) or not name.strip():
         return "name is empty: give the run a name (its files go to models/refany3d/<name>/)"
+    if "\x00" in name:
+        return (f"name {name.replace(chr(0), '␀')!r} contains a NUL character (␀), which no folder name can hold: "
+                "retype the name")
     if any(sep in name for sep in ("/", "\\", os.sep)) or name.strip() in (".", "..") or ".." in name \
             or name != name.strip():
         return (f"name {name!r} must be a plain folder name (no path separators, no '..', no leading or "
@@ -56,19 +61,40 @@ def run_folder(name: str) -> Path:
 # the dataset
 
 
+#: the most files and folders the Training Dataset fingerprint looks at; a larger tree (a home folder linked into
+#: input/ by mistake) is not walked further and the node simply runs again every time
+MAX_FINGERPRINT_ENTRIES = 20000
+
+
 def dataset_folder(folder: str) -> Path:
-    """A dataset folder as typed on the node: absolute, or relative to ComfyUI's input directory."""
-    path = Path(folder.strip()).expanduser()
-    return path if path.is_absolute() else Path(folder_paths.get_input_directory()) / path
+    """A dataset folder as typed on the node: a name inside ComfyUI's input folder (links inside it followed);
+    absolute names, '..' and NUL are refused without a word about the server's other files."""
+    name = folder.strip()
+    path = join_inside(name, folder_paths.get_input_directory(), what="dataset folder", error=RefAny3DError)
+    if not path.is_dir():
+        raise RefAny3DError(f"dataset folder '{name}' not found in ComfyUI's input folder (or it is a file): put "
+                            "the dataset there, or link it there, and name it relative to input/")
+    return path
 
 
-def folder_stamp(folder: Path) -> str:
+def folder_stamp(folder: Path, limit: int = MAX_FINGERPRINT_ENTRIES) -> str:
     """A digest of every file below ``folder`` (relative name, size, modification time), the reference cache
-    left out; "" for a folder that cannot be read (the run then reports it)."""
+    left out; "" for a folder that cannot be read (the run then reports it). At most ``limit`` entries are
+    looked at and a folder reached twice through links is walked once; a larger tree, or a Cancel during the
+    walk, gives a fresh value each time (the node runs again rather than trusting a partial look)."""
     h = hashlib.sha256()
+    seen, entries = set(), 0
     try:
         for root, dirs, files in os.walk(folder, followlinks=True):
+            real = os.path.realpath(root)
+            if real in seen:
+                dirs[:] = []
+                continue
+            seen.add(real)
             dirs[:] = sorted(d for d in dirs if d != datasets.CACHE_DIR)
+            entries += len(dirs) + len(files)
+            if entries > limit or comfy.model_management.processing_interrupted():
+                return f"unbounded:{time.time_ns()}"
             for name in sorted(files):
                 path = Path(root) / name
                 st = path.stat()
@@ -96,8 +122,9 @@ class RefAny3DTrainingDataset(io.ComfyNode):
                                        "a folder with one sub-folder per sample. release layout: the RefAny3D "
                                        "release's dataset layout (meta_data.json)."),
                 io.String.Input("folder", default="",
-                                tooltip="The dataset folder for 'sample folders' and 'release layout': absolute, "
-                                        "or relative to ComfyUI's input directory. Unused for synthetic."),
+                                tooltip="The dataset folder for 'sample folders' and 'release layout', inside "
+                                        "ComfyUI's input folder and named relative to it (a dataset elsewhere: link "
+                                        "it into input/). Unused for synthetic."),
                 io.Int.Input("count", default=64, min=1, max=100000,
                              tooltip="Synthetic only: number of samples (random poses) to render."),
                 io.Int.Input("size", default=512, min=16, max=2048, step=16,
@@ -128,7 +155,10 @@ class RefAny3DTrainingDataset(io.ComfyNode):
         folder are seen at the next run instead of ComfyUI handing back the cached dataset."""
         if SOURCES.get(source) == "synthetic" or not isinstance(folder, str) or not folder.strip():
             return ""
-        return folder_stamp(dataset_folder(folder))
+        try:
+            return folder_stamp(dataset_folder(folder))
+        except RefAny3DError:
+            return ""  # the run says what is wrong with the name
 
     @classmethod
     def execute(cls, source, folder="", count=64, size=512, views=8, seed=0, prompt_template="a photo of {name}",
@@ -145,8 +175,8 @@ class RefAny3DTrainingDataset(io.ComfyNode):
                                            backgrounds=backgrounds, prompt_template=prompt_template)
         else:
             if not folder or not folder.strip():
-                raise RefAny3DError(f"the '{source}' source reads a folder: set 'folder' (absolute, or relative to "
-                                    f"ComfyUI's input directory {folder_paths.get_input_directory()})")
+                raise RefAny3DError(f"the '{source}' source reads a folder: set 'folder' (a folder inside ComfyUI's "
+                                    "input folder, named relative to it; link an outside dataset into it)")
             path = dataset_folder(folder)
             kind = datasets.FolderDataset if SOURCES[source] == "folder" else datasets.ReleaseDataset
             ds = kind(str(path), size=size, ref_size=size, views=views)
@@ -167,6 +197,10 @@ def _digest(*tensors) -> str:
         if t is not None:
             h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def encodings_folder() -> Path:
+    return Path(folder_paths.get_output_directory()) / "refany3d_encoded"
 
 
 def text_encoder(clip):
@@ -207,6 +241,18 @@ class RefAny3DEncodeTrainingData(io.ComfyNode):
             hidden=[io.Hidden.unique_id],
         )
 
+    #: the encoding folders this node handed out in this server's life
+    handed_out: set[Path] = set()
+
+    @classmethod
+    def fingerprint_inputs(cls, **_inputs):
+        """Unchanged while every encoding this node handed out is intact; an encoding damaged or removed since
+        (a truncated shard) makes ComfyUI run the node again, which then encodes anew instead of handing back
+        the damaged one from its cache."""
+        if all(encoded_data.is_encoded(folder) for folder in cls.handed_out):
+            return ""
+        return f"damaged:{time.time_ns()}"
+
     @classmethod
     def execute(cls, dataset, vae, clip) -> io.NodeOutput:
         node_id = cls.hidden.unique_id if cls.hidden else None
@@ -215,9 +261,10 @@ class RefAny3DEncodeTrainingData(io.ComfyNode):
         probe_ctx, probe_pooled = encode_text("refany3d probe")
         probe_img = encode_image(torch.linspace(0, 1, 16 * 16 * 3).view(1, 16, 16, 3))
         key = hashlib.sha256(f"{dataset.fingerprint()}:{_digest(probe_ctx, probe_pooled, probe_img)}".encode())
-        folder = Path(folder_paths.get_output_directory()) / "refany3d_encoded" / key.hexdigest()[:24]
+        folder = encodings_folder() / key.hexdigest()[:24]
         if encoded_data.is_encoded(folder, dataset.fingerprint()):
             show_on_node(node_id, f"re-used the encoding in {folder}")
+            cls.handed_out.add(folder)
             return io.NodeOutput(encoded_data.EncodedDataset(folder))
         pbar = comfy.utils.ProgressBar(len(dataset))
         encoded = encoded_data.encode_dataset(
@@ -225,6 +272,7 @@ class RefAny3DEncodeTrainingData(io.ComfyNode):
             progress=lambda done, total: pbar.update_absolute(done, total),
             cancel=comfy.model_management.throw_exception_if_processing_interrupted)
         show_on_node(node_id, f"{len(encoded)} samples encoded in {folder}")
+        cls.handed_out.add(folder)
         return io.NodeOutput(encoded)
 
 
@@ -356,6 +404,10 @@ class RefAny3DTrain(io.ComfyNode):
                               tooltip="Start from this adapter (e.g. the release, from RefAny3D Load Adapter) "
                                       "instead of the release's fresh initialisation."),
                 io.Vae.Input("vae", optional=True, tooltip="The Flux VAE, to decode the previews."),
+                io.Boolean.Input("overwrite", default=False, optional=True,
+                                 tooltip="Off: a new run (resume off, or no state to resume) into a folder that "
+                                         "already holds an adapter is refused, so nothing is replaced. On: the run's "
+                                         "saves replace that adapter. A resumed run saves over its own files."),
             ],
             outputs=[
                 Adapter.Output(display_name="adapter",
@@ -377,7 +429,7 @@ class RefAny3DTrain(io.ComfyNode):
     @classmethod
     def execute(cls, model, encoded, name, steps=1000, batch_size=1, accumulation=1, optimizer="prodigy",
                 learning_rate=0.0, rank=16, seed=0, save_every=250, preview_every=100, resume=False, adapter=None,
-                vae=None) -> io.NodeOutput:
+                vae=None, overwrite=False) -> io.NodeOutput:
         from ..model_patches.training import TrainableAdapter
         node_id = cls.hidden.unique_id if cls.hidden else None
         out_dir = run_folder(name)
@@ -394,6 +446,8 @@ class RefAny3DTrain(io.ComfyNode):
             raise RefAny3DError(f"models/refany3d/{name}/{TRAINING_STATE_DIR}/ already holds a training state "
                                 f"({existing[-1].name}): turn 'resume' on to continue that run, or choose another "
                                 "name (or delete the folder) to start a new one")
+        if not existing:
+            refuse_to_replace(out_dir, name, overwrite)
         load_model(model)
         flux = check_flux(model)
         if adapter is not None:
@@ -409,6 +463,7 @@ class RefAny3DTrain(io.ComfyNode):
                 trainable = TrainableAdapter.for_flux(flux, rank=rank, seed=seed)
             trainer = Trainer(flux, trainable, data, data.uncond(), config, out_dir=state_dir,
                               cancel=comfy.model_management.throw_exception_if_processing_interrupted)
+            trainer.state_name = lambda path: f"models/refany3d/{name}/{TRAINING_STATE_DIR}/{path.name}"
             if resume and existing:
                 resume_from(trainer, state_dir, name)
             elif resume:
@@ -419,8 +474,8 @@ class RefAny3DTrain(io.ComfyNode):
             def save():
                 nonlocal saved
                 ckpt.save_release(trainable, out_dir)
-                ckpt.save_state(state_dir, trainer.step, trainable, trainer.optimizer, trainer.losses,
-                                config.to_json(), keep=config.keep_states)
+                trainer.last_state = ckpt.save_state(state_dir, trainer.step, trainable, trainer.optimizer,
+                                                     trainer.losses, config.to_json(), keep=config.keep_states)
                 saved = trainer.step
 
             pbar.update_absolute(min(trainer.step, steps), steps)
@@ -453,10 +508,20 @@ class RefAny3DTrain(io.ComfyNode):
         return out
 
 
+def refuse_to_replace(folder: Path, name: str, overwrite: bool) -> None:
+    """An adapter already in ``folder`` is replaced only when the user said so."""
+    present = ckpt.adapter_files(folder)
+    if present and not overwrite:
+        raise RefAny3DError(f"models/refany3d/{name}/ already holds an adapter ({', '.join(present)}); nothing was "
+                            "written: choose another name, or turn 'overwrite' on to replace that adapter")
+
+
 def resume_from(trainer, state_dir: Path, name: str) -> None:
     """Loads the latest state, with a clear error when it does not fit this run."""
     try:
         trainer.load(state_dir)
+    except RefAny3DError:
+        raise  # the trainer's own message names the state and the field
     except (RuntimeError, KeyError, ValueError) as e:
         raise RefAny3DError(f"the state in models/refany3d/{name}/{TRAINING_STATE_DIR}/ does not fit this run "
                             f"(another rank, optimizer or model width?): {e}") from None
@@ -486,12 +551,17 @@ class RefAny3DSaveAdapter(io.ComfyNode):
                 Adapter.Input("adapter", tooltip="The adapter to save (from RefAny3D Train or Load Adapter)."),
                 io.String.Input("name", default="my_refany3d",
                                 tooltip="Folder name in models/refany3d/ (a plain name: no path separators or "
-                                        "'..'). Files of the same name there are replaced."),
+                                        "'..'). A folder that already holds an adapter is replaced only with "
+                                        "'overwrite' on."),
                 io.Combo.Input("dtype", options=["bf16", "fp32"], default="bf16",
                                tooltip="bf16: as the release ships its files (half the size). fp32: full precision."),
                 io.Boolean.Input("write_pth", default=False,
                                  tooltip="Also write domain_embedder.pth (a plain state dict, as the release ships "
                                          "it) for the authors' own code."),
+                io.Boolean.Input("overwrite", default=False, optional=True,
+                                 tooltip="Off: a folder that already holds an adapter is refused (nothing is "
+                                         "replaced). On: its adapter is replaced by this one (every adapter file of "
+                                         "the folder: no old domain_embedder.pth stays beside new files)."),
             ],
             outputs=[],
             is_output_node=True,
@@ -503,20 +573,14 @@ class RefAny3DSaveAdapter(io.ComfyNode):
         return (run_name_problem(name) if name is not None else None) or True
 
     @classmethod
-    def execute(cls, adapter, name, dtype="bf16", write_pth=False) -> io.NodeOutput:
+    def execute(cls, adapter, name, dtype="bf16", write_pth=False, overwrite=False) -> io.NodeOutput:
         from ..model_patches.training import TrainableAdapter
         folder = run_folder(name)
         torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+        refuse_to_replace(folder, name, overwrite)
         with torch.inference_mode(False):
             trainable = TrainableAdapter.from_adapter(adapter)
-            paths = ckpt.save_release(trainable, folder, torch_dtype)
-            if write_pth:
-                pth = folder / "domain_embedder.pth"
-                tmp = folder / ".domain_embedder.pth.tmp"
-                sd = trainable.to_release_state_dicts(torch_dtype)["domain_embedder"]
-                torch.save(sd, tmp)
-                os.replace(tmp, pth)
-                paths["domain_embedder_pth"] = pth
+            paths = ckpt.save_release(trainable, folder, torch_dtype, write_pth=bool(write_pth))
         names = ", ".join(sorted(p.name for p in paths.values()))
         text = f"saved {names} in models/refany3d/{name}/"
         show_on_node(cls.hidden.unique_id if cls.hidden else None, text)

@@ -9,7 +9,7 @@ from .coverage import blank_views, check_coverage
 from .errors import AssetError
 from .export import asset_to_mesh_arrays
 from .loading import SUPPORTED_EXTENSIONS, load_asset, texture_to_uint8
-from .paths import resolve_in_folder
+from .paths import join_inside, name_parts, resolve_in_folder
 from .pose import PoseReadout, read_pose, render_at
 from .raster import rasterize
 from .sidecars import asset_sources, sources_key
@@ -21,5 +21,5 @@ __all__ = [
     "asset_from_mesh", "asset_sources", "asset_to_mesh_arrays", "blank_views", "check_coverage",
     "check_resolution", "load_asset",
     "orbit_camera", "orbit_cameras", "point_map_coords", "rasterize", "read_pose", "render_at", "render_views",
-    "resolve_in_folder", "sources_key", "texture_to_uint8", "view_angles",
+    "join_inside", "name_parts", "resolve_in_folder", "sources_key", "texture_to_uint8", "view_angles",
 ]

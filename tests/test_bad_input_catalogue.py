@@ -917,3 +917,473 @@ def test_startup_log_has_no_torchaudio_traceback_on_a_leg_with_torchaudio(privat
         readme = (ROOT / "README.md").read_text()
         assert "no torchaudio (¹)" in readme and "expected and harmless" in readme
     still_serving(private)
+
+
+# ============================================================================ training on a shared server (issue 17)
+#
+# The training nodes on ``private`` with the test-only tiny FLUX.1 and text encoder and a random TAESD VAE:
+# every path a user names stays inside input/ (links inside followed), a run never destroys good work (a
+# non-finite step stops the run, resume states and encodings are checked field by field, an adapter folder
+# is replaced only when asked), and what is written is readable as the umask says.
+
+import os as _os  # noqa: E402
+import random as _random  # noqa: E402
+
+
+def tr_setup(server):
+    from tools import tiny_models
+    vae = server.models_dir / "vae" / tiny_models.TINY_VAE_NAME
+    if not vae.exists():
+        vae.parent.mkdir(parents=True, exist_ok=True)
+        tiny_models.write_taesd_vae(vae, seed=0)
+    asset = server.input_dir / "3d" / "tr_box.glb"
+    if not asset.exists():
+        write_demo_asset(asset)
+    return tiny_models.TINY_VAE_NAME
+
+
+def tr_graph(server, name, source="synthetic", folder="", steps=2, save_every=1, resume=False, **train):
+    vae = tr_setup(server)
+    return {
+        "model": {"class_type": "RefAny3DTestTinyModel", "inputs": {"kind": "flux", "hidden_size": 64, "seed": 0}},
+        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": vae}},
+        "clip": {"class_type": "RefAny3DTestTextEncoder", "inputs": {"context_dim": 32, "pooled_dim": 16}},
+        "asset": {"class_type": "RefAny3DLoadAsset", "inputs": {"asset_file": "3d/tr_box.glb"}},
+        "data": {"class_type": "RefAny3DTrainingDataset",
+                 "inputs": {"source": source, "folder": folder, "count": 3, "size": 32, "views": 1, "seed": 0,
+                            "prompt_template": "a photo of {name}", "asset": ["asset", 0]}},
+        "encode": {"class_type": "RefAny3DEncodeTrainingData",
+                   "inputs": {"dataset": ["data", 0], "vae": ["vae", 0], "clip": ["clip", 0]}},
+        "train": {"class_type": "RefAny3DTrain",
+                  "inputs": {"model": ["model", 0], "encoded": ["encode", 0], "name": name, "steps": steps,
+                             "batch_size": 1, "accumulation": 1, "optimizer": "adamw", "learning_rate": 1e-3,
+                             "rank": 2, "seed": 0, "save_every": save_every, "preview_every": 0, "resume": resume,
+                             **train}},
+    }
+
+
+def tr_encoding(server) -> Path:
+    """The encoding of the synthetic training set in output/refany3d_encoded/."""
+    import json as _json
+    found = [p for p in (server.output_dir / "refany3d_encoded").iterdir() if (p / "encoded.json").is_file()
+             and "synthetic" in _json.loads((p / "encoded.json").read_text())["source"]["describe"].lower()]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def tr_files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def tr_failure(server, graph, node_type) -> str:
+    result = server.run(graph, timeout=600)
+    assert result.status == "error", result.status
+    assert result.error["node_type"] == node_type, result.error_text()
+    return result.error["exception_message"]
+
+
+def tr_umask() -> int:
+    mask = _os.umask(0o022)
+    _os.umask(mask)
+    return mask
+
+
+def tr_modes_follow_the_umask(*folders: Path) -> int:
+    """Every file and folder below ``folders`` has the mode a plain open/mkdir gives under this umask (the
+    server inherits the test's); returns how many were checked."""
+    mask, n = tr_umask(), 0
+    for folder in folders:
+        for p in [folder, *folder.rglob("*")]:
+            want = (0o777 if p.is_dir() else 0o666) & ~mask
+            assert p.stat().st_mode & 0o777 == want, (p, oct(p.stat().st_mode & 0o777), oct(want))
+            n += 1
+    return n
+
+
+def test_tr_dataset_folder_outside_input_is_refused_without_a_word_about_the_server(private):
+    """'/', '../..', absolute paths, a drive, NUL: refused before anything is read; the message lists no folder
+    of the server (it used to list '/': 'bin', 'boot', ...) and names no path of it."""
+    server = private
+    secret = server.base_dir / "tr_private_dataset"
+    write_demo_asset(secret / "s0" / "asset.glb")
+    for source in ("sample folders", "release layout"):
+        for folder, words in (("/", "absolute path"), ("/etc", "absolute path"), (str(secret), "absolute path"),
+                              ("../..", "leaves ComfyUI's input folder"),
+                              ("3d/../../tr_private_dataset", "leaves ComfyUI's input folder"),
+                              ("C:\\Windows", "absolute path"), ("ds\x00x", "NUL character"),
+                              ("no_such_dataset", "not found in ComfyUI's input folder")):
+            message = tr_failure(server, tr_graph(server, "tr_refused", source, folder), "RefAny3DTrainingDataset")
+            assert words in message, (folder, message)
+            for leak in ("bin", "boot", "'etc'", "usr", str(server.base_dir), "s0", "asset.glb"):
+                assert leak not in message.replace(folder, ""), (folder, leak, message)
+    assert not (server.models_dir / "refany3d" / "tr_refused").exists()
+    still_serving(server)
+
+
+def test_tr_release_layout_paths_leaving_the_dataset_folder_are_refused(private):
+    """meta_data.json names files relative to its folder: '..' and absolute paths are refused by entry."""
+    from tools.training_fixtures import write_meta, write_release_dataset
+    server = private
+    root = server.input_dir / "tr_release"
+    entries = write_release_dataset(root, samples=(("mug", "box"),), width=32, height=32, video_size=16)
+    outside = server.base_dir / "tr_outside.png"
+    outside.write_bytes((root / entries[0]["image"]).read_bytes())
+    for bad in ("../../tr_outside.png", str(outside), "samples/../../tr_outside.png"):
+        write_meta(root, [{**entries[0], "image": bad}])
+        message = tr_failure(server, tr_graph(server, "tr_refused", "release layout", "tr_release"),
+                             "RefAny3DTrainingDataset")
+        assert "entry 0" in message and ("leaves the dataset folder" in message or "absolute path" in message), message
+    write_meta(root, entries)
+    still_serving(server)
+
+
+def test_tr_a_run_on_a_linked_dataset_then_adapters_are_never_replaced_unasked(private):
+    """A dataset folder linked into input/ trains (links inside are followed); what it wrote follows the
+    umask; a new run or Save Adapter into a folder holding an adapter is refused with nothing changed, and
+    'overwrite' replaces the whole adapter (no stale domain_embedder.pth beside the new files)."""
+    from model_patches import load_adapter
+    from tools.release_files import save_release_files
+    from tools.training_fixtures import write_folder_dataset
+    server = private
+    outside = server.base_dir / "tr_studio_datasets" / "chairs"
+    write_folder_dataset(outside, samples=(("mug", "box"), ("lamp", "low_poly")), width=32, height=32)
+    _os.symlink(outside, server.input_dir / "tr_linked", target_is_directory=True)
+    result = server.run(tr_graph(server, "tr_run", "sample folders", "tr_linked"), timeout=900)
+    assert result.status == "success", result.error_text()
+    run = server.models_dir / "refany3d" / "tr_run"
+    assert sorted(p.name for p in (run / "training_state").iterdir()) == ["state-00000001", "state-00000002"]
+    encodings = server.output_dir / "refany3d_encoded"
+    checked = tr_modes_follow_the_umask(run, encodings)
+    assert checked >= 12
+    if tr_umask() == 0o022:  # the usual case: another user of the machine can read what the pack wrote
+        assert (run / "default.safetensors").stat().st_mode & 0o777 == 0o644
+        assert (run / "training_state").stat().st_mode & 0o777 == 0o755
+
+    # a new run of that name, with its state removed: the adapter there is not replaced unasked
+    import shutil
+    shutil.rmtree(run / "training_state")
+    before = tr_files(run)
+    message = tr_failure(server, tr_graph(server, "tr_run", "sample folders", "tr_linked", steps=3), "RefAny3DTrain")
+    assert "already holds an adapter" in message and "'overwrite'" in message, message
+    assert tr_files(run) == before
+
+    # Save Adapter: refused, then replaced as a whole with overwrite on
+    release = server.models_dir / "refany3d" / "tr_release_src"
+    save_release_files(release, 64, 1, 1, rank=2, seed=5)
+
+    def save_graph(name, write_pth, overwrite, source="tr_release_src"):
+        return {"load": {"class_type": "RefAny3DLoadAdapter",
+                         "inputs": {"reference_lora": f"{source}/default.safetensors",
+                                    "domain_lora": f"{source}/coord.safetensors",
+                                    "domain_embedder": f"{source}/domain_embedder.pth"}},
+                "save": {"class_type": "RefAny3DSaveAdapter",
+                         "inputs": {"adapter": ["load", 0], "name": name, "dtype": "fp32", "write_pth": write_pth,
+                                    "overwrite": overwrite}}}
+    saved = server.models_dir / "refany3d" / "tr_saved"
+    assert server.run(save_graph("tr_saved", True, False), timeout=300).status == "success"
+    assert sorted(tr_files(saved)) == ["coord.safetensors", "default.safetensors", "domain_embedder.pth",
+                                       "domain_embedder.safetensors"]
+    tr_modes_follow_the_umask(saved)
+    before = tr_files(run)
+    message = tr_failure(server, save_graph("tr_run", False, False), "RefAny3DSaveAdapter")
+    assert "models/refany3d/tr_run/ already holds an adapter" in message and "nothing was written" in message
+    assert tr_files(run) == before
+    release = server.models_dir / "refany3d" / "tr_release_src2"
+    save_release_files(release, 64, 1, 1, rank=2, seed=6)  # another adapter, saved over tr_saved without .pth
+    assert server.run(save_graph("tr_saved", False, True, "tr_release_src2"), timeout=300).status == "success"
+    assert sorted(tr_files(saved)) == ["coord.safetensors", "default.safetensors", "domain_embedder.safetensors"]
+    adapter = load_adapter(saved / "default.safetensors", saved / "coord.safetensors",
+                           saved / "domain_embedder.safetensors")
+    want = load_adapter(release / "default.safetensors", release / "coord.safetensors",
+                        release / "domain_embedder.pth")
+    for role in ("reference", "domain"):
+        for key, (down, up) in want.loras[role].items():
+            assert torch.equal(adapter.loras[role][key][0].float(), down.float())
+            assert torch.equal(adapter.loras[role][key][1].float(), up.float())
+
+    # Train into a folder holding an adapter and no state: refused; with overwrite on it trains
+    before = tr_files(saved)
+    message = tr_failure(server, tr_graph(server, "tr_saved", "sample folders", "tr_linked"), "RefAny3DTrain")
+    assert "already holds an adapter" in message
+    assert tr_files(saved) == before
+    result = server.run(tr_graph(server, "tr_saved", "sample folders", "tr_linked", steps=1, overwrite=True),
+                        timeout=900)
+    assert result.status == "success", result.error_text()
+    assert tr_files(saved) != before and sorted(p.name for p in saved.iterdir() if p.is_file()) == [
+        "coord.safetensors", "default.safetensors", "domain_embedder.safetensors"]
+    still_serving(server)
+
+
+import torch  # noqa: E402
+
+
+def tr_order(seed: int, n: int) -> list[int]:
+    """The data order of the first epoch (docs/method.md §6: a permutation keyed on the seed)."""
+    order = list(range(n))
+    _random.Random(f"refany3d-order:{seed}:0").shuffle(order)
+    return order
+
+
+def tr_poison(encoding: Path, sample: int, value: float) -> None:
+    """One value of one sample's photo latent set to ``value`` in place (sizes and header unchanged)."""
+    import safetensors.torch
+    for shard in sorted(encoding.glob("shard-*.safetensors")):
+        tensors = safetensors.torch.load_file(str(shard))
+        key = f"{sample:06d}.x0_rgb"
+        if key in tensors:
+            size = shard.stat().st_size
+            tensors[key].view(-1)[0] = value
+            safetensors.torch.save_file(tensors, str(shard), metadata={"format": "refany3d-encoded-dataset"})
+            assert shard.stat().st_size == size
+            return
+    raise AssertionError(f"no sample {sample} in {encoding}")
+
+
+@pytest.mark.parametrize("value, words", [(1e30, "(not a finite number)"),
+                                          (float("nan"), "holds non-finite values (NaN or infinity)")])
+def test_tr_a_non_finite_step_stops_the_run_and_keeps_the_last_good_state(private, value, words):
+    """Must-show 2: a value in the encoded data that makes step k non-finite (a huge latent: an infinite loss;
+    a NaN: caught when the sample is read). The run stops at k, nothing of step k is written, the states and
+    release files from before k load, and the message names the step and the state to resume from."""
+    from model_patches import load_adapter
+    from training import load_state
+    server = private
+    k, name = 3, f"tr_nan_{'inf' if value == 1e30 else 'nan'}"
+    graph = tr_graph(server, name, steps=1, save_every=1)
+    result = server.run(graph, timeout=900)  # encodes the synthetic set (re-used below) and trains step 1
+    assert result.status == "success", result.error_text()
+    encoding = tr_encoding(server)
+    tr_poison(encoding, tr_order(0, 3)[k - 1], value)
+    try:
+        message = tr_failure(server, tr_graph(server, name, steps=6, save_every=1, resume=True), "RefAny3DTrain")
+    finally:
+        import shutil
+        shutil.rmtree(encoding)  # the next run encodes it again
+    state = f"models/refany3d/{name}/training_state/state-{k - 1:08d}"
+    assert f"training stopped at step {k}: " in message and words in message, message
+    assert f"Nothing of step {k} was saved" in message and f"the last good state is {state} (step {k - 1})" in message
+    run = server.models_dir / "refany3d" / name
+    states = sorted(p.name for p in (run / "training_state").iterdir())
+    assert states == [f"state-{s:08d}" for s in range(1, k)], states
+    last = load_state(run / "training_state")
+    assert last["step"] == k - 1 and all(np.isfinite(last["losses"]))
+    assert all(bool(torch.isfinite(v).all()) for v in last["adapter"].values())
+    adapter = load_adapter(run / "default.safetensors", run / "coord.safetensors", run / "domain_embedder.safetensors")
+    for role in ("reference", "domain"):
+        assert all(bool(torch.isfinite(up).all()) for _, up in adapter.loras[role].values())
+    still_serving(server)
+
+
+def test_tr_tampered_resume_states_and_a_truncated_shard(private):
+    """A resume state with step -1000, a step its folder contradicts, a NaN learning rate or a wrong shape is
+    refused by field with nothing written; a truncated shard makes Encode Training Data encode again rather
+    than hand back the damaged folder, and the resumed run goes on."""
+    import json as _json
+    import shutil
+
+    import safetensors.torch
+    server = private
+    name = "tr_resume"
+    result = server.run(tr_graph(server, name, steps=2, save_every=1), timeout=900)
+    assert result.status == "success", result.error_text()
+    states = server.models_dir / "refany3d" / name / "training_state"
+    latest = states / "state-00000002"
+    originals = {f: (latest / f).read_bytes() for f in ("state.json", "tensors.safetensors")}
+    meta = _json.loads(originals["state.json"])
+    tensors = safetensors.torch.load_file(str(latest / "tensors.safetensors"))
+    lora = next(k for k in tensors if k.startswith("adapter.lora_A"))
+    cases = [({"step": -1000}, None, "'step' must be a whole number ≥ 0, got -1000"),
+             ({"step": 7}, None, "'step' is 7 but the folder is state-00000002"),
+             ({"losses": [0.5]}, None, "'losses' must hold one finite number per step (2)"),
+             ({"optimizer": {**meta["optimizer"], "param_groups": [
+                 {**meta["optimizer"]["param_groups"][0], "lr": float("nan")}]}}, None,
+              "the optimizer's learning rate (param group 0) must be a finite number ≥ 0, got nan"),
+             ({}, {lora: tensors[lora][:1].clone()}, "rank 1"),
+             # same width, rank and depth: the two sides are told apart by the first tensor that differs
+             ({}, {lora + "_extra": tensors[lora].clone()}, f"the state is from {lora[len('adapter.'):]}_extra of shape"),
+             ({}, {lora: torch.full_like(tensors[lora], float("nan"))}, "holds non-finite values (NaN or infinity)")]
+    good = tr_files(states.parent)
+    for fields, swap, words in cases:
+        (latest / "state.json").write_text(_json.dumps({**meta, **fields}))
+        safetensors.torch.save_file({**tensors, **(swap or {})}, str(latest / "tensors.safetensors"))
+        message = tr_failure(server, tr_graph(server, name, steps=4, resume=True), "RefAny3DTrain")
+        assert words in message and "state-00000002" in message, (fields, message)
+        assert sorted(p.name for p in states.iterdir()) == ["state-00000001", "state-00000002"]
+    for f, data in originals.items():
+        (latest / f).write_bytes(data)
+    assert tr_files(states.parent) == good
+
+    # a truncated shard: the encoding is made again, and the resumed run trains on it
+    encoding = tr_encoding(server)
+    shard = sorted(encoding.glob("shard-*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    result = server.run(tr_graph(server, name, steps=3, resume=True), timeout=900)
+    assert result.status == "success", result.error_text()
+    assert any("samples encoded in" in t for t in result.node_texts("encode")), result.node_texts("encode")
+    assert sorted(p.name for p in states.iterdir())[-1] == "state-00000003"
+    shutil.rmtree(encoding)
+    still_serving(server)
+
+
+# ============================================================================ client against a hostile server (issue 17)
+#
+# The real client (tools/client.py, a subprocess) against a small server in this process that answers as
+# a broken proxy or a hostile server would: garbage instead of JSON, a /ws that answers 404, a /ws or a
+# download closed half-way, outputs named with a path or '..', outputs named like the user's own files.
+# Each ends with its documented exit code and one line, no traceback, and nothing half-written in --out.
+
+import base64  # noqa: E402
+import hashlib  # noqa: E402
+import threading  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
+
+
+class HostileHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    mode, outputs = "garbage", []
+
+    def log_message(self, *args):
+        pass
+
+    def answer(self, body: bytes, status: int = 200) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path.startswith("/object_info"):
+            return self.answer(b"<html>502 bad gateway</html>" if self.mode == "garbage" else b"{}")
+        if self.path.startswith("/ws"):
+            return self.websocket()
+        if self.path.startswith("/history"):
+            entry = {"status": {"completed": True, "status_str": "success", "messages": []},
+                     "outputs": {"9": {"images": [{"filename": n, "subfolder": "", "type": "output"}
+                                                  for n in self.outputs]}}}
+            return self.answer(json.dumps({"p1": entry}).encode())
+        if self.path.startswith("/view"):
+            if self.mode == "cut":  # promises 100 kB, sends 10 bytes, hangs up
+                self.send_response(200)
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                self.wfile.write(b"0123456789")
+                self.wfile.flush()
+                self.close_connection = True
+                return None
+            return self.answer(b"written by the server: " + self.path.encode())
+        return self.answer(b"{}")
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path == "/prompt":
+            return self.answer(json.dumps({"prompt_id": "p1", "number": 0, "node_errors": {}}).encode())
+        return self.answer(b"{}")
+
+    def websocket(self):
+        if self.mode == "ws404":
+            return self.answer(b"Not Found", 404)
+        accept = base64.b64encode(hashlib.sha1((self.headers["Sec-WebSocket-Key"] + WS_GUID).encode()).digest())
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept.decode())
+        self.end_headers()
+        self.close_connection = True
+        if self.mode == "wsclose":
+            return None  # the stream ends before the run does
+        msg = json.dumps({"type": "execution_success", "data": {"prompt_id": "p1"}}).encode()
+        self.wfile.write(bytes([0x81, len(msg)]) + msg)  # one unmasked text frame (RFC 6455 §5.2)
+        self.wfile.flush()
+        try:
+            self.rfile.read(2)  # until the client closes
+        except OSError:
+            pass
+        return None
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), HostileHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    workflow = tmp_path / "save.json"
+    workflow.write_text(json.dumps({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "RefAny3D/image"}}}))
+    yield f"http://127.0.0.1:{server.server_address[1]}", workflow
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("mode, outputs, words", [
+    ("garbage", [], "answered GET /object_info with '<html>502 bad gateway</html>'"),
+    ("ws404", [], "did not open its /ws websocket"),
+    ("wsclose", [], "closed the /ws stream while prompt p1 was queued or running"),
+    ("cut", ["image_00001_.png"], "broke off its answer to GET /view"),
+    ("ok", ["image_00001_.png", ".."], "the server named an output '..'"),
+    ("ok", ["image_00001_.png", "../escape.png"], "the server named an output '../escape.png'"),
+    ("ok", ["image_00001_.png", "sub\\\\x.png"], "not a plain file name"),
+])
+def test_hc_network_failures_are_exit_3_with_one_line_and_nothing_written(hostile, tmp_path, mode, outputs, words):
+    url, workflow = hostile
+    HostileHandler.mode, HostileHandler.outputs = mode, outputs
+    out = tmp_path / "out"
+    proc = run_client("--server", url, "--workflow", workflow, "--out", out, "--quiet", timeout=120)
+    assert proc.returncode == 3, (proc.returncode, proc.stderr)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and words in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() or not list(out.iterdir())
+    assert not (tmp_path / "escape.png").exists()
+
+
+def test_hc_overwrite_replaces_only_the_workflows_own_names(hostile, tmp_path):
+    """--overwrite lets the workflow's own outputs replace files of the same name; a name the server chose
+    otherwise (here the user's notes.txt) is never replaced: the new file is kept beside it."""
+    url, workflow = hostile
+    HostileHandler.mode, HostileHandler.outputs = "ok", ["image_00001_.png", "notes.txt", "image_00001_.png"]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "image_00001_.png").write_text("an older run")
+    proc = run_client("--server", url, "--workflow", workflow, "--out", out, "--quiet", "--overwrite", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "notes-1.txt").read_text().startswith("written by the server")
+    assert (out / "image_00001_.png").read_text().startswith("written by the server")
+    assert (out / "image_00001_-1.png").read_text().startswith("written by the server")  # not over its own twin
+    assert sorted(p.name for p in out.iterdir()) == ["image_00001_-1.png", "image_00001_.png", "notes-1.txt",
+                                                     "notes.txt"]
+
+
+def tr_png_header(path: Path, width: int, height: int, colour_type: int) -> None:
+    """A PNG whose header (IHDR, PNG spec §11.2.2) says width × height, with a token IDAT: what Pillow reads
+    when it opens a file, without the gigabytes a real 80-Mpx picture would cost the test."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def test_tr_an_80_mpx_photo_and_nul_in_names_are_refused_by_name(private):
+    """An 80-Mpx photo is refused from its header, before anything is decoded (it took a server from 1.1 GB to
+    7.5 GB); a NUL in a run name or a dataset folder is named as such, not a bare 'embedded null byte'."""
+    from tools.comfy_http import PromptRejected
+    from tools.training_fixtures import write_folder_dataset
+    server = private
+    root = write_folder_dataset(server.input_dir / "tr_huge", samples=(("mug", "box"),), width=32, height=32)
+    tr_png_header(root / "mug" / "photo.png", 10000, 8000, 2)
+    tr_png_header(root / "mug" / "point_map.png", 10000, 8000, 6)
+    message = tr_failure(server, tr_graph(server, "tr_huge", "sample folders", "tr_huge"), "RefAny3DTrainingDataset")
+    assert "photo.png is 10000x8000 (80 Mpx); at most 40 Mpx are read" in message, message
+    with pytest.raises(PromptRejected, match="contains a NUL character"):  # Save Adapter shares the check
+        server.submit(tr_graph(server, "tr\x00run"))
+    message = tr_failure(server, tr_graph(server, "tr_nul", "sample folders", "tr_huge\x00"), "RefAny3DTrainingDataset")
+    assert "contains a NUL character" in message and "embedded null byte" not in message
+    still_serving(server)

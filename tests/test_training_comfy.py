@@ -113,7 +113,8 @@ def test_train_save_load_apply_sample(comfy, setup):
     asset, name = setup, f"run_{uuid.uuid4().hex[:6]}"
     g = train_graph(asset, name)
     g["save"] = {"class_type": "RefAny3DSaveAdapter",
-                 "inputs": {"adapter": ["train", 0], "name": name, "dtype": "fp32", "write_pth": True}}
+                 "inputs": {"adapter": ["train", 0], "name": name, "dtype": "fp32", "write_pth": True,
+                            "overwrite": True}}  # the run's own folder: Train saved there
     sample_graph(g, ("train", 0), f"refany3d/{name}_trained")
     result = comfy.run(g, timeout=600)
     assert result.status == "success", result.error_text() + comfy.log_text()[-3000:]
@@ -284,29 +285,43 @@ def test_frozen_view_trains_on_inference_mode_weights_and_leaves_the_model_as_it
 
 def test_dataset_node_fingerprint_follows_the_folder(tmp_path):
     """Samples added, removed or edited in a dataset folder change Training Dataset's fingerprint (so ComfyUI
-    runs it again rather than handing back the cached dataset); the reference cache does not."""
+    runs it again rather than handing back the cached dataset); the reference cache does not. The folder is
+    named inside the input folder; a name that leaves it is not looked at; the walk is bounded."""
     import importlib
     import os
-    nodes = importlib.import_module(f"{import_pack().__name__}.nodes.training")
-    (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "prompt.txt").write_text("a chair")
 
-    def stamp():
-        return nodes.RefAny3DTrainingDataset.fingerprint_inputs(source="sample folders", folder=str(tmp_path))
-    first = stamp()
-    assert first and stamp() == first
-    (tmp_path / "a" / ".refany3d-cache").mkdir()
-    (tmp_path / "a" / ".refany3d-cache" / "refs-0.safetensors").write_bytes(b"x")
-    assert stamp() == first
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "prompt.txt").write_text("a table")
-    second = stamp()
-    assert second != first
-    (tmp_path / "b" / "prompt.txt").write_text("a red table")
-    assert stamp() != second
-    third = stamp()
-    os.utime(tmp_path / "b" / "prompt.txt", ns=(1, 1))
-    assert stamp() != third
-    assert nodes.RefAny3DTrainingDataset.fingerprint_inputs(source="synthetic", folder=str(tmp_path)) == ""
-    missing = nodes.RefAny3DTrainingDataset.fingerprint_inputs(source="sample folders", folder=str(tmp_path / "no"))
-    assert missing not in (first, second, third)
+    import folder_paths
+    nodes = importlib.import_module(f"{import_pack().__name__}.nodes.training")
+    before = folder_paths.get_input_directory()
+    folder_paths.set_input_directory(str(tmp_path))
+    try:
+        ds = tmp_path / "ds"
+        (ds / "a").mkdir(parents=True)
+        (ds / "a" / "prompt.txt").write_text("a chair")
+
+        def stamp(folder="ds"):
+            return nodes.RefAny3DTrainingDataset.fingerprint_inputs(source="sample folders", folder=folder)
+        first = stamp()
+        assert first and stamp() == first
+        (ds / "a" / ".refany3d-cache").mkdir()
+        (ds / "a" / ".refany3d-cache" / "refs-0.safetensors").write_bytes(b"x")
+        assert stamp() == first
+        (ds / "b").mkdir()
+        (ds / "b" / "prompt.txt").write_text("a table")
+        second = stamp()
+        assert second != first
+        (ds / "b" / "prompt.txt").write_text("a red table")
+        assert stamp() != second
+        third = stamp()
+        os.utime(ds / "b" / "prompt.txt", ns=(1, 1))
+        assert stamp() != third
+        assert nodes.RefAny3DTrainingDataset.fingerprint_inputs(source="synthetic", folder="ds") == ""
+        missing = stamp("no")
+        assert missing not in (first, second, third)
+        assert stamp(str(ds)) == "" and stamp("../" + tmp_path.name + "/ds") == ""  # names that leave input/
+        # a link cycle is walked once; a tree larger than the bound is not walked to its end
+        os.symlink(ds, ds / "b" / "loop")
+        assert stamp() == stamp()
+        assert nodes.folder_stamp(ds, limit=3) != nodes.folder_stamp(ds, limit=3)
+    finally:
+        folder_paths.set_input_directory(before)

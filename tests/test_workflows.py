@@ -63,6 +63,8 @@ def ui_to_api(workflow: dict, info: dict) -> dict:
         values = list(node.get("widgets_values") or [])
         k = 0
         for name, opts in widget_inputs(info, node["type"]):
+            if k >= len(values) and name in info[node["type"]]["input"].get("optional", {}):
+                break  # an optional widget added after the workflow was saved: the server gives it its default
             inputs[name] = values[k]
             k += 2 if opts.get("control_after_generate") else 1
         for inp in node.get("inputs", []):

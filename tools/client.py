@@ -17,7 +17,10 @@ Examples:
 Names never collide: the asset and its sidecars go to input/3d/refany3d_client/<first 16 hex digits
 of the sha256 of their content>/ (the same content shares a folder; a different file of the same
 name never replaces another), every filename_prefix gets a folder of its own per run, and files
-already in --out are kept (a new download gets a -1, -2... suffix) unless --overwrite is given.
+already in --out are kept (a new download gets a -1, -2... suffix) unless --overwrite is given, and even
+then only a file named by one of the workflow's own filename_prefix values is replaced: the server
+names files, it never chooses which of yours are replaced. All outputs are downloaded before the first
+is written; a failed write removes what this run wrote.
 
 Exit status:
   0  the run succeeded and its outputs were downloaded
@@ -26,7 +29,9 @@ Exit status:
      that is not API format, an --asset that is missing or not .glb .gltf .obj .ply .stl .off, a file
      it references that is missing or outside its folder, --out naming a file, a --server that is
      not http(s)
-  3  the server cannot be reached (or answers out of protocol)
+  3  the server cannot be reached, or answers out of protocol: not JSON, a /ws that is not a websocket
+     (a proxy answering 404), a connection closed mid-answer or mid-download, an output named with a
+     path or '..' (nothing is then written to --out)
   4  rejected by the server: the workflow failed validation (its per-node messages are printed,
      also when only some outputs failed), an upload was refused (e.g. larger than the server's
      --max-upload-size), or model files the workflow loads are not on the server (each is named
@@ -57,6 +62,8 @@ PACK_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORKFLOW = PACK_ROOT / "example_workflows" / "api" / "refany3d_asset_to_image.json"
 
 EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REJECTED, EXIT_TIMEOUT = 0, 1, 2, 3, 4, 5
+#: what an answer no ComfyUI gives can raise in the code that reads it (the network errors are ComfyError)
+OUT_OF_PROTOCOL = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 # setting -> [(class_type, input name)]: every node of these classes in the workflow gets the value
 TARGETS = {
@@ -87,6 +94,10 @@ UPLOAD_FOLDER = "3d/refany3d_client"  # under the server's input folder
 
 class UsageError(Exception):
     """A setting that the workflow cannot take."""
+
+
+class OutputNameError(ComfyError):
+    """An output record whose file name is not a plain name (a path, '..')."""
 
 
 class UploadConflict(ComfyError):
@@ -305,8 +316,9 @@ def upload_bundle(client: ComfyClient, bundle: AssetBundle, folder: str) -> str:
 
 def output_records(result, include_temp: bool = False) -> list[dict]:
     records = []
-    for _node_id, outputs in sorted(result.outputs.items(), key=lambda kv: kv[0]):
-        for recs in outputs.values():
+    outputs = result.outputs if isinstance(result.outputs, dict) else {}
+    for _node_id, node_outputs in sorted(outputs.items(), key=lambda kv: str(kv[0])):
+        for recs in (node_outputs.values() if isinstance(node_outputs, dict) else []):
             if not isinstance(recs, list):
                 continue
             for rec in recs:
@@ -316,6 +328,23 @@ def output_records(result, include_temp: bool = False) -> list[dict]:
                     continue
                 records.append(rec)
     return records
+
+
+def output_name(rec: dict) -> str:
+    """The file name an output record gives, when it is a plain name; else OutputNameError (nothing is then
+    downloaded or written): the server names a file, never a place in --out."""
+    name = rec.get("filename")
+    if not isinstance(name, str) or not name or name in (".", "..") or name.startswith(".") \
+            or any(c in name for c in "/\\\x00:") or name != name.strip():
+        raise OutputNameError(f"the server named an output {str(name)[:80]!r}, which is not a plain file name (a "
+                              "path, '..', a hidden or empty name): nothing was downloaded or written")
+    return name
+
+
+def prefix_names(graph: dict) -> tuple[str, ...]:
+    """The file-name starts the workflow's own filename_prefix values give (the part after the last '/')."""
+    return tuple(sorted({p.rpartition("/")[2] for n in graph.values()
+                         if isinstance(p := (n.get("inputs") or {}).get("filename_prefix"), str) and p}))
 
 
 def save_file(out_dir: Path, name: str, data: bytes, overwrite: bool = False) -> Path:
@@ -346,18 +375,28 @@ def save_file(out_dir: Path, name: str, data: bytes, overwrite: bool = False) ->
 
 
 def download_outputs(client: ComfyClient, result, out_dir: Path, include_temp: bool = False,
-                     overwrite: bool = False) -> list[Path]:
+                     overwrite: bool = False, prefixes: tuple[str, ...] = ()) -> list[Path]:
     """Downloads every output file, then writes them all into ``out_dir`` (created now): a failed
-    download leaves nothing behind."""
-    blobs = [(Path(rec["filename"]).name, client.download(rec)) for rec in output_records(result, include_temp)]
+    download, a name that is not a plain file name, or a failed write leaves nothing behind. With
+    ``overwrite`` only a file named by the workflow's own ``prefixes`` (and not already written by this run)
+    replaces one of the same name; any other name the server gives is kept beside as ``name-1.ext``."""
+    records = output_records(result, include_temp)
+    names = [output_name(rec) for rec in records]
+    blobs = [(name, client.download(rec)) for name, rec in zip(names, records)]
     out_dir.mkdir(parents=True, exist_ok=True)
-    saved = []
-    for name, data in blobs:
-        path = save_file(out_dir, name, data, overwrite)
-        if path.name != name:
-            print(f"kept the existing {out_dir / name}; saved the new one as {path.name} (--overwrite replaces)",
-                  file=sys.stderr)
-        saved.append(path)
+    saved: list[Path] = []
+    try:
+        for name, data in blobs:
+            replace = overwrite and bool(prefixes) and name.startswith(prefixes) and out_dir / name not in saved
+            path = save_file(out_dir, name, data, replace)
+            if path.name != name:
+                why = "--overwrite replaces" if not overwrite else "the name is not one the workflow's prefixes give"
+                print(f"kept the existing {out_dir / name}; saved the new one as {path.name} ({why})", file=sys.stderr)
+            saved.append(path)
+    except OSError:
+        for path in saved:
+            path.unlink(missing_ok=True)
+        raise
     return saved
 
 
@@ -462,6 +501,11 @@ def main(argv=None) -> int:
         return fail(EXIT_TIMEOUT, "stopped by the user; the prompt was cancelled")
     except ComfyError as e:
         return fail(EXIT_UNREACHABLE, str(e))
+    except OUT_OF_PROTOCOL as e:  # an answer no ComfyUI gives: one line, not a traceback
+        return fail(EXIT_UNREACHABLE, f"ComfyUI at {url} answered out of protocol ({type(e).__name__}: "
+                                      f"{str(e)[:200]})")
+    if not isinstance(result.status, str) or result.status not in ("success", "error", "interrupted"):
+        return fail(EXIT_UNREACHABLE, f"ComfyUI at {url} reported the run's end out of protocol")
 
     if result.status == "error":
         err = result.error or {}
@@ -473,11 +517,16 @@ def main(argv=None) -> int:
     if result.status == "interrupted":
         return fail(EXIT_TIMEOUT, "the run was interrupted on the server")
     try:
-        saved = download_outputs(client, result, args.out, args.include_temp, args.overwrite)
+        saved = download_outputs(client, result, args.out, args.include_temp, args.overwrite, prefix_names(filled))
+    except OutputNameError as e:
+        return fail(EXIT_UNREACHABLE, str(e))
     except ComfyError as e:
         return fail(EXIT_UNREACHABLE, f"{e} (nothing was written to {args.out})")
     except OSError as e:
-        return fail(EXIT_RUN_ERROR, f"could not write the outputs into {args.out}: {e}")
+        return fail(EXIT_RUN_ERROR, f"could not write the outputs into {args.out} (nothing was left there): {e}")
+    except OUT_OF_PROTOCOL as e:
+        return fail(EXIT_UNREACHABLE, f"ComfyUI at {url} answered out of protocol ({type(e).__name__}: "
+                                      f"{str(e)[:200]}); nothing was written to {args.out}")
     print(f"done in {time.monotonic() - started:.1f} s; {len(saved)} file(s) in {args.out}", file=sys.stderr)
     for line in pose_scores(result):
         print(line, file=sys.stderr)

@@ -6,6 +6,7 @@ POST /interrupt, GET /object_info and the /ws message stream.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import mimetypes
 import re
@@ -23,6 +24,11 @@ DONE_TYPES = ("execution_success", "execution_error", "execution_interrupted")
 
 class ComfyError(RuntimeError):
     """The server could not be reached or answered with an error."""
+
+
+class ProtocolError(ComfyError):
+    """The server answered, but not as ComfyUI does (not JSON, a missing field, a connection closed mid-answer,
+    a /ws that is not a websocket): a proxy in the way, or not a ComfyUI."""
 
 
 class PromptRejected(ComfyError):
@@ -120,8 +126,14 @@ class ComfyClient:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as e:
-            return e.code, e.read()
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+            try:
+                return e.code, e.read()
+            except (OSError, http.client.HTTPException):
+                return e.code, b""
+        except http.client.HTTPException as e:  # IncompleteRead, RemoteDisconnected, BadStatusLine...
+            raise ProtocolError(f"ComfyUI at {self.url} broke off its answer to {method} {path.split('?')[0]} "
+                                f"({type(e).__name__}{': ' + str(e) if str(e) else ''})") from None
+        except (urllib.error.URLError, OSError) as e:
             raise ComfyError(f"ComfyUI at {self.url} is unreachable: {getattr(e, 'reason', e)}") from None
 
     def _json(self, method: str, path: str, payload=None):
@@ -133,11 +145,19 @@ class ComfyClient:
             parsed = body.decode(errors="replace")
         return status, parsed
 
+    def _expect(self, body, kind: type, what: str):
+        """``body`` when it is a ``kind`` (a JSON object or list), else ProtocolError."""
+        if not isinstance(body, kind):
+            shown = (body if isinstance(body, str) else json.dumps(body))[:80]
+            raise ProtocolError(f"ComfyUI at {self.url} answered {what} with {shown!r}, not what ComfyUI sends "
+                                "(a proxy in the way, or not a ComfyUI server?)")
+        return body
+
     def object_info(self, node_class: str | None = None) -> dict:
         status, body = self._json("GET", "/object_info" + (f"/{node_class}" if node_class else ""))
         if status != 200:
-            raise ComfyError(f"GET /object_info answered {status}: {body}")
-        return body
+            raise ComfyError(f"GET /object_info answered {status}: {str(body)[:200]}")
+        return self._expect(body, dict, "GET /object_info")
 
     def is_up(self) -> bool:
         try:
@@ -164,7 +184,13 @@ class ComfyClient:
             raise UploadRejected(status, path.name, path.stat().st_size, body.decode(errors="replace"))
         if status != 200:
             raise ComfyError(f"upload of {path.name} failed (HTTP {status}): {body.decode(errors='replace')}")
-        info = json.loads(body)
+        try:
+            info = json.loads(body)
+        except ValueError:
+            info = body.decode(errors="replace")
+        info = self._expect(info, dict, "POST /upload/image")
+        if not isinstance(info.get("name"), str) or not isinstance(info.get("subfolder", ""), str):
+            raise ProtocolError(f"ComfyUI at {self.url} answered POST /upload/image without the file's name")
         return f"{info['subfolder']}/{info['name']}" if info.get("subfolder") else info["name"]
 
     def submit(self, graph: dict) -> str:
@@ -180,14 +206,18 @@ class ComfyClient:
         if status == 400:
             raise PromptRejected(status, body)
         if status != 200:
-            raise ComfyError(f"POST /prompt answered {status}: {body}")
+            raise ComfyError(f"POST /prompt answered {status}: {str(body)[:200]}")
+        body = self._expect(body, dict, "POST /prompt")
+        if not isinstance(body.get("prompt_id"), str):
+            raise ProtocolError(f"ComfyUI at {self.url} answered POST /prompt without a prompt id")
         return body["prompt_id"]
 
     def history(self, prompt_id: str) -> dict | None:
         status, body = self._json("GET", f"/history/{prompt_id}")
         if status != 200:
-            raise ComfyError(f"GET /history answered {status}: {body}")
-        return (body or {}).get(prompt_id)
+            raise ComfyError(f"GET /history answered {status}: {str(body)[:200]}")
+        entry = self._expect(body or {}, dict, "GET /history").get(prompt_id)
+        return None if entry is None else self._expect(entry, dict, "GET /history")
 
     def interrupt(self) -> None:
         self._json("POST", "/interrupt", {})
@@ -224,6 +254,9 @@ class ComfyClient:
         ws_url = self.url.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}"
         try:
             ws = websocket.create_connection(ws_url, timeout=timeout)
+        except websocket.WebSocketException as e:  # e.g. a proxy that answers /ws with 404
+            raise ProtocolError(f"ComfyUI at {self.url} did not open its /ws websocket ({str(e).splitlines()[0]}): "
+                                "a proxy in the way that does not pass websockets? Nothing was queued") from None
         except OSError as e:
             raise ComfyError(f"ComfyUI at {self.url} is unreachable: {e}") from None
         try:
@@ -242,6 +275,9 @@ class ComfyClient:
                     raw = ws.recv()
                 except websocket.WebSocketTimeoutException:
                     raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s") from None
+                except (websocket.WebSocketException, OSError) as e:
+                    raise ProtocolError(f"ComfyUI at {self.url} closed the /ws stream while prompt {prompt_id} was "
+                                        f"queued or running ({type(e).__name__}); it may still run there") from None
                 if not isinstance(raw, str):
                     text = progress_text(raw)  # a text a node shows on itself; other frames are previews
                     if text is not None:
@@ -249,8 +285,12 @@ class ComfyClient:
                         if on_message:
                             on_message(text)
                     continue
-                msg = json.loads(raw)
-                data = msg.get("data") or {}
+                try:
+                    msg = json.loads(raw)
+                except ValueError:
+                    msg = raw
+                msg = self._expect(msg, dict, "a /ws message")
+                data = msg.get("data") if isinstance(msg.get("data"), dict) else {}
                 if data.get("prompt_id") not in (None, prompt_id):
                     continue
                 if data.get("prompt_id") == prompt_id or msg.get("type") == "status":

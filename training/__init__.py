@@ -8,8 +8,9 @@ line (:mod:`training.cli`, ``python -m training``).
 from .checkpoint import load_state, save_release, save_state
 from .distributed import DistInfo, init_distributed, teardown
 from .encoded import EncodedDataset, EncodingCancelled, encode_dataset, is_encoded
-from .loop import PRODIGY_MISSING, RELEASE_DTYPES, TrainConfig, Trainer, make_optimizer, write_embedder_pth
+from .loop import (PRODIGY_MISSING, RELEASE_DTYPES, TrainConfig, Trainer, TrainingDiverged, make_optimizer,
+                   write_embedder_pth)
 
 __all__ = ["DistInfo", "EncodedDataset", "EncodingCancelled", "PRODIGY_MISSING", "RELEASE_DTYPES", "TrainConfig",
-           "Trainer", "encode_dataset", "init_distributed", "is_encoded", "load_state", "make_optimizer",
+           "Trainer", "TrainingDiverged", "encode_dataset", "init_distributed", "is_encoded", "load_state", "make_optimizer",
            "save_release", "save_state", "teardown", "write_embedder_pth"]

@@ -34,3 +34,5 @@ learning_statistics = _training.learning_statistics
 training_loss = _training.training_loss
 training_mode = _training.training_mode
 RANK = _training.RANK
+join_inside = rendering.join_inside
+MAX_ABS_WEIGHT = sibling("model_patches.weight_values").MAX_ABS_WEIGHT

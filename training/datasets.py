@@ -31,8 +31,6 @@ import inspect
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ._pack import RefAny3DError, rendering, sibling
+from .files import replacing
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +113,21 @@ def has_alpha(img) -> bool:
     return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
 
 
+#: the largest photo (and point map) read, in pixels: training sizes are at most 2048², and decoding a larger
+#: picture costs gigabytes of memory for nothing (an 80-Mpx photo took a server from 1.1 GB to 7.5 GB)
+MAX_PHOTO_PIXELS = 40_000_000
+
+
 def check_pair(photo: Path, point_map: Path, sample: str) -> None:
-    """Header checks of a photo and its scene point map: readable, same size, alpha present."""
+    """Header checks of a photo and its scene point map: readable, same size, at most MAX_PHOTO_PIXELS, alpha
+    present. Nothing is decoded."""
     with open_image(photo, sample, "photo") as p, open_image(point_map, sample, "point map") as m:
+        for img, path, what in ((p, photo, "photo"), (m, point_map, "point map")):
+            if img.size[0] * img.size[1] > MAX_PHOTO_PIXELS:
+                raise DatasetError(f"sample '{sample}': the {what} {path.name} is {img.size[0]}x{img.size[1]} "
+                                   f"({img.size[0] * img.size[1] / 1e6:.0f} Mpx); at most "
+                                   f"{MAX_PHOTO_PIXELS / 1e6:.0f} Mpx are read (training uses at most 2048 px): "
+                                   "downscale the photo and its point map together")
         if p.size != m.size:
             raise DatasetError(f"sample '{sample}': the photo {photo.name} is {p.size[0]}x{p.size[1]} but the point "
                                f"map {point_map.name} is {m.size[0]}x{m.size[1]}: they must be pixel-aligned, "
@@ -308,7 +319,11 @@ class ReleaseDataset(Dataset):
             if missing:
                 raise DatasetError(f"{meta}: {label} lacks {', '.join(repr(k) for k in missing)} "
                                    f"(every entry needs {', '.join(RELEASE_KEYS)})")
-            paths = {k: self.folder / entry[k] for k in RELEASE_KEYS}
+            try:
+                paths = {k: rendering.join_inside(entry[k], self.folder, where="the dataset folder")
+                         for k in RELEASE_KEYS}
+            except rendering.AssetError as e:
+                raise DatasetError(f"meta_data.json: {label}: {e}") from None
             self.entries.append(paths)
         first: dict[Path, int] = {}
         for n, paths in enumerate(self.entries):
@@ -435,17 +450,12 @@ class FolderDataset(Dataset):
                 pass
             log.warning("RefAny3D dataset: cached references %s are damaged; rendering them again", path)
         rgb, point_map = self.render(i)
-        tmp = None
         try:  # written under a unique temporary name, then renamed: readers (other ranks, workers) never see half a file
-            path.parent.mkdir(exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            save_file({"rgb": rgb, "point_map": point_map}, tmp, metadata={"asset": self.samples[i]["asset"].name})
-            os.replace(tmp, path)
+            with replacing(path) as tmp:
+                save_file({"rgb": rgb, "point_map": point_map}, str(tmp),
+                          metadata={"asset": self.samples[i]["asset"].name})
         except (OSError, SafetensorError) as e:
             log.warning("RefAny3D dataset: cannot cache references in %s (%s); they will be rendered again", path, e)
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
         return rgb, point_map
 
     def render(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:

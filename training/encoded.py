@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
 from ._pack import RefAny3DError, Unconditional
+from .files import file_mode, temp_dir
 
 FORMAT = "refany3d-encoded-dataset"
 VERSION = 1
@@ -95,15 +96,12 @@ def _sample_label(i: int, sample: dict) -> str:
 
 
 def is_encoded(folder, fingerprint: str | None = None) -> bool:
-    """True when ``folder`` holds a finished encoding (of a source with ``fingerprint``, when given)."""
-    path = Path(folder) / INFO_FILE
+    """True when ``folder`` holds a finished, undamaged encoding (of a source with ``fingerprint``, when given)."""
     try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    if info.get("format") != FORMAT or info.get("version") != VERSION:
-        return False
-    return fingerprint is None or info.get("source", {}).get("fingerprint") == fingerprint
+        info = EncodedDataset(folder).info  # every field, every shard's size and header
+    except RefAny3DError:
+        return False  # missing, damaged or truncated: encoded again (the new encoding replaces it)
+    return fingerprint is None or info["source"].get("fingerprint") == fingerprint
 
 
 def encode_dataset(dataset, encode_image: Callable[[torch.Tensor], torch.Tensor],
@@ -129,9 +127,8 @@ def encode_dataset(dataset, encode_image: Callable[[torch.Tensor], torch.Tensor]
     if folder.is_dir() and any(folder.iterdir()) and not (folder / INFO_FILE).is_file():
         raise RefAny3DError(f"cannot encode into {folder}: the folder holds other files and is not an encoded "
                             "dataset; choose an empty or new folder")
-    import safetensors.torch
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".encoding", dir=folder.parent))
+    tmp = temp_dir(folder, ".encoding")
     try:
         if progress is not None:
             progress(0, total)
@@ -142,7 +139,7 @@ def encode_dataset(dataset, encode_image: Callable[[torch.Tensor], torch.Tensor]
 
         def flush():
             name = f"shard-{len(shards):05d}.safetensors"
-            safetensors.torch.save_file(shard, str(tmp / name), metadata={"format": FORMAT})
+            write_safetensors(shard, tmp / name)
             shards.append({"file": name, "count": len({k.split(".")[0] for k in shard}),
                            "bytes": (tmp / name).stat().st_size})
             shard.clear()
@@ -207,18 +204,26 @@ def encode_dataset(dataset, encode_image: Callable[[torch.Tensor], torch.Tensor]
         uncond = {"context": context, "black_reference": black}
         if pooled is not None:
             uncond["pooled"] = pooled
-        safetensors.torch.save_file(uncond, str(tmp / UNCOND_FILE), metadata={"format": FORMAT})
+        write_safetensors(uncond, tmp / UNCOND_FILE)
         info = {"format": FORMAT, "version": VERSION, "count": total,
                 "shapes": {**shapes, "context_channels": channels, "context_length": max(max_len, context.shape[0]),
                            "pooled": pooled_size},
                 "shards": shards, "samples": records,
                 "source": {"describe": _describe(dataset), "fingerprint": _fingerprint(dataset)}}
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
+        os.chmod(tmp / INFO_FILE, file_mode())
         _move_into_place(tmp, folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return EncodedDataset(folder)
+
+
+def write_safetensors(tensors: dict, path: Path) -> None:
+    """A file of the (temporary) encoding folder, with the umask's mode."""
+    import safetensors.torch
+    safetensors.torch.save_file(tensors, str(path), metadata={"format": FORMAT})
+    os.chmod(path, file_mode())
 
 
 def _describe(dataset) -> str:
@@ -245,6 +250,65 @@ def _move_into_place(tmp: Path, folder: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+_SHARD_NAME = re.compile(r"^shard-\d{5}\.safetensors$")
+
+
+def _span(keys: list[str]) -> str:
+    return "none" if not keys else (keys[0] if len(keys) == 1 else f"{keys[0]}…{keys[-1]} ({len(keys)})")
+
+
+def _whole(value, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _info_problem(info: dict) -> str | None:
+    """What is wrong in the fields of an encoded.json, else None."""
+    count, shards, samples, shapes = (info.get(k) for k in ("count", "shards", "samples", "shapes"))
+    if not _whole(count, 1):
+        return f"'count' must be a whole number ≥ 1, got {count!r}"
+    if not isinstance(shards, list) or not shards:
+        return "'shards' must be a non-empty list"
+    for n, shard in enumerate(shards):
+        if not isinstance(shard, dict) or not isinstance(shard.get("file"), str) \
+                or not _SHARD_NAME.match(shard["file"]):
+            got = shard.get("file") if isinstance(shard, dict) else shard
+            return (f"shard {n} names {got!r}; shards are files of the folder itself, named "
+                    "shard-NNNNN.safetensors")
+        if not _whole(shard.get("count"), 1) or not _whole(shard.get("bytes"), 1):
+            return f"shard {n} ({shard['file']}) needs a whole 'count' ≥ 1 and 'bytes' ≥ 1"
+    if len({s["file"] for s in shards}) != len(shards):
+        return "a shard is listed twice"
+    in_shards = sum(s["count"] for s in shards)
+    if in_shards != count:
+        return f"'count' says {count} samples, its shards hold {in_shards}"
+    if not isinstance(samples, list) or len(samples) != count or not all(
+            isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("prompt"), str)
+            for s in samples):
+        return f"'samples' must list a name and prompt for each of the {count} samples"
+    if not isinstance(shapes, dict):
+        return "'shapes' is missing"
+    x0, refs = shapes.get("x0"), shapes.get("refs")
+    if not (isinstance(x0, list) and len(x0) == 3 and all(_whole(v, 1) for v in x0) and x0[0] == LATENT_CHANNELS):
+        return f"'shapes.x0' must be [{LATENT_CHANNELS}, h, w], got {x0!r}"
+    if not (isinstance(refs, list) and len(refs) == 4 and all(_whole(v, 1) for v in refs)
+            and refs[1] == LATENT_CHANNELS):
+        return f"'shapes.refs' must be [views, {LATENT_CHANNELS}, h, w], got {refs!r}"
+    for name in ("context_channels", "context_length"):
+        if not _whole(shapes.get(name), 1):
+            return f"'shapes.{name}' must be a whole number ≥ 1, got {shapes.get(name)!r}"
+    if shapes.get("pooled") is not None and not _whole(shapes["pooled"], 1):
+        return f"'shapes.pooled' must be a whole number ≥ 1 or null, got {shapes['pooled']!r}"
+    if not isinstance(info.get("source"), dict) or not isinstance(info["source"].get("describe"), str):
+        return "'source' must describe the dataset it was encoded from"
+    return None
+
+
+def check_info(info: dict, where: str) -> None:
+    problem = _info_problem(info)
+    if problem:
+        raise RefAny3DError(f"{where}: {INFO_FILE} is damaged ({problem}); re-encode the dataset")
+
+
 class EncodedDataset(Sequence):
     """An encoded training set (see :func:`encode_dataset`) as a sequence of training samples.
 
@@ -265,14 +329,16 @@ class EncodedDataset(Sequence):
             raise RefAny3DError(f"{self.folder} is not an encoded dataset: it has no {INFO_FILE} (encode a dataset "
                                 "into it first)")
         try:
-            info = json.loads(info_path.read_text())
-        except ValueError as e:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
             raise RefAny3DError(f"{info_path} is not valid JSON ({e}); re-encode the dataset") from None
-        if info.get("format") != FORMAT:
-            raise RefAny3DError(f"{info_path} is not a RefAny3D encoded dataset (format {info.get('format')!r})")
+        if not isinstance(info, dict) or info.get("format") != FORMAT:
+            found = info.get("format") if isinstance(info, dict) else type(info).__name__
+            raise RefAny3DError(f"{info_path} is not a RefAny3D encoded dataset (format {found!r})")
         if info.get("version") != VERSION:
             raise RefAny3DError(f"{info_path} is an encoded dataset of version {info.get('version')}; this pack "
                                 f"reads version {VERSION}: re-encode the dataset")
+        check_info(info, f"encoded dataset {self.folder}")
         self.info = info
         self._where: list[tuple[Path, str]] = []
         for shard in info["shards"]:
@@ -283,13 +349,47 @@ class EncodedDataset(Sequence):
             if size != shard["bytes"]:
                 raise RefAny3DError(f"encoded dataset {self.folder}: {shard['file']} has {size} bytes, "
                                     f"{shard['bytes']} were written (truncated or changed); re-encode the dataset")
-            for _ in range(shard["count"]):
-                self._where.append((path, f"{len(self._where):06d}"))
-        if len(self._where) != info["count"] or not (self.folder / UNCOND_FILE).is_file():
-            raise RefAny3DError(f"encoded dataset {self.folder} is incomplete ({len(self._where)} of {info['count']} "
-                                f"samples in its shards{'' if (self.folder / UNCOND_FILE).is_file() else ', no ' + UNCOND_FILE}); "
-                                "re-encode the dataset")
+            keys = [f"{len(self._where) + j:06d}" for j in range(shard["count"])]
+            self._check_shard(path, keys, info["shapes"])
+            self._where.extend((path, key) for key in keys)
+        if not (self.folder / UNCOND_FILE).is_file():
+            raise RefAny3DError(f"encoded dataset {self.folder} is incomplete (no {UNCOND_FILE}); re-encode the "
+                                "dataset")
         self.context_length = int(info["shapes"]["context_length"])
+
+    def _check_shard(self, path: Path, keys: list[str], shapes: dict) -> None:
+        """The shard's header (no tensor data read): exactly the samples ``keys``, each with the shapes of
+        encoded.json."""
+        want = {"x0_rgb": shapes["x0"], "x0_point_map": shapes["x0"], "refs_rgb": shapes["refs"],
+                "refs_point_map": shapes["refs"]}
+        header = self._shapes(path)
+        found = sorted({k.split(".")[0] for k in header})
+        if found != keys:
+            raise RefAny3DError(f"encoded dataset {self.folder}: {path.name} holds samples "
+                                f"{_span(found)}, {INFO_FILE} says {_span(keys)}; re-encode the dataset")
+        for key in keys:
+            for name, shape in want.items():
+                got = header.get(f"{key}.{name}")
+                if got != list(shape):
+                    raise RefAny3DError(f"encoded dataset {self.folder}: {path.name}, sample {key}: {name} is "
+                                        f"{_shape(got) if got else 'missing'}, {INFO_FILE} says {_shape(shape)}; "
+                                        "re-encode the dataset")
+            context = header.get(f"{key}.context")
+            if context is None or len(context) != 2 or context[1] != shapes["context_channels"] \
+                    or context[0] > shapes["context_length"]:
+                raise RefAny3DError(f"encoded dataset {self.folder}: {path.name}, sample {key}: context "
+                                    f"{_shape(context) if context else 'missing'} does not fit {INFO_FILE} (at most "
+                                    f"{shapes['context_length']} tokens of {shapes['context_channels']} channels); "
+                                    "re-encode the dataset")
+
+    def _shapes(self, path: Path) -> dict[str, list[int]]:
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as e:  # safetensors' own errors: a damaged header
+            raise RefAny3DError(f"encoded dataset {self.folder}: {path.name} cannot be read ({e}); "
+                                "re-encode the dataset") from None
 
     def __len__(self) -> int:
         return len(self._where)
@@ -344,6 +444,11 @@ class EncodedDataset(Sequence):
             raise IndexError(f"sample {i} of an encoded dataset of {n}")
         path, key = self._where[i % n]
         raw = self._read(path, [f"{key}.{k}" for k in (*_LATENT_KEYS, "context", "pooled")])
+        bad = [k.rsplit(".", 1)[-1] for k, v in raw.items() if not bool(torch.isfinite(v).all())]
+        if bad:
+            raise RefAny3DError(f"encoded dataset {self.folder}: sample {i} ('{self.names[i % n]}') holds non-finite "
+                                f"values (NaN or infinity) in its {', '.join(bad)}: the file was damaged; re-encode "
+                                "the dataset")
         out = {k: self._latent(raw[f"{key}.{k}"]) for k in _LATENT_KEYS}
         out["context"] = self._pad(raw[f"{key}.context"])
         if f"{key}.pooled" in raw:

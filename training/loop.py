@@ -20,25 +20,35 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
+import math
 import random
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ._pack import (RELEASE_FILES, LossOut, RefAny3DError, TrainableAdapter, Unconditional, learning_statistics,
-                    training_loss, training_mode)
+from ._pack import (MAX_ABS_WEIGHT, RELEASE_FILES, LossOut, RefAny3DError, TrainableAdapter, Unconditional,
+                    learning_statistics, training_loss, training_mode)
 
 from . import checkpoint as ckpt
 from . import distributed as dist
+from .files import replacing
 
 OPTIMIZERS = ("adamw", "prodigy")
 RELEASE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PRODIGY_MISSING = ("the Prodigy optimizer needs the optional package 'prodigyopt', which is not installed: "
                    "pip install prodigyopt (or choose optimizer 'adamw')")
+
+
+class TrainingDiverged(RefAny3DError):
+    """A step gave a non-finite loss or gradient, or weights past what a release file may hold: the run stopped
+    before the step's update was saved anywhere. ``step``: the step that failed; ``last_state``: the last state
+    saved (or resumed from) before it, None when there is none."""
+
+    def __init__(self, message: str, step: int, last_state: Path | None):
+        super().__init__(message)
+        self.step, self.last_state = step, last_state
 
 
 @dataclass
@@ -125,6 +135,16 @@ def adapter_summary(shapes: dict[str, tuple[int, ...]]) -> str:
             f"({blocks['transformer_blocks']} double and {blocks['single_transformer_blocks']} single blocks)")
 
 
+def first_difference(mine: dict[str, tuple], theirs: dict[str, tuple]) -> tuple[str, str]:
+    """(this run's side, the state's side) of the first tensor name or shape in which two adapters differ."""
+    def side(shapes: dict[str, tuple], key: str) -> str:
+        return f"{key} of shape {shapes[key]}" if key in shapes else f"without {key}"
+    for key in sorted(set(mine) | set(theirs)):
+        if mine.get(key) != theirs.get(key):
+            return side(mine, key), side(theirs, key)
+    return "the same", "the same"
+
+
 class Trainer:
     """Training of ``adapter`` on ``flux`` (``comfy.ldm.flux.model.Flux``), one process or one rank of many.
 
@@ -168,6 +188,8 @@ class Trainer:
         self.optimizer = make_optimizer(adapter.parameters(), self.config)
         self.step = 0
         self.losses: list[float] = []
+        #: the last state saved (or resumed from): what a stopped run names to resume from
+        self.last_state: Path | None = None
         #: learning_statistics of the last step's gradients (structural zeros left out)
         self.statistics: dict | None = None
 
@@ -212,7 +234,10 @@ class Trainer:
                     if micro:
                         self._stop_requested()  # an interrupt may raise here; a plain stop finishes the step
                     idx = self.indices(self.step, micro)
-                    batch = collate([self.dataset[i] for i in idx], idx, self.device)
+                    try:
+                        batch = collate([self.dataset[i] for i in idx], idx, self.device)
+                    except RefAny3DError as e:
+                        self._stop(str(e), "Fix or re-make the data, then resume")
                     last = micro == cfg.accumulation - 1
                     sync = self.ddp.no_sync() if (self.ddp is not None and not last) else contextlib.nullcontext()
                     with sync:
@@ -223,18 +248,57 @@ class Trainer:
         except torch.OutOfMemoryError:
             self.optimizer.zero_grad(set_to_none=True)
             raise RefAny3DError(self._out_of_memory()) from None
+        total = dist.mean_over_ranks(total, self.world_size, self.device)
+        if not math.isfinite(total):
+            self._diverged(f"the loss is {total}", idx)
         self.statistics = learning_statistics(self.adapter)
+        if not math.isfinite(self.statistics["grad_norm"]):
+            self._diverged(f"the gradient norm is {self.statistics['grad_norm']}", idx)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), cfg.grad_clip)
         self.optimizer.step()
+        peak = self._peak_weight()
+        if not peak <= MAX_ABS_WEIGHT:
+            self._diverged(f"the update made a weight {peak:g} (a release file holds at most {MAX_ABS_WEIGHT:g})", idx)
         self.step += 1
-        total = dist.mean_over_ranks(total, self.world_size, self.device)
         self.losses.append(total)
         if cfg.save_every and self.out_dir is not None and self.step % cfg.save_every == 0:
             self.save()
         if self.on_step is not None:
             self.on_step(self.step, total)
         return total
+
+    def _peak_weight(self) -> float:
+        """The largest |value| of the adapter's weights (NaN when one is NaN), in one transfer."""
+        with torch.no_grad():
+            return float(torch.stack([p.detach().abs().amax().float() for p in self.adapter.parameters()]).amax())
+
+    def state_name(self, path: Path) -> str:
+        """How a message names a saved state (the node names it inside models/)."""
+        return str(path)
+
+    def _diverged(self, what: str, indices: Sequence[int]) -> None:
+        self._stop(f"{what} (not a finite number)", "Likely causes: a learning rate too large for this optimizer "
+                   f"(lower it), or damaged data (samples {', '.join(str(i) for i in indices)} of this step's last "
+                   "micro-batch)")
+
+    def _stop(self, what: str, hint: str) -> None:
+        """Stops the run at the step being computed: nothing of it is written (the weights in memory may hold
+        its update; no file does), and the message names the step and the state to resume from."""
+        self.optimizer.zero_grad(set_to_none=True)
+        failed = self.step + 1
+        last = self.last_state
+        where = (f"the last good state is {self.state_name(last)} (step {self.step_of(last)}): resume from it"
+                 if last is not None else "no state was saved before it: a new run starts from step 0")
+        raise TrainingDiverged(f"training stopped at step {failed}: {what}. Nothing of step {failed} was saved; "
+                               f"{where}. {hint}", failed, last)
+
+    def _optimizer_problem(self, saved: dict) -> str | None:
+        return _optimizer_problem_of(self.optimizer, saved, self.config)
+
+    @staticmethod
+    def step_of(path: Path) -> int:
+        return int(path.name.rsplit("-", 1)[-1])
 
     def _out_of_memory(self) -> str:
         """The out-of-memory message, with the estimate for this model, sample size and settings."""
@@ -280,6 +344,7 @@ class Trainer:
                       "adapter": adapter_summary({k: tuple(v.shape) for k, v in self.adapter.state_dict().items()})}
             path = ckpt.save_state(out, self.step, self.adapter, self.optimizer, self.losses, config,
                                    keep=self.config.keep_states)
+        self.last_state = path
         if sync:
             dist.barrier(self.world_size)
         return path
@@ -287,11 +352,8 @@ class Trainer:
     def save_release(self, folder) -> dict[str, Path]:
         """The release files of the current adapter in ``folder`` (precision ``config.release_dtype``;
         with ``config.write_pth`` also the release's ``domain_embedder.pth``, a plain state dict)."""
-        dtype = RELEASE_DTYPES[self.config.release_dtype]
-        paths = ckpt.save_release(self.adapter, folder, dtype)
-        if self.config.write_pth:
-            paths["domain_embedder_pth"] = write_embedder_pth(self.adapter, folder, dtype)
-        return paths
+        return ckpt.save_release(self.adapter, folder, RELEASE_DTYPES[self.config.release_dtype],
+                                 write_pth=self.config.write_pth)
 
     def load(self, path) -> None:
         """Resumes from a saved state (a ``state-<step>`` folder or a folder of them: the latest).
@@ -303,32 +365,89 @@ class Trainer:
         mine = {k: tuple(v.shape) for k, v in self.adapter.state_dict().items()}
         theirs = {k: tuple(v.shape) for k, v in state["adapter"].items()}
         if mine != theirs:
-            raise RefAny3DError(f"cannot resume from {state['path']}: the state is from {adapter_summary(theirs)}; "
-                                f"this model and adapter are {adapter_summary(mine)}. Resume with the same model "
-                                "and rank, or start a new run in another output folder")
+            ours, saved = adapter_summary(mine), adapter_summary(theirs)
+            if ours == saved:  # the summaries agree: name the first tensor that differs instead
+                ours, saved = first_difference(mine, theirs)
+            raise RefAny3DError(f"cannot resume from {state['path']}: the state is from {saved}; this model and "
+                                f"adapter are {ours}. Resume with the same model and rank, or start a new run in "
+                                "another output folder")
         saved_opt = state["config"].get("optimizer")
         if saved_opt is not None and saved_opt != self.config.optimizer:
             raise RefAny3DError(f"cannot resume from {state['path']}: it was trained with the {saved_opt} optimizer, "
                                 f"this run uses {self.config.optimizer}; use the same optimizer to resume")
+        problem = self._optimizer_problem(state["optimizer"])
+        if problem:
+            raise RefAny3DError(f"cannot resume from {state['path']}: its optimizer state {problem}; the state is "
+                                "damaged (resume from an older state-<step> folder, or start a new run)")
         with torch.no_grad():
             self.adapter.load_state_dict(state["adapter"], strict=True)
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, RuntimeError, TypeError) as e:
+            raise RefAny3DError(f"cannot resume from {state['path']}: its optimizer state does not load ({e}); "
+                                "resume from an older state-<step> folder, or start a new run") from None
         self.step, self.losses = int(state["step"]), [float(x) for x in state["losses"]]
+        self.last_state = state["path"]
+
+
+def _same_kind(a, b) -> bool:
+    """``a`` (saved) is the same kind of value as ``b`` (this run's): numbers finite, sequences of the same length."""
+    if isinstance(b, bool) or b is None:
+        return type(a) is type(b)
+    if isinstance(b, (int, float)):
+        return isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a)
+    if isinstance(b, (list, tuple)):
+        return isinstance(a, (list, tuple)) and len(a) == len(b) and all(_same_kind(x, y) for x, y in zip(a, b))
+    if isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and a.dtype.is_floating_point == b.dtype.is_floating_point
+    return type(a) is type(b)
+
+
+def _fresh_entry(optimizer: torch.optim.Optimizer, config: TrainConfig) -> dict:
+    """The per-parameter state this kind of optimizer keeps (one step of a throwaway copy on a zero gradient)."""
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad = torch.zeros(2)
+    probe = make_optimizer([p], config)
+    probe.step()
+    return probe.state_dict()["state"][0]
+
+
+def _optimizer_problem_of(optimizer: torch.optim.Optimizer, saved: dict, config: TrainConfig) -> str | None:
+    """What in a saved optimizer state dict does not fit ``optimizer`` (groups, their settings, parameter counts,
+    the names, kinds and shapes of the per-parameter state), else None."""
+    mine = [list(g["params"]) for g in optimizer.param_groups]
+    groups = saved["param_groups"]
+    if len(groups) != len(mine) or [len(g["params"]) for g in groups] != [len(g) for g in mine]:
+        return (f"has {len(groups)} parameter group(s) of {[len(g['params']) for g in groups]} parameters, this "
+                f"run {len(mine)} of {[len(g) for g in mine]}")
+    for n, (group, ours) in enumerate(zip(groups, optimizer.param_groups)):
+        for key, value in ours.items():
+            if key != "params" and (key not in group or not _same_kind(group[key], value)):
+                return f"has {key} = {group.get(key)!r} in parameter group {n}, not a value of the kind {value!r}"
+    ids = [pid for g in groups for pid in g["params"]]
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids) or len(set(ids)) != len(ids):
+        return "lists a parameter twice or by a name that is not a number"
+    params = dict(zip(ids, (p for g in mine for p in g)))
+    fresh = _fresh_entry(optimizer, config)
+    for pid, entry in saved["state"].items():
+        if pid not in params:
+            return f"names parameter {pid}, which no group lists"
+        if not isinstance(entry, dict) or set(entry) != set(fresh):
+            return (f"holds {sorted(entry) if isinstance(entry, dict) else type(entry).__name__} for parameter {pid}; "
+                    f"this optimizer keeps {sorted(fresh)}")
+        for name, value in entry.items():
+            if not _same_kind(value, fresh[name]):
+                return f"holds {name} = {value!r} for parameter {pid}, not a value of the kind {fresh[name]!r}"
+            if isinstance(value, torch.Tensor) and value.ndim and tuple(value.shape) != tuple(params[pid].shape):
+                return (f"holds {name} of shape {tuple(value.shape)} for a parameter of shape "
+                        f"{tuple(params[pid].shape)}")
+    return None
 
 
 def write_embedder_pth(adapter: TrainableAdapter, folder, dtype: torch.dtype = torch.float32) -> Path:
     """The release's ``domain_embedder.pth`` (a plain state dict through ``torch.save``, for the authors'
     own code; the pack itself reads it only with ``weights_only=True``), written atomically."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / RELEASE_FILES["domain_embedder"]
-    sd = adapter.to_release_state_dicts(dtype)["domain_embedder"]
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        torch.save(sd, tmp)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    final = Path(folder) / RELEASE_FILES["domain_embedder"]
+    with replacing(final) as tmp:
+        torch.save(adapter.to_release_state_dicts(dtype)["domain_embedder"], tmp)
     return final
