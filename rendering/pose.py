@@ -46,7 +46,7 @@ MIN_THRESHOLD_PX = 1.5
 MAX_BLEND_PX = 6
 EDGE_FACTOR = 1.5
 EDGE_MARGIN_PX = 0.1
-NOISE_FLOOR = 1.5 / 255  # colour noise assumed at least (8-bit quantisation and more)
+NOISE_FLOOR = 1.0 / 255  # colour noise below this is treated as none (the input is solved as it is)
 #: median 3D error (in % of the asset's size) at which the geometry term of the score reaches 0
 ERROR_SCALE_PCT = 8.0
 
@@ -205,25 +205,26 @@ def _depth_in_mask(cv2, inside: np.ndarray) -> np.ndarray:
     return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
 
 
-def _denoised(cv2, pm: np.ndarray, depth: np.ndarray) -> np.ndarray:
+def _denoised(cv2, pm: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, float]:
     """The point map with the decoder's colour noise and scattered wrong pixels averaged away, where a
     5×5 window lies inside the object (elsewhere as it is). Wrong pixels are those further from the
     5×5 median than 3× the measured noise; the mean of the others over the window is unbiased on a
-    locally linear point map (a median alone is pulled towards mid-grey by the wrong pixels)."""
+    locally linear point map (a median alone is pulled towards mid-grey by the wrong pixels). Returns
+    the point map and the measured noise (robust standard deviation of a colour, 0..1)."""
     inner = depth >= 3
     if not inner.any():
-        return pm
+        return pm, 0.0
     img = pm.astype(np.float32)
     median = cv2.medianBlur(img, 5)
     dev = np.abs(img - median).max(axis=-1)
-    sigma = max(1.4826 * float(np.median(dev[inner])), NOISE_FLOOR)
-    good = ((dev <= 3 * sigma) & (depth > 0)).astype(np.float32)
+    sigma = 1.4826 * float(np.median(dev[inner]))
+    good = ((dev <= 3 * max(sigma, NOISE_FLOOR)) & (depth > 0)).astype(np.float32)
     weight = cv2.boxFilter(good, -1, (5, 5), normalize=False)
     mean = cv2.boxFilter(img * good[..., None], -1, (5, 5), normalize=False) / np.maximum(weight, 1)[..., None]
     keep = inner & (weight >= 5)
     out = pm.copy()
     out[keep] = mean[keep]
-    return out
+    return out, sigma
 
 
 class _Solver:
@@ -361,12 +362,23 @@ def _polish(coarse: _Solver, fine: _Solver, cam, idx, threshold):
 
 
 def read_pose(point_map, mask, asset: Asset, y_rotation: float = 0.0, seed: int = 0) -> PoseReadout:
+    """The camera that best explains ``point_map`` (see :func:`_read_pose`); any failure inside OpenCV
+    becomes an AssetError that says what it means for the user."""
+    cv2 = _cv2()
+    try:
+        return _read_pose(cv2, point_map, mask, asset, y_rotation, seed)
+    except cv2.error:
+        raise AssetError("OpenCV could not solve a camera for this point map (its points do not spread over the "
+                         "asset as a picture of it would): is it a point map of this asset, with the y_rotation "
+                         "the references used?") from None
+
+
+def _read_pose(cv2, point_map, mask, asset: Asset, y_rotation: float, seed: int) -> PoseReadout:
     """The camera that best explains ``point_map`` ([H, W, 3] colours in [0, 1]) over ``mask`` ([H, W],
     object where > 0.5), for ``asset``; ``y_rotation``: the point-map rotation the references used.
     Returns a :class:`PoseReadout` with the re-render and the scores. A point map of another asset
     is not an error: it gets a low score. Bad input (shapes, too few object pixels, no camera at all)
     raises AssetError."""
-    cv2 = _cv2()
     pm = _as_array(point_map, "the point map", 3)
     m = _as_array(mask, "the mask", 2)
     if pm.shape[-1] < 3:
@@ -392,10 +404,12 @@ def read_pose(point_map, mask, asset: Asset, y_rotation: float = 0.0, seed: int 
     size_px = math.sqrt(rows.size)  # the object's size in pixels: thresholds scale with it
     threshold = max(MIN_THRESHOLD_PX, INLIER_SHARE * size_px)
     focal_range = tuple((h / 2) / math.tan(math.radians(v) / 2) for v in FOV_RANGE[::-1])
-    # the median-filtered points find the camera; the points as decoded (unbiased noise) set it
-    coarse = _Solver(cv2, decode_points(_denoised(cv2, pm, depth)[rows, cols], frame, y_rotation), image, principal,
-                     focal_range, threshold / 2)
-    world = coarse.world  # EXPERIMENT
+    # points as decoded carry the decoder's noise, which biases a least-squares focal long (errors in the
+    # 3D points): where noise is measured, the denoised points are solved; exact input stays as it is
+    denoised, noise = _denoised(cv2, pm, depth)
+    world = decode_points((denoised if noise > NOISE_FLOOR else pm)[rows, cols], frame, y_rotation)
+    coarse = _Solver(cv2, decode_points(denoised[rows, cols], frame, y_rotation), image, principal, focal_range,
+                     threshold / 2)
     fine = _Solver(cv2, world, image, principal, focal_range, threshold / 2)
     rng = np.random.default_rng(seed)
 
@@ -427,7 +441,7 @@ def read_pose(point_map, mask, asset: Asset, y_rotation: float = 0.0, seed: int 
     cam = best[0]
     # 4. the edge, measured: the rings of the silhouette whose reprojection error exceeds the deep
     # pixels' are the blend with the background; the camera is solved again without them
-    err = coarse.errors(cam)
+    err = fine.errors(cam)
     deep = ring >= MAX_BLEND_PX + 1
     reference = float(np.median(err[deep if deep.sum() >= MIN_POINTS else core]))
     blend = 0
