@@ -2,22 +2,32 @@
 
 Every object pixel of a point map says which point of the asset it shows (docs/method.md §1.2:
 colour = per-axis normalised asset coordinate), so a generated point map plus its asset is a set of
-2D–3D correspondences, and the camera that "took" the picture follows from them:
+2D–3D correspondences, and the camera that "took" the picture follows from them. A point map as a
+VAE decodes it is not exact (a silhouette blended into the white background over a few pixels,
+colour noise, scattered wrong pixels), so:
 
-1. decode: colour → asset point → rendering frame (docs/method.md §1.3), after undoing the point-map
-   ``y_rotation`` the references used (§1.8);
-2. focal search: the focal length is unknown (a generated photo is not taken with the reference
-   camera), so RANSAC PnP (``cv2.solvePnPRansac``) runs over a log-spaced range of focal lengths
-   with the principal point at the image centre, and the focal with the most inliers wins;
-3. refinement: focal, rotation and translation jointly by least squares on the inliers
-   (``cv2.calibrateCamera`` with the principal point, aspect ratio and zero distortion fixed);
-4. check: the asset is re-rendered at that camera (:func:`render_at`) and compared with the mask
-   and the point map.
+1. clean: the colour noise is measured (robust deviation from a 5×5 median); where there is some,
+   wrong pixels (beyond 3× the noise) are dropped and the rest averaged over 5×5 pixels, which keeps
+   a locally linear point map as it is; noise-free input is used as it is. Decode: colour → asset
+   point → rendering frame (docs/method.md §1.3), after undoing the references' ``y_rotation`` (§1.8);
+2. focal steps: the focal length is unknown (a generated photo is not taken with the reference
+   camera): RANSAC PnP (``cv2.solvePnPRansac``, SQPnP) at a few log-spaced focal lengths on the deep
+   pixels (away from the silhouette), the principal point at the image centre; the inlier threshold is
+   a share of the object's size in pixels, not of the picture's;
+3. refinement: from the best steps, a golden-section search of the focal (the pose re-fitted at each)
+   and a joint Levenberg–Marquardt refinement of focal, rotation and translation with a Cauchy loss;
+   each result is kept only when it is valid (focal in the searched range, every point in front of the
+   camera) and lowers the robust loss;
+4. the edge, measured: the silhouette's rings (1, 2, … pixels in) whose reprojection error exceeds the
+   deep pixels' are the blend with the background; they are left out and the camera solved again;
+5. check: the asset is re-rendered at that camera (:func:`render_at`) and compared with the mask (the
+   measured blend band left out) and the point map.
 
 The camera comes back in the pack's conventions (:class:`~rendering.camera.Camera`: rendering frame,
 x right, y up, z forward, vertical fov, principal point at the image centre, square pixels) and as a
 JSON-ready dict (:meth:`PoseReadout.to_json`) with the OpenCV convention and the glTF/Blender one.
-OpenCV (``opencv-python-headless``) is imported inside :func:`read_pose`.
+OpenCV (``opencv-python-headless``) is imported inside :func:`read_pose`; every OpenCV failure
+becomes an AssetError.
 """
 from __future__ import annotations
 
@@ -60,11 +70,13 @@ class PoseReadout:
     convention (pixel centres at integers), always the image centre; ``rotation_cv``/``translation_cv``:
     world (rendering frame) → OpenCV camera (x right, y down, z forward).
 
-    Scores: ``inlier_ratio``: share of the correspondences within the inlier threshold;
-    ``reprojection_px``: median reprojection error of the inliers; ``iou``: mask of the picture vs
-    mask of the asset re-rendered at the camera; ``median_error_pct``: median 3D distance between
-    the point each pixel claims and the point the re-render shows there, in % of the asset's
-    bounding-box diagonal; ``score`` = iou² × max(0, 1 − median_error_pct / 8), in [0, 1]: 1 means the
+    Scores: ``inlier_ratio``: share of the correspondences used within the inlier threshold;
+    ``reprojection_px``: median reprojection error of the inliers; ``blend_px``: measured width of the
+    silhouette's blend with the background (left out of the solve and of the IoU); ``iou``: mask of
+    the picture vs mask of the asset re-rendered at the camera, outside that band;
+    ``median_error_pct``: median 3D distance between the point each (cleaned) pixel claims and the
+    point the re-render shows there, in % of the asset's bounding-box diagonal; ``score`` = iou² ×
+    max(0, 1 − median_error_pct / 8), in [0, 1]: 1 means the
     picture shows exactly this asset's geometry from one camera. (The inlier ratio is reported but left
     out of the score: it falls with the noise of a decoded point map while a wrong asset can keep it
     high; silhouette overlap and 3D error separate the two.)

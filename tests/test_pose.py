@@ -156,6 +156,34 @@ def test_the_references_y_rotation_is_undone_and_a_wrong_one_scores_poorly(asset
     assert read_pose(view.point_map[0], view.mask[0], asset, y_rotation=0.0).score < SCORE_OTHER
 
 
+@pytest.mark.parametrize("yaw, pitch, fov, fill, x, y", [(30, 20, 40, 0.5, 0.3, -0.2), (200, -35, 60, 0.8, -0.5, 0.4),
+                                                       (95, 55, 25, 0.35, 0.0, 0.0), (300, 5, 75, 0.9, 0.2, 0.1)])
+def test_a_target_camera_from_numbers_is_read_back_within_a_tenth_of_a_degree(assets, yaw, pitch, fov, fill, x, y):
+    """numbers → camera → point map rendered at it → Read Pose: the same camera (rotation and field of view
+    within 0.1°), the asset's centre where asked, and its bounding sphere as tall as asked."""
+    from rendering.camera import target_camera
+    cam = target_camera(yaw, pitch, fov, fill, x, y, aspect=W / H)
+    centre = cam.to_camera(torch.zeros(1, 3, dtype=torch.float64))[0]
+    t = math.tan(math.radians(fov) / 2)
+    assert math.isclose(float(centre[0] / centre[2]) / (t * W / H), x, abs_tol=1e-6)
+    assert math.isclose(float(centre[1] / centre[2]) / t, y, abs_tol=1e-6)
+    dist = float(cam.eye.norm())
+    assert math.isclose(math.sqrt(3) / math.sqrt(dist ** 2 - 3) / t, fill, rel_tol=1e-6)  # sphere's half-height
+    view = render_at(assets["multi"], cam, W, H)
+    got = read_pose(view.point_map[0], view.mask[0], assets["multi"]).camera
+    assert rotation_error_deg(cam, got) < 0.1 and abs(got.fov - fov) < 0.1, (rotation_error_deg(cam, got), got.fov)
+
+
+def test_target_camera_refuses_numbers_it_cannot_honour():
+    from rendering.camera import target_camera
+    for kwargs, words in ((dict(pitch=90), "pitch must be strictly between"), (dict(fill=0), "fill must be more than 0"),
+                          (dict(fill=1.5), "fill must be"), (dict(x=1.5), "within -1..1"),
+                          (dict(fov=float("nan")), "fov must be a finite number"), (dict(fov=0.5), "field of view")):
+        args = dict(yaw=0.0, pitch=0.0) | kwargs
+        with pytest.raises(AssetError, match=words):
+            target_camera(**args)
+
+
 def test_bad_input_gets_clear_errors(assets):
     asset = assets["textured"]
     cam, _ = random_camera(np.random.default_rng(4))
