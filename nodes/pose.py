@@ -71,7 +71,8 @@ class RefAny3DReadPose(io.ComfyNode):
             category="RefAny3D/check",
             description=("Reads the camera that took a generated picture from its point map: every object pixel "
                          "names a point of the asset, so focal length, rotation and position follow (OpenCV PnP "
-                         "with RANSAC). Re-renders the asset at that camera and scores how well the picture kept "
+                         "with RANSAC, a focal search and a robust refinement; the decoder's noise and the "
+                         "silhouette's blend with the background are measured and left out). Re-renders the asset at that camera and scores how well the picture kept "
                          "the asset's geometry. One result per image of the batch."),
             inputs=[
                 io.Image.Input("point_map", tooltip="Decoded point maps of the generated pictures (RefAny3D Split "
@@ -98,8 +99,12 @@ class RefAny3DReadPose(io.ComfyNode):
                                 tooltip="The re-rendered silhouette (outline and tint) over each picture."),
                 io.Float.Output(display_name="score", is_output_list=True,
                                 tooltip="Per image, in 0..1: (mask IoU)² × (1 − median 3D error / 8 % of the asset's "
-                                        "size). Near 1: the picture shows this asset's geometry; below ~0.45: another "
-                                        "shape or a wrong y_rotation."),
+                                        "size), the silhouette's measured blend left out. Measured on decoder-like "
+                                        "point maps (soft silhouettes 1–3 px, noise 4/255, 10 % wrong pixels, 5 "
+                                        "shapes covering 1–50 % of the frame): reads that found the camera scored "
+                                        "0.83–0.96, reads against another asset at most 0.43. So: 0.8 or more, this "
+                                        "asset's geometry; below 0.5, another shape or a wrong y_rotation; between, "
+                                        "a doubtful read (a tiny or very blurred object)."),
             ],
         )
 
