@@ -1,64 +1,103 @@
-"""Benchmark of the camera read-out (not a test): time of one read_pose at 512² on the CPU, for a
-point map rendered by the pack at a random camera, exact and with noise/outliers, median of N, and
-how the time splits between the solve and the re-render used for the scores.
+"""Benchmark of the camera read-out (not a test): the read-out before issue 19 (benchmarks/pose_baseline.py)
+and today's (rendering/pose.py) side by side in one run, on the same decoder-like point maps
+(tools/pose_cases.py: soft silhouettes 1–3 px, colour noise 4/255, 10 % wrong pixels, objects covering
+1–50 % of rectangular pictures; a sphere, a plate, a multi-part scene, a textured ellipsoid, a low-poly
+solid), then on one 512² picture: time per read, split into the solve and the scoring re-render.
 
-Run: .legs/v0.31.0/venv/bin/python -m benchmarks.bench_pose [--repeats 5]
+Accuracy table per read-out: rotation error < 2° (all), focal error < 5 % (objects covering ≥ 5 %),
+reads with the asset behind the camera, the lowest score of a right-asset read and the highest of a
+wrong-asset read (each point map read against the next asset of the list).
+
+Run: .legs/v0.31.0/venv/bin/python -m benchmarks.bench_pose [--per-asset 10] [--repeats 5]
 """
 from __future__ import annotations
 
 import argparse
 import math
 import statistics
+import tempfile
 import time
 
 import numpy as np
 import torch
 
-import rendering
+from benchmarks.pose_baseline import read_pose_baseline
 from rendering.camera import look_at
 from rendering.pose import read_pose, render_at
-from tools.assets_gen import GltfPart, box, smooth_texture, uv_sphere
+from tools.pose_cases import decoder_like, decoder_like_cases, pose_assets, rotation_error_deg
+
+READERS = {"before": read_pose_baseline, "after": read_pose}
 
 
-def asset():
-    from tools.assets_gen import write_glb
-    import tempfile
-    from pathlib import Path
-    v, f, uv = uv_sphere(48, 96, radius=0.8)
-    bv, bf, _ = box((0.5, 0.5, 0.5))
-    path = Path(tempfile.mkdtemp()) / "bench.glb"
-    write_glb(path, [GltfPart(v * [1.0, 0.7, 1.3], f, uv=np.c_[uv[:, 0], 1 - uv[:, 1]], texture=smooth_texture(64)),
-                     GltfPart(bv, bf, factor=(0.1, 0.6, 0.2, 1.0), translation=(0.3, 0.9, 0.0))])
-    return rendering.load_asset(path)
+def accuracy(cases, assets) -> dict:
+    names = list(assets)
+    table = {}
+    for label, read in READERS.items():
+        rot, focal, behind, right, wrong, failed = [], [], 0, [], [], 0
+        for c in cases:
+            try:
+                r = read(c.point_map, c.mask, assets[c.asset])
+            except Exception:  # the baseline may end in a raw OpenCV assertion
+                failed += 1
+                rot.append(180.0)
+                focal.append(math.inf) if c.coverage >= 0.05 else None
+                right.append(0.0)
+                continue
+            f_true = (c.height / 2) / math.tan(math.radians(c.camera.fov) / 2)
+            rot.append(rotation_error_deg(c.camera, r.camera))
+            if c.coverage >= 0.05:
+                focal.append(abs(r.focal_px - f_true) / f_true)
+            behind += float(np.asarray(r.translation_cv)[2]) <= 0
+            right.append(r.score)
+            other = assets[names[(names.index(c.asset) + 1) % len(names)]]
+            try:
+                wrong.append(read(c.point_map, c.mask, other).score)
+            except Exception:
+                wrong.append(0.0)
+        table[label] = {"rotation < 2°": np.mean(np.array(rot) < 2), "focal < 5 % (≥ 5 % cover)":
+                        np.mean(np.array(focal) < 0.05), "asset behind": behind, "failed": failed,
+                        "min right score": min(right), "max wrong score": max(wrong),
+                        "median rotation °": float(np.median(rot))}
+    return table
+
+
+def timing(repeats: int, asset):
+    cam = look_at(torch.tensor([2.2, 1.1, 2.6], dtype=torch.float64), 40.0, target=(0.1, 0.0, -0.1))
+    view = render_at(asset, cam, 512, 512)
+    pm, mask = decoder_like(np.random.default_rng(0), view.point_map[0].numpy(), view.mask[0].numpy())
+    rows = []
+    for label, p, m in (("exact", view.point_map[0].numpy(), view.mask[0].numpy()), ("decoder-like", pm, mask)):
+        for name, read in READERS.items():
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                r = read(p, m, asset)
+                times.append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            render_at(asset, r.camera, 512, 512)
+            rerender = time.perf_counter() - t1
+            total = statistics.median(times)
+            rows.append(f"{label:<13s} {name:<7s} read {total:.3f} s = solve {total - rerender:.3f} s + re-render "
+                        f"{rerender:.3f} s; rotation error {rotation_error_deg(cam, r.camera):.3f}°, score {r.score:.3f}")
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--per-asset", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    a = asset()
-    cam = look_at(torch.tensor([2.2, 1.1, 2.6], dtype=torch.float64), 40.0, target=(0.1, 0.0, -0.1))
-    view = render_at(a, cam, 512, 512)
-    pm, mask = view.point_map[0].numpy(), view.mask[0].numpy()
-    rng = np.random.default_rng(0)
-    noisy = np.clip(pm + rng.normal(0, 4 / 255, pm.shape), 0, 1)
-    bad = (mask > 0.5) & (rng.random(mask.shape) < 0.1)
-    noisy[bad] = rng.random((bad.sum(), 3))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; 512² point map, {int(mask.sum())} object "
-          f"pixels, {a.num_faces} faces; median of {args.repeats}")
-    for label, p in (("exact", pm), ("noise 4/255 + 10 % outliers", noisy)):
-        times, renders = [], []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            r = read_pose(p, mask, a)
-            times.append(time.perf_counter() - t0)
-            t1 = time.perf_counter()
-            render_at(a, r.camera, 512, 512)
-            renders.append(time.perf_counter() - t1)
-        err = math.degrees(math.acos(np.clip((np.trace(cam.rotation.numpy().T @ r.camera.rotation.numpy()) - 1) / 2,
-                                             -1, 1)))
-        print(f"{label:<28s} read_pose {statistics.median(times):.3f} s (of which the scoring re-render "
-              f"≈ {statistics.median(renders):.3f} s); rotation error {err:.3f}°, score {r.score:.3f}")
+    assets = pose_assets(tempfile.mkdtemp())
+    cases = decoder_like_cases(assets, args.per_asset)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(cases)} decoder-like point maps")
+    table = accuracy(cases, assets)
+    keys = list(table["before"])
+    print(f"{'':28s}{'before':>12s}{'after':>12s}")
+    for k in keys:
+        print(f"{k:28s}" + "".join(f"{table[s][k]:12.3f}" for s in ("before", "after")))
+    print(f"timing on 512², median of {args.repeats}:")
+    for row in timing(args.repeats, assets["textured"]):
+        print(" ", row)
 
 
 if __name__ == "__main__":

@@ -96,3 +96,48 @@ def orbit_camera(theta: float, pitch_deg: float = 0.0, radius: float = 4.0, fov:
 def orbit_cameras(num_views: int = 8, preset: str = "release", pitch: float = 0.0,
                   radius: float = 4.0, fov: float = 45.0) -> list[Camera]:
     return [orbit_camera(t, pitch, radius, fov) for t in view_angles(num_views, preset)]
+
+
+def target_camera(yaw: float, pitch: float, fov: float = 45.0, fill: float = 0.6, x: float = 0.0, y: float = 0.0,
+                  aspect: float = 1.0) -> Camera:
+    """A camera chosen by the numbers an artist thinks in, in the rendering frame (asset inside [-1, 1]³).
+
+    ``yaw``/``pitch`` (degrees): the side the asset is seen from, as the orbit views (yaw 0 = from +X,
+    yaw 90 = from +Z, pitch > 0 = from above); ``fov``: vertical field of view (degrees); ``fill``: the
+    share of the picture's height the asset's bounding sphere spans (0..1); ``x``/``y`` (-1..1, right
+    and up): where in the picture the asset's centre appears, in shares of the half picture (0, 0 = the
+    centre; the view is turned, without roll, so it lands there exactly); ``aspect``: picture width / height."""
+    for name, v in (("yaw", yaw), ("pitch", pitch), ("fov", fov), ("fill", fill), ("x", x), ("y", y),
+                    ("aspect", aspect)):
+        if not math.isfinite(v):
+            raise AssetError(f"{name} must be a finite number, got {v}")
+    if not -90.0 < pitch < 90.0:
+        raise AssetError(f"pitch must be strictly between -90 and 90 degrees, got {pitch}")
+    if not 1.0 <= fov <= 170.0:
+        raise AssetError(f"field of view must be between 1 and 170 degrees, got {fov}")
+    if not 0.0 < fill <= 1.0:
+        raise AssetError(f"fill must be more than 0 and at most 1 (the share of the picture's height), got {fill}")
+    if not (-1.0 <= x <= 1.0 and -1.0 <= y <= 1.0):
+        raise AssetError(f"the asset's place in the picture must lie within -1..1 on both axes, got ({x}, {y})")
+    if not aspect > 0:
+        raise AssetError(f"aspect must be positive, got {aspect}")
+    t = math.tan(math.radians(fov) / 2)
+    radius = math.sqrt(3.0)  # bounding sphere of [-1, 1]³
+    distance = radius * math.sqrt(1.0 + 1.0 / (fill * t) ** 2)
+    if distance - radius <= NEAR:
+        raise AssetError(f"fill {fill} at a field of view of {fov}° puts the camera inside the asset: use a smaller fill")
+    centred = orbit_camera(math.radians(yaw), pitch, radius=distance, fov=fov)
+    if x == 0.0 and y == 0.0:
+        return centred
+    # turn the view (no roll: up stays +Y) until the centre, straight ahead before, appears at (x, y)
+    aim = [x, y]
+    camera = centred
+    for _ in range(50):
+        direction = centred.rotation.T @ torch.tensor([-aim[0] * t * aspect, -aim[1] * t, 1.0], dtype=torch.float64)
+        camera = look_at(centred.eye, fov, target=tuple((centred.eye + direction).tolist()))
+        seen = camera.to_camera(torch.zeros(1, 3, dtype=torch.float64))[0]
+        got = (float(seen[0] / seen[2]) / (t * aspect), float(seen[1] / seen[2]) / t)
+        if max(abs(got[0] - x), abs(got[1] - y)) < 1e-9:
+            break
+        aim = [aim[0] + (x - got[0]), aim[1] + (y - got[1])]
+    return camera

@@ -1387,3 +1387,73 @@ def test_tr_an_80_mpx_photo_and_nul_in_names_are_refused_by_name(private):
     message = tr_failure(server, tr_graph(server, "tr_nul", "sample folders", "tr_huge\x00"), "RefAny3DTrainingDataset")
     assert "contains a NUL character" in message and "embedded null byte" not in message
     still_serving(server)
+
+
+# ============================================================================ Read Pose (issue 17)
+#
+# RefAny3D Read Pose took one mask for a batch of point maps without a word (that mask is right for one
+# picture at most), and a point map it could not solve ended in a raw OpenCV assertion.
+
+def _pose_graph(asset: str, pose_asset: str, point_map, mask, views: int = 3) -> dict:
+    return {"asset": {"class_type": "RefAny3DLoadAsset", "inputs": {"asset_file": asset}},
+            "other": {"class_type": "RefAny3DLoadAsset", "inputs": {"asset_file": pose_asset}},
+            "render": {"class_type": "RefAny3DRenderViews",
+                       "inputs": {"asset": ["asset", 0], "num_views": views, "preset": "even", "resolution": 64,
+                                  "pitch": 20.0, "y_rotation": 0.0, "radius": 4.0, "fov": 45.0}},
+            "solid": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 64}},
+            "grey": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1,
+                                                            "color": 0x808080}},
+            "pose": {"class_type": "RefAny3DReadPose",
+                     "inputs": {"point_map": point_map, "mask": mask, "asset": ["other", 0], "y_rotation": 0.0}},
+            "preview": {"class_type": "PreviewImage", "inputs": {"images": ["pose", 5]}}}
+
+
+@pytest.fixture(scope="module")
+def pose_files(private):
+    from tools.assets_gen import flat_card
+    from tools.demo_asset import write_demo_asset
+    folder = private.input_dir / "3d"
+    write_demo_asset(folder / "pose_box.glb")
+    v, f, _ = flat_card()
+    write_glb(folder / "pose_card.glb", [GltfPart(v, f, factor=(0.8, 0.1, 0.1, 1.0))])
+    return "3d/pose_box.glb", "3d/pose_card.glb"
+
+
+def _pose_failed(server, graph, *words) -> str:
+    result = server.run(graph, timeout=300)
+    assert result.status == "error" and result.error["node_type"] == "RefAny3DReadPose", result.error_text()
+    message = result.error["exception_message"]
+    for word in words:
+        assert word in message, message
+    assert "OpenCV(" not in message and "cv::" not in message and "Traceback" not in message, message
+    return message
+
+
+def test_read_pose_refuses_one_mask_for_three_point_maps(private, pose_files):
+    box_, _ = pose_files
+    _pose_failed(private, _pose_graph(box_, box_, ["render", 1], ["solid", 0]),
+                 "1 mask(s) for 3 point map(s)", "one mask per point map")
+    graph = _pose_graph(box_, box_, ["render", 1], ["render", 2])  # the right batch still reads
+    graph["pose"]["inputs"]["photo"] = ["grey", 0]  # one photo for three point maps: refused as well
+    _pose_failed(private, graph, "photo is (1, 64, 64)", "one per point map")
+    del graph["pose"]["inputs"]["photo"]
+    result = private.run(graph, timeout=300)
+    assert result.status == "success", result.error_text()
+    assert len(result.outputs["pose"]["refany3d_pose"]) == 3
+    still_serving(private)
+
+
+def test_read_pose_failures_inside_opencv_are_the_packs_message(private, pose_files):
+    """A point map whose points all decode to one spot (a flat grey picture) made OpenCV's SQPnP assert;
+    reading the box's point maps against another, flat asset did too. Now: the pack's message, or a
+    read, never OpenCV's text."""
+    box_, card = pose_files
+    _pose_failed(private, _pose_graph(box_, box_, ["grey", 0], ["solid", 0], views=1),
+                 "is it a point map of this asset")
+    result = private.run(_pose_graph(box_, card, ["render", 1], ["render", 2]), timeout=300)
+    if result.status == "success":  # a box's face is a card: any score, but a read
+        assert all(p is None or 0.0 <= p["scores"]["score"] <= 1.0 for p in result.outputs["pose"]["refany3d_pose"])
+    else:
+        message = result.error["exception_message"]
+        assert "is it a point map of this asset" in message and "OpenCV(" not in message, message
+    still_serving(private)
