@@ -20,18 +20,15 @@ import tempfile
 from pathlib import Path
 
 from .comfy_env import PACK_ROOT
+from . import workflow_meta
 from .demo_asset import ASSET_NAME, reference_image_names, write_example_inputs
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-# model files the FLUX.1-dev workflows name, by ComfyUI models sub-folder
-MODEL_FILES = {
-    "diffusion_models": ["flux1-dev.safetensors"],
-    "text_encoders": ["clip_l.safetensors", "t5xxl_fp16.safetensors"],
-    "vae": ["ae.safetensors"],
-    "refany3d": ["default.safetensors", "coord.safetensors", "domain_embedder.pth"],
-}
+# model files the workflows name, by ComfyUI models sub-folder (the table with their download links
+# is tools/workflow_meta.py, which also gives every node its properties.models and cnr_id/ver)
+MODEL_FILES = workflow_meta.files_by_folder()
 
 SIZE = 512  # target image size: RefAny3D Empty Latent and ModelSamplingFlux must agree (docs/method.md §5)
 
@@ -539,7 +536,8 @@ def build(out_dir: Path, names=None) -> list[Path]:
                     result = page.evaluate(BUILD_JS, spec)
                     wf, api = result["workflow"], result["api"]
                     wf["extra"] = {"ds": {"scale": 0.6, "offset": [400, 380]}}
-                    (out_dir / f"{name}.json").write_text(json.dumps(wf, indent=2) + "\n")
+                    wf = workflow_meta.with_metadata(wf)  # download links, cnr_id/ver
+                    (out_dir / f"{name}.json").write_text(workflow_meta.dumps(wf))
                     (out_dir / "api" / f"{name}.json").write_text(json.dumps(api, indent=2) + "\n")
                     page.evaluate(FIT_JS)
                     shot = page.locator("canvas#graph-canvas").screenshot()
