@@ -523,6 +523,7 @@ def build(out_dir: Path, names=None) -> list[Path]:
         write_placeholder_models(base / "models")
         with ComfyServer(base) as server, sync_playwright() as pw:
             ctx, page, console = open_frontend(pw, server.url, str(Path(tmp) / "chromium"))
+            object_info = server.client._json("GET", "/object_info")[1]
             try:
                 for name in names or WORKFLOWS:
                     page.reload()  # a fresh page: no previews left over from the previous graph
@@ -538,6 +539,7 @@ def build(out_dir: Path, names=None) -> list[Path]:
                     wf["extra"] = {"ds": {"scale": 0.6, "offset": [400, 380]}}
                     wf = workflow_meta.with_metadata(wf)  # download links, cnr_id/ver
                     (out_dir / f"{name}.json").write_text(workflow_meta.dumps(wf))
+                    api = workflow_meta.declared_inputs_only(api, object_info)  # no frontend-only widgets
                     (out_dir / "api" / f"{name}.json").write_text(json.dumps(api, indent=2) + "\n")
                     page.evaluate(FIT_JS)
                     shot = page.locator("canvas#graph-canvas").screenshot()

@@ -12,6 +12,7 @@ comes from and which node pack each node belongs to.
 :func:`with_metadata` is a pure function of a UI-format workflow; ``tools.make_workflows`` applies
 it to every workflow it builds, and ``python -m tools.workflow_meta`` re-applies it in place to every
 workflow in example_workflows/ (``--check`` only reports the files it would change).
+:func:`declared_inputs_only` keeps the API twins to the inputs the server declares.
 """
 from __future__ import annotations
 
@@ -114,6 +115,22 @@ def with_metadata(workflow: dict, packs: Packs | None = None) -> dict:
     for graph in graphs:
         for node in graph.get("nodes") or []:
             node["properties"] = node_properties(node, packs)
+    return out
+
+
+def declared_inputs_only(api: dict, object_info: dict) -> dict:
+    """A copy of an API-format workflow without the inputs the server's node does not declare.
+
+    The frontend adds widgets of its own to some core nodes (e.g. a 3D preview ``image`` on Save GLB)
+    and its API export sends their values too; ComfyUI ignores them, linters flag them. Node types
+    the server does not know are kept as they are."""
+    out = copy.deepcopy(api)
+    for node in out.values():
+        info = object_info.get(node["class_type"])
+        if info is None:
+            continue
+        declared = {name for part in ("required", "optional") for name in (info.get("input") or {}).get(part, {})}
+        node["inputs"] = {k: v for k, v in node["inputs"].items() if k in declared}
     return out
 
 
