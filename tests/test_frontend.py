@@ -85,8 +85,10 @@ DIALOGS_JS = f"""() => [...document.querySelectorAll('{DIALOG}')].map(d => d.inn
 
 
 def without_core_titles(prompt: dict) -> dict:
-    """An API graph with the informational ``_meta`` kept only on the pack's own nodes."""
-    return {i: (n if n["class_type"].startswith("RefAny3D") else {k: v for k, v in n.items() if k != "_meta"})
+    """An API graph with the informational ``_meta`` kept only on the pack's own nodes, and there only its
+    title (newer frontends, e.g. 1.58, also copy the node's cnr_id/ver into it)."""
+    return {i: {**{k: v for k, v in n.items() if k != "_meta"},
+                **({"_meta": {"title": n["_meta"]["title"]}} if n["class_type"].startswith("RefAny3D") else {})}
             for i, n in prompt.items()}
 
 
