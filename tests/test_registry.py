@@ -170,3 +170,14 @@ def test_comfy_import_guard_counts_only_references_this_comfyui_has():
     # the one newer than the floor is a guarded use (ComfyUI v0.31's training flag)
     assert "comfy.model_management.in_training" in {r.dotted for r in scan.references if r.soft}
     assert "comfy.model_management.in_training" not in {r.dotted for r in hard}
+
+
+def test_training_mode_sets_comfyuis_flag_and_leaves_it_as_it_found_it():
+    """The guarded use above: ComfyUI v0.3.75 has no flag (added for the step, removed after), v0.31 has one."""
+    import comfy.model_management as mm
+    from model_patches.training import training_mode
+
+    had, before = hasattr(mm, "in_training"), getattr(mm, "in_training", None)
+    with training_mode():
+        assert mm.in_training is True
+    assert (hasattr(mm, "in_training"), getattr(mm, "in_training", None)) == (had, before)

@@ -486,8 +486,8 @@ def open_frontend(playwright, url: str, user_data_dir: str, viewport=(1600, 1000
 #: What each card in the template browser says above its picture (the frontend itself shows only the
 #: file name), and its colour band: one look tells the six apart.
 CARD = {
-    "refany3d_asset_to_image": ("Asset → photo + point map", (52, 101, 164)),
-    "refany3d_best_seed": ("4 seeds → the best by its pose", (78, 154, 6)),
+    "refany3d_asset_to_image": ("Asset to photo + point map", (52, 101, 164)),
+    "refany3d_best_seed": ("4 seeds, the best kept by its pose", (78, 154, 6)),
     "refany3d_viewpoint_control": ("Turn the object (y_rotation)", (117, 80, 123)),
     "refany3d_references_from_images": ("From 8 reference images", (206, 92, 0)),
     "refany3d_render_preview": ("Render preview · no model", (85, 87, 83)),
