@@ -484,14 +484,14 @@ def open_frontend(playwright, url: str, user_data_dir: str, viewport=(1600, 1000
 
 
 #: What each card in the template browser says above its picture (the frontend itself shows only the
-#: file name), and its colour band: one look tells the six apart.
+#: file name), and its colour band: one look tells the six apart. Short: the card shows about 220 px of it.
 CARD = {
-    "refany3d_asset_to_image": ("Asset to photo + point map", (52, 101, 164)),
-    "refany3d_best_seed": ("4 seeds, the best kept by its pose", (78, 154, 6)),
-    "refany3d_viewpoint_control": ("Turn the object (y_rotation)", (117, 80, 123)),
-    "refany3d_references_from_images": ("From 8 reference images", (206, 92, 0)),
-    "refany3d_render_preview": ("Render preview · no model", (85, 87, 83)),
-    "refany3d_train_adapter": ("Train an adapter on your asset", (164, 0, 0)),
+    "refany3d_asset_to_image": ("Asset to photo", (52, 101, 164)),
+    "refany3d_best_seed": ("Best of 4 seeds", (78, 154, 6)),
+    "refany3d_viewpoint_control": ("Turn the object", (117, 80, 123)),
+    "refany3d_references_from_images": ("From 8 images", (206, 92, 0)),
+    "refany3d_render_preview": ("Preview, no model", (85, 87, 83)),
+    "refany3d_train_adapter": ("Train an adapter", (164, 0, 0)),
 }
 
 
@@ -573,7 +573,8 @@ def thumbnail(screenshot_png: bytes, name: str, inputs: dict) -> bytes:
     canvas = Image.new("RGB", (512, 512), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     draw.rectangle((0, 0, 512, 44), fill=colour)
-    draw.text((14, 8), title, fill=(255, 255, 255), font=_font(26))
+    # right-aligned: newer frontends lay a "Node graph" badge over the card's top-left corner
+    draw.text((498, 22), title, fill=(255, 255, 255), font=_font(30), anchor="rm")
     canvas.paste(card_picture(name, inputs), (0, 44))
     shot = Image.open(io.BytesIO(screenshot_png)).convert("RGB")
     shot.thumbnail((512, 196))
