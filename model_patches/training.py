@@ -288,22 +288,34 @@ def _diffusers_name(path: str, part: str | None) -> str:
 # ------------------------------------------------------------------------------------------------
 # the loss
 
+#: ComfyUI's training flag (``comfy.model_management.in_training``); newer than v0.3.75, the pack's floor
+TRAINING_FLAG = "in_training"
+_NO_FLAG = object()
+
+
 @contextlib.contextmanager
 def training_mode():
     """ComfyUI's ``model_management.in_training`` set while inside (newer ComfyUI then runs RoPE in
     plain, differentiable torch instead of comfy-kitchen; older versions always do). Wrap the forward
-    *and* the backward (checkpointed blocks are recomputed there) of every training step."""
+    *and* the backward (checkpointed blocks are recomputed there) of every training step.
+
+    The flag is optional: it is read in a ``try``/``except AttributeError`` (ComfyUI v0.3.75, the pack's
+    floor, has none; it is added for the step and removed again) and written by name, so the reads and
+    writes are a guarded use that tools predicting breakage across ComfyUI versions (comfy-import-guard)
+    see as such."""
     import comfy.model_management as mm
-    had = hasattr(mm, "in_training")
-    old = getattr(mm, "in_training", False)
-    mm.in_training = True
+    try:
+        old = mm.in_training
+    except AttributeError:  # ComfyUI without the flag
+        old = _NO_FLAG
+    setattr(mm, TRAINING_FLAG, True)
     try:
         yield
     finally:
-        if had:
-            mm.in_training = old
+        if old is _NO_FLAG:
+            delattr(mm, TRAINING_FLAG)
         else:
-            del mm.in_training
+            setattr(mm, TRAINING_FLAG, old)
 
 
 def _alias(t: torch.Tensor) -> torch.Tensor:

@@ -10,9 +10,11 @@
 #   scripts/setup.sh custom    .legs/custom/venv for the ComfyUI named by COMFYUI_DIR (your own);
 #                              torch 2.11.0 / torchvision 0.26.0 / torchaudio 2.11.0 unless TORCH_PINS says otherwise
 #
-# GitHub is not reachable on the machines this runs on, so ComfyUI v0.31.0 comes from the upstream
-# release source archive (ComfyUI-v0.31.0.tar.gz, sha256-checked), looked for at $COMFYUI_V031_TARBALL,
-# then in the comfyui/ folder of the sibling "shared" checkout that CI provides.
+# ComfyUI v0.31.0 comes from the upstream release source archive (ComfyUI-v0.31.0.tar.gz, sha256-checked),
+# looked for at $COMFYUI_V031_TARBALL, then in the comfyui/ folder of the sibling "shared" checkout that
+# CI provides. Where neither is there (a fresh clone elsewhere), the release is fetched from ComfyUI's
+# upstream repository (its v0.31.0 tag, GitHub's source tarball) and its tree checked against that
+# archive's (scripts/tree_sha256.py: every file's sha256, the two tokenizer files the archive lacks aside).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -21,6 +23,9 @@ PYTHON=${PYTHON:-python3.11}
 HORDE_VERSION=2.22.2
 HORDE_SHA256=ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47
 V031_SHA256=3b482f68bc5c00002f15fcfb64612e10b2beb595d1be4465f90efebc51bbf46f
+V031_URL=https://github.com/comfyanonymous/ComfyUI/archive/refs/tags/v0.31.0.tar.gz
+V031_TREE_SHA256=667273e4df6d2df4fa0ad811fde41493d5abd53ac223c7a7d8ba31d9bbfd7e4c
+V031_NOT_IN_ARCHIVE="comfy/text_encoders/llama_tokenizer/tokenizer.json comfy/text_encoders/qwen35_tokenizer/vocab.json"
 
 # EXTRA: test-only packages of a leg. PyTorch3D's PyPI build (easypytorch3d) is compiled for torch 2.11,
 # the torch of the v0.31.0 leg, where it exercises the optional "pytorch3d" rendering backend.
@@ -90,11 +95,26 @@ with zipfile.ZipFile(whl) as z:
 PY
   else
     tarball=${COMFYUI_V031_TARBALL:-$ROOT/../shared/comfyui/ComfyUI-v0.31.0.tar.gz}
-    [ -f "$tarball" ] || { echo "[setup] ComfyUI v0.31.0 source archive not found at $tarball;" \
-      "set COMFYUI_V031_TARBALL to the upstream release archive (sha256 $V031_SHA256)" >&2; exit 1; }
-    echo "$V031_SHA256  $tarball" | sha256sum -c --quiet - || { echo "sha256 mismatch for $tarball" >&2; exit 1; }
-    log "extracting ComfyUI v0.31.0 from $(basename "$tarball")"
-    tar -xzf "$tarball" -C "$tmp"
+    if [ -f "$tarball" ]; then
+      echo "$V031_SHA256  $tarball" | sha256sum -c --quiet - || { echo "sha256 mismatch for $tarball" >&2; exit 1; }
+      log "extracting ComfyUI v0.31.0 from $(basename "$tarball")"
+      tar -xzf "$tarball" -C "$tmp"
+    elif [ -n "${COMFYUI_V031_TARBALL:-}" ]; then
+      echo "[setup] COMFYUI_V031_TARBALL=$tarball: no such file" >&2; exit 1
+    else
+      log "ComfyUI v0.31.0 source archive not found at $tarball: fetching the release from its upstream" \
+        "repository, $V031_URL, and checking its files against the archive's (tree sha256 $V031_TREE_SHA256)"
+      curl -fsSL --retry 2 --connect-timeout 20 -o "$tmp/v0.31.0.tar.gz" "$V031_URL" || {
+        echo "[setup] could not download $V031_URL. Give the ComfyUI v0.31.0 source archive instead:" \
+          "COMFYUI_V031_TARBALL=/path/to/ComfyUI-v0.31.0.tar.gz (sha256 $V031_SHA256)" >&2; exit 1; }
+      mkdir "$tmp/github"
+      tar -xzf "$tmp/v0.31.0.tar.gz" -C "$tmp/github"
+      mv "$tmp"/github/ComfyUI-* "$tmp/ComfyUI"
+      # shellcheck disable=SC2086
+      got=$("$VENV/bin/python" "$ROOT/scripts/tree_sha256.py" "$tmp/ComfyUI" $V031_NOT_IN_ARCHIVE)
+      [ "$got" = "$V031_TREE_SHA256" ] || { echo "[setup] the files fetched from $V031_URL are not ComfyUI" \
+        "v0.31.0's (tree sha256 $got, expected $V031_TREE_SHA256); nothing was installed" >&2; exit 1; }
+    fi
     mv "$tmp/ComfyUI" "$COMFY.partial"
   fi
   mkdir -p "$COMFY.partial/custom_nodes" "$COMFY.partial/models" "$COMFY.partial/input" "$COMFY.partial/output"

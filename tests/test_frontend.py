@@ -8,6 +8,10 @@ toast, no page error, every node of the file present with its widget values unto
 frontend's own graphToPrompt() equals the committed API twin. The render-only workflow is also
 queued from the page and runs. A screenshot of each is kept under tests/artifacts/frontend/.
 
+With the model files taken away, every example lists each file it loads in the frontend's
+missing-models list, in its models folder, with a Download button (from the workflows'
+properties.models, tools/workflow_meta.py).
+
 Needs Debian's chromium (/usr/bin/chromium or $CHROMIUM) and the playwright Python package.
 """
 from __future__ import annotations
@@ -21,6 +25,7 @@ import pytest
 from tools.comfy_server import PACK_LINK_NAME, ComfyServer
 from tools.demo_asset import write_example_inputs
 from tools.make_workflows import FIT_JS, WORKFLOWS, chromium_path, open_frontend, write_placeholder_models
+from tools.workflow_meta import MODELS_BY_NAME, declared_inputs_only, node_models
 
 from conftest import COMFY_DIR, ROOT, TEST_NODES
 
@@ -38,7 +43,11 @@ if _MISSING:
     pytest.skip(f"frontend tests need {' and '.join(_MISSING)}", allow_module_level=True)
 
 EXAMPLES = ROOT / "example_workflows"
-ARTIFACTS = ROOT / "tests" / "artifacts" / "frontend"
+#: Another frontend than the leg's pinned one (a static folder of comfyui-frontend-package, given to the
+#: server as --front-end-root): scripts/test.sh runs this module once more on the v0.31.0 leg with the
+#: newest frontend on PyPI, so a frontend release that breaks the pack is seen.
+FRONTEND_ROOT = os.environ.get("REFANY3D_FRONTEND_ROOT")
+ARTIFACTS = ROOT / "tests" / "artifacts" / ("frontend-other" if FRONTEND_ROOT else "frontend")
 NAMES = sorted(WORKFLOWS)
 
 LOAD_JS = """async ([pack, name]) => {
@@ -76,8 +85,10 @@ DIALOGS_JS = f"""() => [...document.querySelectorAll('{DIALOG}')].map(d => d.inn
 
 
 def without_core_titles(prompt: dict) -> dict:
-    """An API graph with the informational ``_meta`` kept only on the pack's own nodes."""
-    return {i: (n if n["class_type"].startswith("RefAny3D") else {k: v for k, v in n.items() if k != "_meta"})
+    """An API graph with the informational ``_meta`` kept only on the pack's own nodes, and there only its
+    title (newer frontends, e.g. 1.58, also copy the node's cnr_id/ver into it)."""
+    return {i: {**{k: v for k, v in n.items() if k != "_meta"},
+                **({"_meta": {"title": n["_meta"]["title"]}} if n["class_type"].startswith("RefAny3D") else {})}
             for i, n in prompt.items()}
 
 
@@ -87,7 +98,8 @@ def frontend(tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy-frontend")
     write_placeholder_models(base / "models")
     write_example_inputs(base / "input")
-    with ComfyServer(base, COMFY_DIR, extra_custom_nodes=[TEST_NODES]) as server, sync() as pw:
+    extra = ["--front-end-root", FRONTEND_ROOT] if FRONTEND_ROOT else []
+    with ComfyServer(base, COMFY_DIR, extra_custom_nodes=[TEST_NODES], extra_args=extra) as server, sync() as pw:
         ctx, page, console = open_frontend(pw, server.url, str(base / "chromium-profile"))
         try:
             yield server, page, console
@@ -127,8 +139,10 @@ def test_example_opens_in_the_frontend(name, frontend):
             (node_id, node["type"])
     # the frontend's own API export equals the committed twin
     # (core nodes' display titles in `_meta` differ between ComfyUI versions and do not reach the server)
+    # (inputs the server does not declare, such as the frontend's own 3D preview widget, are left out)
     twin = json.loads((EXAMPLES / "api" / f"{name}.json").read_text())
-    assert without_core_titles(result["api"]) == without_core_titles(twin)
+    exported = declared_inputs_only(result["api"], server.client._json("GET", "/object_info")[1])
+    assert without_core_titles(exported) == without_core_titles(twin)
     problems = [t["text"] for t in page.evaluate(TOASTS_JS)
                 if "error" in t["cls"] or "warn" in t["cls"] or "alidat" in t["text"]]
     assert not problems, problems
@@ -184,3 +198,76 @@ def test_render_preview_queued_from_the_page_runs(frontend):
     images = [r for out in item["outputs"].values() for r in out.get("images", [])]
     assert len(images) == 24  # 8 RGB views, 8 point maps, 8 masks
     page.screenshot(path=str(ARTIFACTS / "refany3d_render_preview_after_run.png"))
+
+
+#: Each missing-model row with a Download button, as the user sees it. Frontend 1.48 and newer list them in
+#: the right side panel's Errors tab (one button per file, its models folder under the name); 1.32 in
+#: a dialog, each row "folder / file" with "Download (size)", disabled where the frontend refuses the file.
+MISSING_ROWS_JS = """() => {
+  const panel = [...document.querySelectorAll('[data-testid=missing-model-download]')].map(b => {
+    let row = b;
+    while (row.parentElement && row.parentElement.querySelectorAll('[data-testid=missing-model-download]').length === 1)
+      row = row.parentElement;
+    return {label: b.getAttribute('aria-label'), text: row.innerText, enabled: !b.disabled};
+  });
+  const dialog = [...document.querySelectorAll('.comfy-missing-models li')].map(li => {
+    const b = [...li.querySelectorAll('button')].find(b => b.innerText.startsWith('Download'));
+    return {label: li.innerText.split('\\n')[0], text: li.innerText, enabled: !!b && !b.disabled};
+  });
+  return {panel, dialog, downloadAll: !!document.querySelector('[data-testid=missing-model-download-all]')};
+}"""
+REFRESH_JS = "async () => { await app.extensionManager.command.execute('Comfy.RefreshNodeDefinitions'); }"
+
+
+def expected_downloads(name: str) -> dict[str, str]:
+    """{file: models folder} of every model file the example's nodes name."""
+    nodes = json.loads((EXAMPLES / f"{name}.json").read_text())["nodes"]
+    return {m["name"]: m["directory"] for n in nodes for m in node_models(n)}
+
+
+def missing_rows(page, expected: dict) -> tuple[dict, bool]:
+    """{file: its row} once the frontend lists exactly the expected files (opening the Errors panel where
+    it has one), and whether they are the Errors panel's (frontend 1.48 and newer) rather than 1.32's dialog."""
+    def rows():
+        r = page.evaluate(MISSING_ROWS_JS)
+        listed, in_panel = (r["panel"], True) if r["panel"] else (r["dialog"], False)
+        return {next((f for f in MODELS_BY_NAME if row["label"].endswith(f)), row["label"]): row
+                for row in listed}, in_panel
+    deadline = time.monotonic() + 60
+    while set(rows()[0]) != set(expected):  # bounded wait for the frontend's own scan of this workflow
+        see = page.locator("[data-testid=error-overlay-see-errors]")
+        if see.count() and see.first.is_visible():
+            see.first.click()
+        assert time.monotonic() < deadline, f"listed {sorted(rows()[0])}, expected {sorted(expected)}"
+        time.sleep(0.5)
+    return rows()
+
+
+def test_missing_models_are_offered_for_download(frontend):
+    """No model files on the server: each example lists every file it loads, in its folder, with Download."""
+    server, page, console = frontend
+    removed = [p for p in server.models_dir.rglob("*") if p.is_file()]
+    for p in removed:
+        p.unlink()
+    try:
+        page.evaluate(REFRESH_JS)  # the loaders' lists, read again from the server
+        for name in NAMES:  # one after the other in the same page, as a user opens them
+            expected = expected_downloads(name)
+            page.evaluate(LOAD_JS, [PACK_LINK_NAME, name])
+            if not expected:  # the list empties (no file to offer)
+                page.wait_for_function(f"() => ({MISSING_ROWS_JS})().panel.length === 0", timeout=30_000)
+                continue
+            by_file, in_panel = missing_rows(page, expected)
+            for file, folder in expected.items():
+                assert folder in by_file[file]["text"], (name, file, by_file[file])
+                # frontend 1.32 takes only .safetensors/.sft from its dialog (the row names the rule)
+                refused = file.endswith(".pth") and not in_panel
+                assert by_file[file]["enabled"] != refused, (name, file, by_file[file])
+            if in_panel:  # and one click for them all
+                assert page.evaluate(MISSING_ROWS_JS)["downloadAll"], name
+            page.screenshot(path=str(ARTIFACTS / f"missing_models_{name}.png"))
+            if not in_panel:
+                page.keyboard.press("Escape")  # 1.32's dialog closes; the next workflow opens its own
+    finally:
+        write_placeholder_models(server.models_dir)
+        page.evaluate(REFRESH_JS)

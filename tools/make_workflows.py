@@ -20,18 +20,15 @@ import tempfile
 from pathlib import Path
 
 from .comfy_env import PACK_ROOT
+from . import workflow_meta
 from .demo_asset import ASSET_NAME, reference_image_names, write_example_inputs
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-# model files the FLUX.1-dev workflows name, by ComfyUI models sub-folder
-MODEL_FILES = {
-    "diffusion_models": ["flux1-dev.safetensors"],
-    "text_encoders": ["clip_l.safetensors", "t5xxl_fp16.safetensors"],
-    "vae": ["ae.safetensors"],
-    "refany3d": ["default.safetensors", "coord.safetensors", "domain_embedder.pth"],
-}
+# model files the workflows name, by ComfyUI models sub-folder (the table with their download links
+# is tools/workflow_meta.py, which also gives every node its properties.models and cnr_id/ver)
+MODEL_FILES = workflow_meta.files_by_folder()
 
 SIZE = 512  # target image size: RefAny3D Empty Latent and ModelSamplingFlux must agree (docs/method.md §5)
 
@@ -486,28 +483,102 @@ def open_frontend(playwright, url: str, user_data_dir: str, viewport=(1600, 1000
     return ctx, page, console
 
 
-def thumbnail(screenshot_png: bytes, name: str, inputs: dict) -> bytes:
-    """A 512x512 JPEG: real reference renders of the demo box on top, the graph below."""
+#: What each card in the template browser says above its picture (the frontend itself shows only the
+#: file name), and its colour band: one look tells the six apart. Short: the card shows about 220 px of it.
+CARD = {
+    "refany3d_asset_to_image": ("Asset to photo", (52, 101, 164)),
+    "refany3d_best_seed": ("Best of 4 seeds", (78, 154, 6)),
+    "refany3d_viewpoint_control": ("Turn the object", (117, 80, 123)),
+    "refany3d_references_from_images": ("From 8 images", (206, 92, 0)),
+    "refany3d_render_preview": ("Preview, no model", (85, 87, 83)),
+    "refany3d_train_adapter": ("Train an adapter", (164, 0, 0)),
+}
+
+
+def _tiles(images, size: int):
+    """[H, W, 3] tensors in 0..1 (or PIL images, or image files) as PIL tiles of ``size``."""
     import numpy as np
     from PIL import Image
 
-    import rendering
+    out = []
+    for img in images:
+        if isinstance(img, (str, Path)):
+            img = Image.open(img)
+        if not isinstance(img, Image.Image):
+            img = Image.fromarray((img.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
+        out.append(img.convert("RGB").resize((size, size)))
+    return out
 
+
+def card_picture(name: str, inputs: dict):
+    """A 512x272 picture of what the workflow makes, from real renders of the demo box by the pack."""
+    import torch
+    from PIL import Image
+
+    import rendering
+    from rendering.overlay import overlay
+
+    asset = rendering.load_asset(inputs["asset"])
+    canvas = Image.new("RGB", (512, 272), (255, 255, 255))
+
+    def row(images, y, size=128):
+        for k, tile in enumerate(_tiles(images, size)):
+            canvas.paste(tile, (k * size, y))
+
+    if name == "refany3d_viewpoint_control":  # the same view, the point-map frame turned 0/90/180/270°
+        maps = [rendering.render_views(asset, num_views=8, resolution=128, pitch=20.0, y_rotation=r).point_map[1]
+                for r in (0.0, 90.0, 180.0, 270.0)]
+        row([rendering.render_views(asset, num_views=8, resolution=128, pitch=20.0).rgb[1]] * 4, 8)
+        row(maps, 136)
+    elif name == "refany3d_references_from_images":  # the 16 input images, RGB row over point-map row
+        for k, tile in enumerate(_tiles(inputs["rgb"], 64)):
+            canvas.paste(tile, (k * 64, 8))
+        for k, tile in enumerate(_tiles(inputs["point_map"], 64)):
+            canvas.paste(tile, (k * 64, 76))
+        big = _tiles([Image.open(inputs["rgb"][1])], 120)[0]
+        canvas.paste(big, (196, 146))
+    elif name == "refany3d_render_preview":  # what it saves: RGB, point map, mask (and the mesh)
+        v = rendering.render_views(asset, num_views=8, resolution=160, pitch=20.0)
+        row([v.rgb[1], v.point_map[1], v.mask[1][..., None].expand(-1, -1, 3)], 56, 168)
+    elif name == "refany3d_best_seed":  # the asset's silhouette read back on four candidates, one kept
+        v = rendering.render_views(asset, num_views=8, resolution=128, pitch=10.0)
+        shots = [overlay(v.rgb[i], v.mask[i]) for i in (1, 2, 6, 7)]
+        row(shots, 72)
+        from PIL import ImageDraw
+        ImageDraw.Draw(canvas).rectangle((128, 70, 257, 201), outline=(78, 154, 6), width=5)
+    elif name == "refany3d_train_adapter":  # training samples: the asset seen around its orbit, over backgrounds
+        v = rendering.render_views(asset, num_views=8, preset="even", resolution=128, pitch=25.0)
+        for k in range(8):
+            m = v.mask[k][..., None]
+            img = v.rgb[k] * m + (1 - m) * torch.tensor([0.55 + 0.05 * k, 0.7, 0.85 - 0.05 * k])
+            canvas.paste(_tiles([img], 128)[0], ((k % 4) * 128, 8 + (k // 4) * 132))
+    else:  # asset to image (and any new workflow): the 8 reference views it renders, RGB over point maps
+        spec = WORKFLOWS[name]()
+        views = next((n["widgets"] for n in spec.nodes if n["type"] == "RefAny3DRenderViews"), {})
+        v = rendering.render_views(asset, num_views=8, resolution=128, pitch=views.get("pitch", 0.0),
+                                   y_rotation=views.get("y_rotation", 0.0))
+        row(v.rgb[:4], 4)
+        row(v.point_map[:4], 140)
+    return canvas
+
+
+def thumbnail(screenshot_png: bytes, name: str, inputs: dict) -> bytes:
+    """A 512x512 JPEG: a coloured band with what the workflow does, a picture of what it makes (real
+    renders of the demo box by the pack), the graph below."""
+    from PIL import Image, ImageDraw
+
+    from .demo_asset import _font
+
+    title, colour = CARD.get(name, (name, (46, 52, 54)))
     canvas = Image.new("RGB", (512, 512), (255, 255, 255))
-    spec = WORKFLOWS[name]()
-    views = next((n["widgets"] for n in spec.nodes if n["type"] == "RefAny3DRenderViews"), None)
-    if views is not None:
-        v = rendering.render_views(rendering.load_asset(inputs["asset"]), num_views=8, resolution=128,
-                                   pitch=views["pitch"], y_rotation=views["y_rotation"])
-        tiles = [(img.cpu().numpy() * 255).round().astype(np.uint8) for img in (*v.rgb[:4], *v.point_map[:4])]
-        tiles = [Image.fromarray(t) for t in tiles]
-    else:
-        tiles = [Image.open(p).convert("RGB").resize((128, 128)) for p in (*inputs["rgb"][:4], *inputs["point_map"][:4])]
-    for k, tile in enumerate(tiles):
-        canvas.paste(tile, ((k % 4) * 128, (k // 4) * 128))
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((0, 0, 512, 44), fill=colour)
+    # right-aligned: newer frontends lay a "Node graph" badge over the card's top-left corner
+    draw.text((498, 22), title, fill=(255, 255, 255), font=_font(30), anchor="rm")
+    canvas.paste(card_picture(name, inputs), (0, 44))
     shot = Image.open(io.BytesIO(screenshot_png)).convert("RGB")
-    shot.thumbnail((512, 256))
-    canvas.paste(shot, ((512 - shot.width) // 2, 256 + (256 - shot.height) // 2))
+    shot.thumbnail((512, 196))
+    canvas.paste(shot, ((512 - shot.width) // 2, 316 + (196 - shot.height) // 2))
     buf = io.BytesIO()
     canvas.save(buf, "JPEG", quality=88)
     return buf.getvalue()
@@ -526,6 +597,7 @@ def build(out_dir: Path, names=None) -> list[Path]:
         write_placeholder_models(base / "models")
         with ComfyServer(base) as server, sync_playwright() as pw:
             ctx, page, console = open_frontend(pw, server.url, str(Path(tmp) / "chromium"))
+            object_info = server.client._json("GET", "/object_info")[1]
             try:
                 for name in names or WORKFLOWS:
                     page.reload()  # a fresh page: no previews left over from the previous graph
@@ -539,7 +611,9 @@ def build(out_dir: Path, names=None) -> list[Path]:
                     result = page.evaluate(BUILD_JS, spec)
                     wf, api = result["workflow"], result["api"]
                     wf["extra"] = {"ds": {"scale": 0.6, "offset": [400, 380]}}
-                    (out_dir / f"{name}.json").write_text(json.dumps(wf, indent=2) + "\n")
+                    wf = workflow_meta.with_metadata(wf)  # download links, cnr_id/ver
+                    (out_dir / f"{name}.json").write_text(workflow_meta.dumps(wf))
+                    api = workflow_meta.declared_inputs_only(api, object_info)  # no frontend-only widgets
                     (out_dir / "api" / f"{name}.json").write_text(json.dumps(api, indent=2) + "\n")
                     page.evaluate(FIT_JS)
                     shot = page.locator("canvas#graph-canvas").screenshot()
@@ -551,15 +625,43 @@ def build(out_dir: Path, names=None) -> list[Path]:
     return written
 
 
+def thumbnails(out_dir: Path, names=None) -> list[Path]:
+    """Only the .jpg thumbnails again, each from its committed UI workflow as the frontend shows it."""
+    from .comfy_server import ComfyServer
+    from playwright.sync_api import sync_playwright
+
+    out_dir = Path(out_dir)
+    written = []
+    with tempfile.TemporaryDirectory(prefix="refany3d-thumbnails-") as tmp:
+        base = Path(tmp) / "comfy"
+        inputs = write_example_inputs(base / "input")
+        write_placeholder_models(base / "models")
+        with ComfyServer(base) as server, sync_playwright() as pw:
+            ctx, page, _console = open_frontend(pw, server.url, str(Path(tmp) / "chromium"))
+            try:
+                for name in names or WORKFLOWS:
+                    wf = json.loads((out_dir / f"{name}.json").read_text())
+                    page.evaluate("async ([wf, name]) => { await app.loadGraphData(wf, true, true, name); }", [wf, name])
+                    page.evaluate(FIT_JS)
+                    shot = page.locator("canvas#graph-canvas").screenshot()
+                    (out_dir / f"{name}.jpg").write_bytes(thumbnail(shot, name, inputs))
+                    written.append(out_dir / f"{name}.jpg")
+                    print(f"{name}.jpg")
+            finally:
+                ctx.close()
+    return written
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=PACK_ROOT / "example_workflows", help="output folder")
     p.add_argument("names", nargs="*", help=f"only these workflows (of {', '.join(WORKFLOWS)})")
+    p.add_argument("--thumbnails", action="store_true", help="only the thumbnails, from the workflows as they are")
     args = p.parse_args(argv)
     unknown = sorted(set(args.names) - set(WORKFLOWS))
     if unknown:
         p.error(f"unknown workflow(s): {', '.join(unknown)}")
-    build(args.out, args.names or None)
+    (thumbnails if args.thumbnails else build)(args.out, args.names or None)
     return 0
 
 
