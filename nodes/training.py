@@ -21,7 +21,7 @@ from comfy_api.latest import io, ui
 from ..model_patches import RefAny3DError, check_flux, check_transformer_options, load_adapter, validate_adapter
 from ..model_patches.training import frozen_view
 from ..rendering import join_inside
-from ..training import TrainConfig, Trainer, datasets
+from ..training import RELEASE_DTYPES, TrainConfig, Trainer, datasets
 from ..training import checkpoint as ckpt
 from ..training import encoded as encoded_data
 from . import folders
@@ -453,59 +453,60 @@ class RefAny3DTrain(io.ComfyNode):
         if adapter is not None:
             validate_adapter(adapter, flux)
         config = TrainConfig(seed=seed, optimizer=optimizer, lr=float(learning_rate) or None,
-                             accumulation=accumulation, batch_size=batch_size, save_every=0)
-        pbar = comfy.utils.ProgressBar(steps)
+                             accumulation=accumulation, batch_size=batch_size, save_every=save_every)
         with torch.inference_mode(False), frozen_view(flux):
             data = ModelSpace(encoded, model.model.process_latent_in, compute_dtype(model))
             if adapter is not None:
                 trainable = TrainableAdapter.from_adapter(adapter)
             else:
                 trainable = TrainableAdapter.for_flux(flux, rank=rank, seed=seed)
-            trainer = Trainer(flux, trainable, data, data.uncond(), config, out_dir=state_dir,
-                              cancel=comfy.model_management.throw_exception_if_processing_interrupted)
+            report = NodeReport(node_id, steps, preview_every, lambda: preview_images(flux, trainable, data, model, vae))
+            trainer = Trainer(flux, trainable, data, data.uncond(), config, out_dir=state_dir, release_dir=out_dir,
+                              cancel=comfy.model_management.throw_exception_if_processing_interrupted,
+                              on_step=report.step)
             trainer.state_name = lambda path: f"models/refany3d/{name}/{TRAINING_STATE_DIR}/{path.name}"
             if resume and existing:
                 resume_from(trainer, state_dir, name)
             elif resume:
                 show_on_node(node_id, f"no state in models/refany3d/{name}/{TRAINING_STATE_DIR}/: a new run")
-            saved = trainer.step
-            previews = []
-
-            def save():
-                nonlocal saved
-                ckpt.save_release(trainable, out_dir)
-                trainer.last_state = ckpt.save_state(state_dir, trainer.step, trainable, trainer.optimizer,
-                                                     trainer.losses, config.to_json(), keep=config.keep_states)
-                saved = trainer.step
-
-            pbar.update_absolute(min(trainer.step, steps), steps)
+            report.start(trainer.step)
             try:
-                while trainer.step < steps:
-                    loss = trainer.train_step()
-                    preview = None
-                    if preview_every and trainer.step % preview_every == 0:
-                        images = preview_images(flux, trainable, data, model, vae)
-                        if images is not None:
-                            previews.append(images)
-                            preview = ("JPEG", to_pil(torch.cat(list(images), dim=1)), 512)
-                    if save_every and trainer.step % save_every == 0:
-                        save()
-                    show_on_node(node_id, f"RefAny3D Train: step {trainer.step}/{steps}, loss {loss:.4f}")
-                    pbar.update_absolute(trainer.step, steps, preview)
+                trainer.train(steps)
             except comfy.model_management.InterruptProcessingException:
-                if trainer.step > saved:
-                    save()
+                trainer.save_unsaved(sync=False)
                 show_on_node(node_id, f"RefAny3D Train: cancelled; state of step {trainer.step} saved in "
                                       f"models/refany3d/{name}/{TRAINING_STATE_DIR}/ (resume to continue)")
                 raise
-            if trainer.step > saved:
-                save()
+            trainer.save_unsaved()
             sds = trainable.to_release_state_dicts(torch.float32)
         result = load_adapter(sds["reference"], sds["domain"], sds["domain_embedder"])
         losses = {"loss": [float(x) for x in trainer.losses]}
-        out = io.NodeOutput(result, losses, trainer.step,
-                            ui=ui.PreviewImage(torch.cat(previews), cls=cls) if previews else None)
-        return out
+        previews = report.previews
+        return io.NodeOutput(result, losses, trainer.step,
+                             ui=ui.PreviewImage(torch.cat(previews), cls=cls) if previews else None)
+
+
+class NodeReport:
+    """The Trainer's ``on_step`` on the node: ComfyUI's progress bar, the loss as text and, every
+    ``preview_every`` steps, a preview (``make_preview()``: IMAGE or None) on the bar and kept for the UI."""
+
+    def __init__(self, node_id, steps: int, preview_every: int, make_preview):
+        self.node_id, self.steps, self.preview_every, self.make_preview = node_id, steps, preview_every, make_preview
+        self.bar = comfy.utils.ProgressBar(steps)
+        self.previews: list[torch.Tensor] = []
+
+    def start(self, step: int) -> None:
+        self.bar.update_absolute(min(step, self.steps), self.steps)
+
+    def step(self, step: int, loss: float) -> None:
+        preview = None
+        if self.preview_every and step % self.preview_every == 0:
+            images = self.make_preview()
+            if images is not None:
+                self.previews.append(images)
+                preview = ("JPEG", to_pil(torch.cat(list(images), dim=1)), 512)
+        show_on_node(self.node_id, f"RefAny3D Train: step {step}/{self.steps}, loss {loss:.4f}")
+        self.bar.update_absolute(step, self.steps, preview)
 
 
 def refuse_to_replace(folder: Path, name: str, overwrite: bool) -> None:
@@ -576,7 +577,7 @@ class RefAny3DSaveAdapter(io.ComfyNode):
     def execute(cls, adapter, name, dtype="bf16", write_pth=False, overwrite=False) -> io.NodeOutput:
         from ..model_patches.training import TrainableAdapter
         folder = run_folder(name)
-        torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+        torch_dtype = RELEASE_DTYPES[dtype]
         refuse_to_replace(folder, name, overwrite)
         with torch.inference_mode(False):
             trainable = TrainableAdapter.from_adapter(adapter)

@@ -160,20 +160,11 @@ def find_comfyui(comfyui=None) -> Path:
 
 
 def use_comfyui(comfyui=None, cpu: bool | None = None) -> Path:
-    """Makes ComfyUI's ``comfy`` package importable in this process (its folder on ``sys.path``, its
-    own argument parsing off, CPU mode when ``cpu`` or when CUDA is unavailable). Call before anything
-    imports ``comfy.model_management``; returns the folder."""
-    import torch
-    if "comfy" in sys.modules:  # already set up (inside ComfyUI, or by the caller)
-        return Path(sys.modules["comfy"].__path__[0]).resolve().parent
-    folder = find_comfyui(comfyui)
-    if str(folder) not in sys.path:
-        sys.path.append(str(folder))
-    import comfy.options
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = (not torch.cuda.is_available()) if cpu is None else bool(cpu)
-    return folder
+    """Makes ComfyUI's ``comfy`` package importable in this process (:mod:`training.comfyui`), found as
+    :func:`find_comfyui` says unless ComfyUI is already loaded; returns its folder."""
+    from .comfyui import loaded_comfyui
+    from .comfyui import use_comfyui as bootstrap
+    return loaded_comfyui() or bootstrap(find_comfyui(comfyui), cpu)
 
 
 BASE_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp8_e4m3fn": "float8_e4m3fn",
@@ -298,10 +289,7 @@ def run(opts: dict) -> int:
         finally:
             for sig, old in handlers.items():
                 signal.signal(sig, old)
-        if config.save_every and trainer.step % config.save_every == 0 and trainer.step > 0:
-            path = out / f"{ckpt.STATE_PREFIX}{trainer.step:08d}"  # saved by the trainer at this step
-        else:
-            path = trainer.save()
+        path = trainer.save_unsaved()
         if stop["asked"]:
             say(f"interrupted at step {trainer.step}: saved a resumable state in {path}; continue with "
                 f"--resume latest --out {out}", file=sys.stderr, flush=True)

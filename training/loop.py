@@ -153,14 +153,19 @@ class Trainer:
     ``context`` L×C, ``pooled`` P). ``uncond``: what the dropouts put in. ``cancel``: called between
     steps and micro-batches; it may raise (ComfyUI's interrupt) or return True to stop after the step.
     ``out_dir``: where ``save_every`` writes ``release-<step>/`` and ``state-<step>/``.
-    ``rank`` / ``world_size``: this process in a torchrun job (the process group already joined);
-    ``on_step(step, loss)``: called after every optimizer step (on every rank, with the mean loss)."""
+    ``release_dir``: where :meth:`save` writes the release files instead (one folder, replaced at each save:
+    the node's models/refany3d/<name>/). ``rank`` / ``world_size``: this process in a torchrun job (the process
+    group already joined); ``on_step(step, loss)``: called after every optimizer step (on every rank, with the
+    mean loss). The command line and the RefAny3D Train node both drive this class: progress, previews and
+    Cancel are their callbacks."""
 
     def __init__(self, flux, adapter: TrainableAdapter, dataset: Sequence[dict], uncond: Unconditional | None,
                  config: TrainConfig | None = None, out_dir=None, cancel: Callable[[], bool | None] | None = None,
-                 rank: int = 0, world_size: int = 1, on_step: Callable[[int, float], None] | None = None):
+                 rank: int = 0, world_size: int = 1, on_step: Callable[[int, float], None] | None = None,
+                 release_dir=None):
         self.flux, self.adapter, self.dataset, self.uncond = flux, adapter, dataset, uncond
         self.config = config or TrainConfig()
+        self.release_dir = Path(release_dir) if release_dir is not None else None
         if self.config.release_dtype not in RELEASE_DTYPES:
             raise RefAny3DError(f"unknown release precision {self.config.release_dtype!r}: expected one of "
                                 f"{', '.join(RELEASE_DTYPES)}")
@@ -339,7 +344,7 @@ class Trainer:
             raise RefAny3DError("no output folder to save the training run in")
         path = out / f"{ckpt.STATE_PREFIX}{self.step:08d}"
         if self.is_main:
-            self.save_release(out / f"release-{self.step:08d}")
+            self.save_release(self.release_dir or out / f"release-{self.step:08d}")
             config = {**self.config.to_json(), "world_size": self.world_size,
                       "adapter": adapter_summary({k: tuple(v.shape) for k, v in self.adapter.state_dict().items()})}
             path = ckpt.save_state(out, self.step, self.adapter, self.optimizer, self.losses, config,
@@ -348,6 +353,13 @@ class Trainer:
         if sync:
             dist.barrier(self.world_size)
         return path
+
+    def save_unsaved(self, sync: bool = True) -> Path:
+        """The state of the current step: the one already saved (or resumed from) at this step, else a new
+        :meth:`save` (the end of a run, or a stop between two ``save_every`` steps)."""
+        if self.last_state is not None and self.step_of(self.last_state) == self.step:
+            return self.last_state
+        return self.save(sync=sync)
 
     def save_release(self, folder) -> dict[str, Path]:
         """The release files of the current adapter in ``folder`` (precision ``config.release_dtype``;
