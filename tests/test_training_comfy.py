@@ -228,14 +228,14 @@ def test_node_and_command_line_resume_each_others_states(comfy, setup):
     assert node_state["step"] == 2
 
     cli = command_line(["--model", model, "--data", encoded, "--out", states, "--resume", "latest", "--steps", 4,
-                        "--rank", 2, "--lr", 1e-3, "--device", "cpu"], comfy.comfy_dir)
+                        "--rank", 2, "--lr", 1e-3, "--save-every", 0, "--device", "cpu"], comfy.comfy_dir)
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert "resumed at step 2" in cli.stdout and "step 3/4" in cli.stdout and "step 1/" not in cli.stdout
     cli_state = load_state(states)
     assert cli_state["step"] == 4 and cli_state["losses"][:2] == node_state["losses"]
     assert set(cli_state["config"]) == set(node_state["config"])  # the same state format, entry for entry
-    assert {k: v for k, v in cli_state["config"].items() if k != "adapter"} == \
-        {k: v for k, v in node_state["config"].items() if k != "adapter"}
+    assert {k: v for k, v in cli_state["config"].items() if k != "steps"} == \
+        {k: v for k, v in node_state["config"].items() if k != "steps"}
 
     resumed = comfy.run(graph(6, True), timeout=600)
     assert resumed.status == "success", resumed.error_text()
@@ -243,6 +243,57 @@ def test_node_and_command_line_resume_each_others_states(comfy, setup):
     assert values[0] == 4 and values[-1] == 6, values
     last = load_state(states)
     assert last["step"] == 6 and last["losses"][:4] == cli_state["losses"]
+
+
+def test_command_line_node_and_trainconfig_offer_the_same_options(comfy):
+    """One option table: ``python -m training --help``, RefAny3D Train's inputs in /object_info and TrainConfig
+    name the same settings with the same defaults, choices and help."""
+    import dataclasses
+
+    from training import TrainConfig, option_table
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "COLUMNS": "100000", "PYTHONPATH": str(root)}  # one line per option
+    proc = subprocess.run([sys.executable, "-m", "training", "--help"], cwd=root, env=env, text=True,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    flags, entry = {}, None
+    for line in proc.stdout[proc.stdout.index("\n  -h"):].splitlines():
+        if line.startswith("  -"):  # an option; its help on the same line or the next
+            entry = next(w for w in line.replace(",", " ").split() if w.startswith("--"))
+            flags[entry] = line
+        elif entry and line.startswith("    "):
+            flags[entry] += " " + line.strip()
+        else:
+            entry = None
+    inputs = comfy.object_info("RefAny3DTrain")["RefAny3DTrain"]["input"]["required"]
+    defaults = TrainConfig()
+    on_node, on_cli = set(), set()
+    for field in option_table():
+        meta, default = field.metadata, getattr(defaults, field.name)
+        assert default == (field.default if field.default is not dataclasses.MISSING else field.default_factory())
+        if meta["cli"]:
+            flag = "--" + field.name.replace("_", "-")
+            on_cli.add(flag)
+            line = flags[flag]
+            assert meta["help"] in line and line.endswith(f"(default {default})"), line
+            if meta["choices"]:
+                assert "{" + ",".join(meta["choices"]) + "}" in line, line
+        if meta["node"]:
+            name = "learning_rate" if field.name == "lr" else field.name
+            on_node.add(name)
+            kind, spec = inputs[name][0], inputs[name][1]
+            assert spec["tooltip"].lower().startswith(meta["help"].lower()), (name, spec["tooltip"])
+            assert spec["default"] == (0.0 if default is None else default), (name, spec["default"])
+            if meta["choices"]:
+                options = spec["options"] if kind == "COMBO" else kind
+                assert list(options) == list(meta["choices"]), (name, options)
+            else:
+                assert (spec["min"], spec["max"]) == (meta["low"], meta["high"]), (name, spec)
+    run_flags = {"--model", "--data", "--out", "--adapter", "--resume", "--base-dtype", "--device", "--comfyui",
+                 "--config", "--help"}
+    assert set(flags) - run_flags == on_cli, sorted(set(flags) ^ (on_cli | run_flags))
+    node_only = {"model", "encoded", "name", "preview_every", "resume"}
+    assert set(inputs) - node_only == on_node, sorted(set(inputs) ^ (on_node | node_only))
 
 
 def test_bad_input_gets_a_clear_error(comfy, setup):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ._pack import (MAX_ABS_WEIGHT, RELEASE_FILES, LossOut, RefAny3DError, TrainableAdapter, Unconditional,
+from ._pack import (MAX_ABS_WEIGHT, RANK, RELEASE_FILES, LossOut, RefAny3DError, TrainableAdapter, Unconditional,
                     learning_statistics, training_loss, training_mode)
 
 from . import checkpoint as ckpt
@@ -51,24 +51,52 @@ class TrainingDiverged(RefAny3DError):
         self.step, self.last_state = step, last_state
 
 
+def setting(default, help: str, *, choices: tuple | None = None, low=None, high=None, node: bool = True,
+            cli: bool = True):
+    """A :class:`TrainConfig` field and what the command line and the RefAny3D Train node make of it: ``help``
+    (the flag's help and the input's tooltip), ``choices``, the bounds ``low`` / ``high`` (both check them);
+    ``node`` / ``cli``: False for a setting the node / the command line does not offer."""
+    meta = {"help": help, "choices": choices, "low": low, "high": high, "node": node, "cli": cli}
+    if isinstance(default, tuple):
+        return dataclasses.field(default_factory=lambda: default, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
-    seed: int = 0
-    optimizer: str = "adamw"        # "adamw" or "prodigy" (the release: lr 1, bias correction, safeguard warmup)
-    lr: float | None = None          # None: 1e-4 for AdamW, 1.0 for Prodigy
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 0.5           # max gradient norm; 0 disables
-    accumulation: int = 1            # micro-batches per optimizer step
-    batch_size: int = 1              # samples per micro-batch
-    checkpointing: bool = True       # gradient checkpointing on every block
-    p_drop_prompt: float = 0.1
-    p_drop_references: float = 0.1
-    fixed_noise: bool = False        # diagnostics (overfit one sample): every step reuses step 0's draws
-    save_every: int = 0              # save the release files and a state every N steps (0: never)
-    keep_states: int = 3
-    release_dtype: str = "fp32"      # precision of the saved release files: "fp32" or "bf16" (the release's)
-    write_pth: bool = False          # also write the release's domain_embedder.pth (a pickle, for the authors' code)
+    """The settings of a training run: the one option table. ``python -m training``'s options (``--<name>``,
+    ``_`` as ``-``) and the RefAny3D Train node's inputs are made from these fields (:func:`option_table`),
+    with these defaults and help texts; a saved state records them."""
+    steps: int = setting(1000, "train until this optimizer step, counted from step 0 (a resumed run trains on "
+                               "until it reaches it)", low=1, high=1000000)
+    batch_size: int = setting(1, "samples per process and micro-batch (the release: 1)", low=1, high=64)
+    accumulation: int = setting(1, "micro-batches per optimizer step (gradient accumulation): effective batch = "
+                                   "batch size × accumulation × processes", low=1, high=256)
+    optimizer: str = setting("adamw", "adamw: torch's AdamW. prodigy: the release's optimizer (lr 1, bias "
+                                      "correction, safeguard warm-up; needs the package prodigyopt)",
+                             choices=OPTIMIZERS)
+    lr: float | None = setting(None, "learning rate; unset (the node: 0) = the optimizer's default (AdamW 1e-4, "
+                                     "Prodigy 1.0)", low=0.0, high=10.0)
+    rank: int = setting(RANK, f"LoRA rank of a new adapter (the release: {RANK}); a starting adapter keeps its own",
+                        low=1, high=256)
+    seed: int = setting(0, "seed of the initialisation, the data order, noise, timesteps and dropouts",
+                        low=0, high=2 ** 31 - 1)
+    save_every: int = setting(250, "every N steps, the release files and a resumable state (0: only at the end "
+                                   "and on a stop)", low=0, high=1000000)
+    weight_decay: float = setting(0.01, "decoupled weight decay", node=False)
+    betas: tuple[float, float] = setting((0.9, 0.999), "the optimizer's betas", node=False, cli=False)
+    grad_clip: float = setting(0.5, "max gradient norm, 0 = off", node=False)
+    checkpointing: bool = setting(True, "gradient checkpointing on every block (off needs far more memory)",
+                                  node=False)
+    p_drop_prompt: float = setting(0.1, "probability of training a sample on the empty prompt", node=False)
+    p_drop_references: float = setting(0.1, "probability of training a sample on black references", node=False)
+    fixed_noise: bool = setting(False, "diagnostics (overfit one sample): every step reuses step 0's draws",
+                                node=False, cli=False)
+    keep_states: int = setting(3, "keep the last K resumable states", low=1, node=False)
+    release_dtype: str = setting("fp32", "precision of the saved release files: fp32, or bf16 (the release's)",
+                                 choices=tuple(RELEASE_DTYPES), node=False)
+    write_pth: bool = setting(False, "also write domain_embedder.pth (a pickled state dict, for the authors' own "
+                                     "code)", node=False)
 
     def to_json(self) -> dict:
         return {**dataclasses.asdict(self), "betas": list(self.betas)}
@@ -79,6 +107,11 @@ class TrainConfig:
         out = cls(**{k: v for k, v in values.items() if k in names})
         out.betas = tuple(out.betas)
         return out
+
+
+def option_table() -> list[dataclasses.Field]:
+    """The fields of :class:`TrainConfig` in order, each with ``metadata`` help, choices, low, high, node."""
+    return list(dataclasses.fields(TrainConfig))
 
 
 def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
@@ -323,9 +356,10 @@ class Trainer:
             base_params=sum(p.numel() for p in self.flux.parameters()),
             trainable=sum(p.numel() for p in self.adapter.parameters()), text=int(sample["context"].shape[0]))
 
-    def train(self, steps: int) -> list[float]:
-        """Runs until ``self.step == steps`` or the Cancel hook asks to stop (on any rank: all stop at
-        the same step); returns the losses of this call."""
+    def train(self, steps: int | None = None) -> list[float]:
+        """Runs until ``self.step == steps`` (default ``config.steps``) or the Cancel hook asks to stop (on any
+        rank: all stop at the same step); returns the losses of this call."""
+        steps = self.config.steps if steps is None else steps
         start = len(self.losses)
         while self.step < steps:
             if dist.any_rank(self._stop_requested(), self.world_size, self.device):
