@@ -32,7 +32,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 D = 64
 #: the budget of each fuzz test, times REFANY3D_FUZZ_SCALE (e.g. 10 for a thorough run)
-EXAMPLES = {k: max(1, round(n * float(os.environ.get("REFANY3D_FUZZ_SCALE", "1")))) for k, n in {"bytes": 250, "structure": 250}.items()}
+FUZZ_SCALE = float(os.environ.get("REFANY3D_FUZZ_SCALE", "1"))
+EXAMPLES = {k: max(1, round(n * FUZZ_SCALE)) for k, n in {"bytes": 250, "structure": 250}.items()}
 MAX_SECONDS_PER_INPUT = 10.0  # a hang or a runaway allocation shows up here long before pytest's timeout
 SETTINGS = dict(derandomize=True, deadline=None, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
