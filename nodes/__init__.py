@@ -3,7 +3,8 @@
 Every module listed in NODE_MODULES defines ``NODES``, a list of V3 ``io.ComfyNode`` classes.
 A node class may declare ``REQUIRES = {"import_name": "pip requirement"}`` for optional Python
 packages it needs at run time; a node whose requirement does not import is left out with one
-clear log line, and every other node still loads.
+clear log line, and every other node still loads. A node module of the pack itself that fails to
+import (a file missing from the install) is an error in the log, never a silent skip.
 """
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ def collect_nodes() -> list[type]:
             module = importlib.import_module(f".{name}", __name__)
         except ModuleNotFoundError as e:
             if e.name and e.name.startswith(__name__):
-                continue  # that node module does not exist (yet)
+                log.error("RefAny3D: nodes in %s disabled: the pack's module %s failed to import (%s); "
+                          "the pack is incomplete, reinstall it", name, e.name, e)
+                continue
             log.warning("RefAny3D: nodes in %s disabled: missing Python package '%s' (pip install %s)",
                         name, e.name, e.name)
             continue

@@ -10,6 +10,7 @@ from comfy_api.latest import io, ui
 
 from ..model_patches import RefAny3DError, split_joined
 from ..model_patches.provenance import JOINED_KEY, sampled_by_refany3d
+from .notify import show_on_node
 
 LATENT_CHANNELS = 16
 SIZE_MIN, SIZE_MAX, SIZE_STEP = 16, 4096, 16
@@ -90,7 +91,7 @@ class RefAny3DSplitLatent(io.ComfyNode):
             return io.NodeOutput(*outputs)
         log.warning("%s", warning)
         hidden = getattr(cls, "hidden", None)
-        show_on_node(warning, getattr(hidden, "unique_id", None))
+        show_on_node(getattr(hidden, "unique_id", None), warning)
         return io.NodeOutput(*outputs, ui=ui.PreviewText(warning))
 
 
@@ -146,17 +147,6 @@ def upstream_node_types(hidden) -> set[str] | None:
             if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
                 todo.append(str(value[0]))
     return types
-
-
-def show_on_node(text: str, node_id) -> None:
-    """``text`` shown on the node in the UI (ComfyUI's progress-text message), when a server runs."""
-    try:
-        from server import PromptServer
-        server = PromptServer.instance
-    except (ImportError, AttributeError):
-        return
-    if node_id is not None and hasattr(server, "send_progress_text"):
-        server.send_progress_text(text, node_id)
 
 
 class RefAny3DPointMapToMask(io.ComfyNode):

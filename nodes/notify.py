@@ -16,9 +16,10 @@ def show_on_node(node_id, text: str) -> None:
         return
     try:
         from server import PromptServer
-        PromptServer.instance.send_progress_text(text, str(node_id))
-    except (ImportError, AttributeError):  # ComfyUI used without its server
-        pass
+        send = PromptServer.instance.send_progress_text
+    except (ImportError, AttributeError):  # ComfyUI used without its server (or one without progress texts)
+        return
+    send(text, str(node_id))
 
 
 def report(node_id, node_name: str, text: str, warning: bool) -> ui.PreviewText:

@@ -21,7 +21,7 @@ from comfy_api.latest import io, ui
 from ..model_patches import RefAny3DError, check_flux, check_transformer_options, load_adapter, validate_adapter
 from ..model_patches.training import frozen_view
 from ..rendering import join_inside
-from ..training import TrainConfig, Trainer, datasets
+from ..training import RELEASE_DTYPES, TrainConfig, Trainer, datasets, option_table
 from ..training import checkpoint as ckpt
 from ..training import encoded as encoded_data
 from . import folders
@@ -31,7 +31,6 @@ from .sockets import Adapter, Asset, EncodedData, LossMap, TrainingData
 
 CATEGORY = "RefAny3D/training"
 SOURCES = {"synthetic": "synthetic", "sample folders": "folder", "release layout": "release"}
-OPTIMIZERS = ("adamw", "prodigy")
 PREVIEW_T = 0.7
 
 
@@ -352,6 +351,49 @@ def refany3d_forward_call(flux, adapter, xt, s, t, pooled, dev, ref_timestep, gu
                             torch.full((1,), guidance, device=dev), ref_timestep=ref_timestep, ref_guidance=guidance)
 
 
+#: the one TrainConfig field the node names otherwise (kept for saved workflows): field -> input name
+INPUT_NAMES = {"lr": "learning_rate"}
+
+
+def node_settings() -> list:
+    """The TrainConfig fields RefAny3D Train offers as inputs, in the table's order."""
+    return [field for field in option_table() if field.metadata["node"]]
+
+
+def config_input(field):
+    """The node input of a TrainConfig field: its help as the tooltip, its default, choices and bounds. The
+    learning rate's "unset" (None) is 0 on the node."""
+    meta, name = field.metadata, INPUT_NAMES.get(field.name, field.name)
+    tooltip = meta["help"][0].upper() + meta["help"][1:] + "."
+    if meta["choices"]:
+        return io.Combo.Input(name, options=list(meta["choices"]), default=field.default, tooltip=tooltip)
+    if field.default is None or isinstance(field.default, float):
+        return io.Float.Input(name, default=field.default or 0.0, min=meta["low"], max=meta["high"], step=0.00001,
+                              tooltip=tooltip)
+    # the seed is a fixed setting, not a per-run draw: no "control after generate" widget (the frontend adds one
+    # to any input named seed unless told not to; randomize would train anew each time)
+    return io.Int.Input(name, default=field.default, min=meta["low"], max=meta["high"], tooltip=tooltip,
+                        control_after_generate=False if name == "seed" else None)
+
+
+def config_of(inputs: dict) -> TrainConfig:
+    """The TrainConfig of the node's inputs (defaults for those left out), checked: a bad value is an error that
+    names the input."""
+    values = {}
+    for field in node_settings():
+        name = INPUT_NAMES.get(field.name, field.name)
+        value = inputs.get(name, field.default)
+        choices = field.metadata["choices"]
+        if choices and value not in choices:
+            raise RefAny3DError(f"unknown {name} {value!r}: expected one of {', '.join(choices)}")
+        values[field.name] = value
+    lr = values["lr"]
+    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
+        raise RefAny3DError(f"learning_rate must be a finite number ≥ 0 (0: the optimizer's default), got {lr}")
+    values["lr"] = (float(lr) or None) if lr is not None else None
+    return TrainConfig(**values)
+
+
 class RefAny3DTrain(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -372,27 +414,7 @@ class RefAny3DTrain(io.ComfyNode):
                 io.String.Input("name", default="my_refany3d",
                                 tooltip="Run name: states go to models/refany3d/<name>/training_state/, saves to "
                                         "models/refany3d/<name>/. A plain folder name."),
-                io.Int.Input("steps", default=1000, min=1, max=1000000,
-                             tooltip="Optimizer steps of the whole run, counted from step 0 (a resumed run trains "
-                                     "until it reaches this step)."),
-                io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Samples per micro-batch."),
-                io.Int.Input("accumulation", default=1, min=1, max=256,
-                             tooltip="Micro-batches per optimizer step (gradient accumulation): effective batch = "
-                                     "batch_size × accumulation."),
-                io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="prodigy",
-                               tooltip="prodigy: the release's optimizer (package 'prodigyopt'; lr 1, bias "
-                                       "correction, safeguard warm-up). adamw: torch's AdamW."),
-                io.Float.Input("learning_rate", default=0.0, min=0.0, max=10.0, step=0.00001,
-                               tooltip="0 = the optimizer's default (Prodigy 1.0, AdamW 1e-4)."),
-                io.Int.Input("rank", default=16, min=1, max=256,
-                             tooltip="LoRA rank of a new adapter (the release: 16). Ignored when starting from "
-                                     "an adapter (its rank is kept)."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
-                             tooltip="Seed of the initialisation, data order, noise, timesteps and dropouts (kept "
-                                     "as set, never redrawn per run)."),
-                io.Int.Input("save_every", default=250, min=0, max=1000000,
-                             tooltip="Every N steps: the release files in models/refany3d/<name>/ and a resumable "
-                                     "state in its training_state/ (0: only at the end and on Cancel)."),
+                *(config_input(field) for field in node_settings()),
                 io.Int.Input("preview_every", default=100, min=0, max=1000000,
                              tooltip="Every N steps a one-step prediction for the first sample (RGB and point map) "
                                      "is shown on the node; needs the vae input (0: never)."),
@@ -427,18 +449,14 @@ class RefAny3DTrain(io.ComfyNode):
         return (run_name_problem(name) if name is not None else None) or True
 
     @classmethod
-    def execute(cls, model, encoded, name, steps=1000, batch_size=1, accumulation=1, optimizer="prodigy",
-                learning_rate=0.0, rank=16, seed=0, save_every=250, preview_every=100, resume=False, adapter=None,
-                vae=None, overwrite=False) -> io.NodeOutput:
+    def execute(cls, model, encoded, name, preview_every=100, resume=False, adapter=None, vae=None, overwrite=False,
+                **settings) -> io.NodeOutput:
         from ..model_patches.training import TrainableAdapter
         node_id = cls.hidden.unique_id if cls.hidden else None
         out_dir = run_folder(name)
         state_dir = out_dir / TRAINING_STATE_DIR
-        if optimizer not in OPTIMIZERS:
-            raise RefAny3DError(f"unknown optimizer {optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
-        if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate >= 0):
-            raise RefAny3DError(f"learning_rate must be a finite number ≥ 0 (0: the optimizer's default), got "
-                                f"{learning_rate}")
+        config = config_of(settings)
+        steps = config.steps
         check_flux(model)
         check_transformer_options(model.model_options.get("transformer_options"), "RefAny3D Train")
         existing = ckpt.state_dirs(state_dir)
@@ -452,60 +470,59 @@ class RefAny3DTrain(io.ComfyNode):
         flux = check_flux(model)
         if adapter is not None:
             validate_adapter(adapter, flux)
-        config = TrainConfig(seed=seed, optimizer=optimizer, lr=float(learning_rate) or None,
-                             accumulation=accumulation, batch_size=batch_size, save_every=0)
-        pbar = comfy.utils.ProgressBar(steps)
         with torch.inference_mode(False), frozen_view(flux):
             data = ModelSpace(encoded, model.model.process_latent_in, compute_dtype(model))
             if adapter is not None:
                 trainable = TrainableAdapter.from_adapter(adapter)
             else:
-                trainable = TrainableAdapter.for_flux(flux, rank=rank, seed=seed)
-            trainer = Trainer(flux, trainable, data, data.uncond(), config, out_dir=state_dir,
-                              cancel=comfy.model_management.throw_exception_if_processing_interrupted)
+                trainable = TrainableAdapter.for_flux(flux, rank=config.rank, seed=config.seed)
+            report = NodeReport(node_id, steps, preview_every, lambda: preview_images(flux, trainable, data, model, vae))
+            trainer = Trainer(flux, trainable, data, data.uncond(), config, out_dir=state_dir, release_dir=out_dir,
+                              cancel=comfy.model_management.throw_exception_if_processing_interrupted,
+                              on_step=report.step)
             trainer.state_name = lambda path: f"models/refany3d/{name}/{TRAINING_STATE_DIR}/{path.name}"
             if resume and existing:
                 resume_from(trainer, state_dir, name)
             elif resume:
                 show_on_node(node_id, f"no state in models/refany3d/{name}/{TRAINING_STATE_DIR}/: a new run")
-            saved = trainer.step
-            previews = []
-
-            def save():
-                nonlocal saved
-                ckpt.save_release(trainable, out_dir)
-                trainer.last_state = ckpt.save_state(state_dir, trainer.step, trainable, trainer.optimizer,
-                                                     trainer.losses, config.to_json(), keep=config.keep_states)
-                saved = trainer.step
-
-            pbar.update_absolute(min(trainer.step, steps), steps)
+            report.start(trainer.step)
             try:
-                while trainer.step < steps:
-                    loss = trainer.train_step()
-                    preview = None
-                    if preview_every and trainer.step % preview_every == 0:
-                        images = preview_images(flux, trainable, data, model, vae)
-                        if images is not None:
-                            previews.append(images)
-                            preview = ("JPEG", to_pil(torch.cat(list(images), dim=1)), 512)
-                    if save_every and trainer.step % save_every == 0:
-                        save()
-                    show_on_node(node_id, f"RefAny3D Train: step {trainer.step}/{steps}, loss {loss:.4f}")
-                    pbar.update_absolute(trainer.step, steps, preview)
+                trainer.train()
             except comfy.model_management.InterruptProcessingException:
-                if trainer.step > saved:
-                    save()
+                trainer.save_unsaved(sync=False)
                 show_on_node(node_id, f"RefAny3D Train: cancelled; state of step {trainer.step} saved in "
                                       f"models/refany3d/{name}/{TRAINING_STATE_DIR}/ (resume to continue)")
                 raise
-            if trainer.step > saved:
-                save()
+            trainer.save_unsaved()
             sds = trainable.to_release_state_dicts(torch.float32)
         result = load_adapter(sds["reference"], sds["domain"], sds["domain_embedder"])
         losses = {"loss": [float(x) for x in trainer.losses]}
-        out = io.NodeOutput(result, losses, trainer.step,
-                            ui=ui.PreviewImage(torch.cat(previews), cls=cls) if previews else None)
-        return out
+        previews = report.previews
+        return io.NodeOutput(result, losses, trainer.step,
+                             ui=ui.PreviewImage(torch.cat(previews), cls=cls) if previews else None)
+
+
+class NodeReport:
+    """The Trainer's ``on_step`` on the node: ComfyUI's progress bar, the loss as text and, every
+    ``preview_every`` steps, a preview (``make_preview()``: IMAGE or None) on the bar and kept for the UI."""
+
+    def __init__(self, node_id, steps: int, preview_every: int, make_preview):
+        self.node_id, self.steps, self.preview_every, self.make_preview = node_id, steps, preview_every, make_preview
+        self.bar = comfy.utils.ProgressBar(steps)
+        self.previews: list[torch.Tensor] = []
+
+    def start(self, step: int) -> None:
+        self.bar.update_absolute(min(step, self.steps), self.steps)
+
+    def step(self, step: int, loss: float) -> None:
+        preview = None
+        if self.preview_every and step % self.preview_every == 0:
+            images = self.make_preview()
+            if images is not None:
+                self.previews.append(images)
+                preview = ("JPEG", to_pil(torch.cat(list(images), dim=1)), 512)
+        show_on_node(self.node_id, f"RefAny3D Train: step {step}/{self.steps}, loss {loss:.4f}")
+        self.bar.update_absolute(step, self.steps, preview)
 
 
 def refuse_to_replace(folder: Path, name: str, overwrite: bool) -> None:
@@ -576,7 +593,7 @@ class RefAny3DSaveAdapter(io.ComfyNode):
     def execute(cls, adapter, name, dtype="bf16", write_pth=False, overwrite=False) -> io.NodeOutput:
         from ..model_patches.training import TrainableAdapter
         folder = run_folder(name)
-        torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+        torch_dtype = RELEASE_DTYPES[dtype]
         refuse_to_replace(folder, name, overwrite)
         with torch.inference_mode(False):
             trainable = TrainableAdapter.from_adapter(adapter)

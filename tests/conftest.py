@@ -8,6 +8,12 @@
   custom_nodes, the test-only nodes of tests/comfy_test_nodes added through
   --extra-model-paths-config), with a temporary base directory. On a test failure the tail of
   the server log is attached to the report.
+* Test tiers (markers registered in pyproject.toml, applied here to every collected test, so tests added
+  later get them without a word): ``server`` for a test that talks to a ComfyUI server (the ``comfy``
+  fixture, directly or through another fixture, or a module that boots its own ``ComfyServer``);
+  ``frontend`` for the browser tests (a ``frontend`` fixture); ``fuzz`` for property-based tests
+  (hypothesis); ``slow`` for a module in ``SLOW_MODULES`` (training subprocesses on a 3072-wide model,
+  torchrun, the demo) or a test marked so by hand. ``make test-fast`` runs what none of them marks.
 """
 from __future__ import annotations
 
@@ -32,6 +38,34 @@ def comfy(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+#: modules whose tests each start heavy subprocesses (a 3072-wide FLUX.1 file, torchrun, the demo, a fuzz child)
+SLOW_MODULES = {"test_training_cli", "test_training_ddp", "test_demo", "test_gpu_check"}
+
+
+def tiers_of(item) -> set[str]:
+    """The tier markers a collected test gets from what it uses."""
+    module = getattr(item, "module", None)
+    names = set(getattr(item, "fixturenames", ()))
+    module_vars = vars(module) if module is not None else {}
+    name = module.__name__.rpartition(".")[2] if module is not None else ""
+    tiers = set()
+    if "comfy" in names or "ComfyServer" in module_vars:
+        tiers.add("server")
+    if "frontend" in names:
+        tiers |= {"frontend", "server"}
+    if "hypothesis" in module_vars or name.startswith("test_fuzz_"):
+        tiers.add("fuzz")
+    if name in SLOW_MODULES:
+        tiers.add("slow")
+    return tiers
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for tier in sorted(tiers_of(item) - {m.name for m in item.iter_markers()}):
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.hookimpl(wrapper=True)

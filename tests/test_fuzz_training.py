@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import resource
 import shutil
@@ -33,7 +34,9 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 D, CTX, POOLED, RANK = 32, 24, 12, 2
-EXAMPLES = {"state": 60, "encoded": 250}
+#: the budget of each fuzz test, times REFANY3D_FUZZ_SCALE (e.g. 10 for a thorough run)
+FUZZ_SCALE = float(os.environ.get("REFANY3D_FUZZ_SCALE", "1"))
+EXAMPLES = {k: max(1, round(n * FUZZ_SCALE)) for k, n in {"state": 60, "encoded": 250}.items()}
 MAX_SECONDS_PER_INPUT = 10.0
 SETTINGS = dict(derandomize=True, deadline=None, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,

@@ -10,6 +10,7 @@ memory) are printed at the end and written to tests/artifacts/fuzz_weights.json.
 from __future__ import annotations
 
 import json
+import os
 import re
 import resource
 import time
@@ -30,7 +31,9 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 D = 64
-EXAMPLES = {"bytes": 250, "structure": 250}  # the fixed budget of each fuzz test
+#: the budget of each fuzz test, times REFANY3D_FUZZ_SCALE (e.g. 10 for a thorough run)
+FUZZ_SCALE = float(os.environ.get("REFANY3D_FUZZ_SCALE", "1"))
+EXAMPLES = {k: max(1, round(n * FUZZ_SCALE)) for k, n in {"bytes": 250, "structure": 250}.items()}
 MAX_SECONDS_PER_INPUT = 10.0  # a hang or a runaway allocation shows up here long before pytest's timeout
 SETTINGS = dict(derandomize=True, deadline=None, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,

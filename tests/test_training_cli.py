@@ -73,12 +73,12 @@ def test_train_save_interrupt_resume(files, tmp_path):
     base, model = files
     out = tmp_path / "out"
     common = ["--model", model, "--data", base / "enc", "--out", out, "--device", "cpu", "--lr", "1e-3"]
-    proc = cli([*common, "--steps", 2, "--rank", 2, "--save-every", 1, "--keep", 1, "--write-pth",
-                "--precision", "bf16", "--seed", 3])
+    proc = cli([*common, "--steps", 2, "--rank", 2, "--save-every", 1, "--keep-states", 1, "--write-pth",
+                "--release-dtype", "bf16", "--seed", 3])
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stdout + stderr
     assert "step 1/2  loss" in stdout and "step 2/2  loss" in stdout and "done: step 2" in stdout
-    assert [p.name for p in sorted(out.glob("state-*"))] == ["state-00000002"]  # --keep 1
+    assert [p.name for p in sorted(out.glob("state-*"))] == ["state-00000002"]  # --keep-states 1
     release = out / "release-00000002"
     for emb in ("domain_embedder.safetensors", "domain_embedder.pth"):
         adapter = load_adapter(release / "default.safetensors", release / "coord.safetensors", release / emb)
@@ -91,7 +91,7 @@ def test_train_save_interrupt_resume(files, tmp_path):
     # resume from a TOML config (flags override it), then Ctrl-C: the step finishes and a state is saved
     config = tmp_path / "run.toml"
     config.write_text(f'model = "{model}"\ndata = "{base / "enc"}"\nout = "{out}"\nsteps = 5\nseed = 3\n'
-                      f'rank = 2\nlr = 1e-3\nresume = "latest"\nprecision = "bf16"\n')
+                      f'rank = 2\nlr = 1e-3\nresume = "latest"\nrelease_dtype = "bf16"\n')
     proc = cli(["--config", config, "--steps", 1000, "--device", "cpu"])
     lines = []
     for line in proc.stdout:
@@ -115,9 +115,9 @@ def test_settings_merge_config_and_flags(tmp_path):
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"model": "m.safetensors", "data": "d", "out": "o", "steps": 7, "save-every": 2,
                                "checkpointing": False}))
-    opts = settings(["--config", str(cfg), "--steps", "9", "--batch", "2"])
-    assert (opts["steps"], opts["save_every"], opts["batch"], opts["checkpointing"]) == (9, 2, 2, False)
-    assert opts["optimizer"] == "adamw" and opts["rank"] is None and opts["precision"] == "fp32"
+    opts = settings(["--config", str(cfg), "--steps", "9", "--batch-size", "2"])
+    assert (opts["steps"], opts["save_every"], opts["batch_size"], opts["checkpointing"]) == (9, 2, 2, False)
+    assert opts["optimizer"] == "adamw" and opts["rank"] == 16 and opts["release_dtype"] == "fp32"
     assert settings(["--config", str(cfg), "--checkpointing"])["checkpointing"] is True
 
 

@@ -10,7 +10,11 @@ clear error.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,6 +195,105 @@ def test_cancel_saves_a_state_that_resumes(comfy, setup):
     assert [t.split(",")[0] for t in texts] == [f"RefAny3D Train: step {k}/{step + 3}" for k in range(step + 1, step + 4)]
     states = sorted(p.name for p in (comfy.models_dir / "refany3d" / name / "training_state").glob("state-*"))
     assert states[-1] == f"state-{step + 3:08d}", states
+
+
+def command_line(args, comfy_dir):
+    """``python -m training`` in a subprocess, against the server's ComfyUI folder."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root), "COMFYUI_DIR": str(comfy_dir)}
+    return subprocess.run([sys.executable, "-m", "training", *map(str, args)], cwd=root, env=env, text=True,
+                          capture_output=True, timeout=600)
+
+
+def test_node_and_command_line_resume_each_others_states(comfy, setup):
+    """One Trainer, one state format: a state saved by RefAny3D Train resumes in ``python -m training``, and
+    the command line's state resumes in the node (a stock-loadable FLUX.1 file both load the same way)."""
+    from training import load_state
+    model = comfy.models_dir / "diffusion_models" / "refany3d_cross_flux.safetensors"
+    if not model.exists():
+        tiny.write_flux_checkpoint(model)
+    name = f"cross_{uuid.uuid4().hex[:6]}"
+
+    def graph(steps, resume):
+        g = train_graph(setup, name, steps=steps, resume=resume, save_every=0, preview_every=0)
+        g["model"] = {"class_type": "UNETLoader", "inputs": {"unet_name": model.name, "weight_dtype": "default"}}
+        g["clip"]["inputs"] = {"context_dim": 4096, "pooled_dim": 768}
+        g["train"]["inputs"].update(rank=2, learning_rate=1e-3)
+        return g
+    first = comfy.run(graph(2, False), timeout=600)
+    assert first.status == "success", first.error_text()
+    encoded = first.node_texts("encode")[-1].rsplit(" in ", 1)[1]
+    states = comfy.models_dir / "refany3d" / name / "training_state"
+    node_state = load_state(states)
+    assert node_state["step"] == 2
+
+    cli = command_line(["--model", model, "--data", encoded, "--out", states, "--resume", "latest", "--steps", 4,
+                        "--rank", 2, "--lr", 1e-3, "--save-every", 0, "--device", "cpu"], comfy.comfy_dir)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert "resumed at step 2" in cli.stdout and "step 3/4" in cli.stdout and "step 1/" not in cli.stdout
+    cli_state = load_state(states)
+    assert cli_state["step"] == 4 and cli_state["losses"][:2] == node_state["losses"]
+    assert set(cli_state["config"]) == set(node_state["config"])  # the same state format, entry for entry
+    assert {k: v for k, v in cli_state["config"].items() if k != "steps"} == \
+        {k: v for k, v in node_state["config"].items() if k != "steps"}
+
+    resumed = comfy.run(graph(6, True), timeout=600)
+    assert resumed.status == "success", resumed.error_text()
+    values = [p["value"] for p in resumed.progress() if p.get("node") == "train"]
+    assert values[0] == 4 and values[-1] == 6, values
+    last = load_state(states)
+    assert last["step"] == 6 and last["losses"][:4] == cli_state["losses"]
+
+
+def test_command_line_node_and_trainconfig_offer_the_same_options(comfy):
+    """One option table: ``python -m training --help``, RefAny3D Train's inputs in /object_info and TrainConfig
+    name the same settings with the same defaults, choices and help."""
+    import dataclasses
+
+    from training import TrainConfig, option_table
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "COLUMNS": "100000", "PYTHONPATH": str(root)}  # one line per option
+    proc = subprocess.run([sys.executable, "-m", "training", "--help"], cwd=root, env=env, text=True,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    flags, entry = {}, None
+    for line in proc.stdout[proc.stdout.index("\n  -h"):].splitlines():
+        if line.startswith("  -"):  # an option; its help on the same line or the next
+            entry = next(w for w in line.replace(",", " ").split() if w.startswith("--"))
+            flags[entry] = line
+        elif entry and line.startswith("    "):
+            flags[entry] += " " + line.strip()
+        else:
+            entry = None
+    inputs = comfy.object_info("RefAny3DTrain")["RefAny3DTrain"]["input"]["required"]
+    defaults = TrainConfig()
+    on_node, on_cli = set(), set()
+    for field in option_table():
+        meta, default = field.metadata, getattr(defaults, field.name)
+        assert default == (field.default if field.default is not dataclasses.MISSING else field.default_factory())
+        if meta["cli"]:
+            flag = "--" + field.name.replace("_", "-")
+            on_cli.add(flag)
+            line = flags[flag]
+            assert meta["help"] in line and line.endswith(f"(default {default})"), line
+            if meta["choices"]:
+                assert "{" + ",".join(meta["choices"]) + "}" in line, line
+        if meta["node"]:
+            name = "learning_rate" if field.name == "lr" else field.name
+            on_node.add(name)
+            kind, spec = inputs[name][0], inputs[name][1]
+            assert spec["tooltip"].lower().startswith(meta["help"].lower()), (name, spec["tooltip"])
+            assert spec["default"] == (0.0 if default is None else default), (name, spec["default"])
+            if meta["choices"]:
+                options = spec["options"] if kind == "COMBO" else kind
+                assert list(options) == list(meta["choices"]), (name, options)
+            else:
+                assert (spec["min"], spec["max"]) == (meta["low"], meta["high"]), (name, spec)
+    run_flags = {"--model", "--data", "--out", "--adapter", "--resume", "--base-dtype", "--device", "--comfyui",
+                 "--config", "--help"}
+    assert set(flags) - run_flags == on_cli, sorted(set(flags) ^ (on_cli | run_flags))
+    node_only = {"model", "encoded", "name", "preview_every", "resume"}
+    assert set(inputs) - node_only == on_node, sorted(set(inputs) ^ (on_node | node_only))
 
 
 def test_bad_input_gets_a_clear_error(comfy, setup):

@@ -1,8 +1,7 @@
-"""The one place that lets a script or test import ComfyUI's own modules in-process.
-
-ComfyUI is not an installable package: its folder goes on ``sys.path``, its command-line parsing is
-switched off, and CPU mode is set before anything imports ``comfy.model_management`` (on a machine
-without CUDA; pass ``cpu=False`` to keep ComfyUI's own device choice).
+"""Where a script or test finds ComfyUI (``COMFYUI_DIR``, or the leg's venv marker), and ``use_comfy()``,
+which imports it in-process through the pack's one bootstrap, ``training.comfyui`` (its folder on
+``sys.path``, its command-line parsing off, CPU mode on a machine without CUDA; pass ``cpu=False`` to keep
+ComfyUI's own device choice).
 """
 from __future__ import annotations
 
@@ -33,15 +32,12 @@ def cuda_available() -> bool:
 
 
 def use_comfy(comfy_dir: str | Path | None = None, cpu: bool | None = None) -> Path:
-    """Makes ``import comfy…`` work here; returns the ComfyUI folder. ``cpu``: None = CPU mode unless
-    CUDA is available, True/False to force it. Call before the first import of comfy.model_management."""
+    """Makes ``import comfy…`` work here (``training.comfyui``, the pack's one bootstrap) with ``comfy_dir``,
+    else :func:`default_comfy_dir`; returns the ComfyUI folder. ``cpu``: None = CPU mode unless CUDA is
+    available, True/False to force it. Call before the first import of comfy.model_management."""
+    from training.comfyui import use_comfyui
     comfy_dir = Path(comfy_dir) if comfy_dir else default_comfy_dir()
-    if not (comfy_dir / "comfy").is_dir():
-        raise FileNotFoundError(f"no ComfyUI at {comfy_dir}: run `make setup` or set COMFYUI_DIR")
-    if str(comfy_dir) not in sys.path:
-        sys.path.append(str(comfy_dir))
-    import comfy.options
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = (not cuda_available()) if cpu is None else bool(cpu)
-    return comfy_dir
+    try:
+        return use_comfyui(comfy_dir, cpu)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}: run `make setup` or set COMFYUI_DIR") from None

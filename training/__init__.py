@@ -9,8 +9,8 @@ from .checkpoint import load_state, save_release, save_state
 from .distributed import DistInfo, init_distributed, teardown
 from .encoded import EncodedDataset, EncodingCancelled, encode_dataset, is_encoded
 from .loop import (PRODIGY_MISSING, RELEASE_DTYPES, TrainConfig, Trainer, TrainingDiverged, make_optimizer,
-                   write_embedder_pth)
+                   option_table, write_embedder_pth)
 
 __all__ = ["DistInfo", "EncodedDataset", "EncodingCancelled", "PRODIGY_MISSING", "RELEASE_DTYPES", "TrainConfig",
            "Trainer", "TrainingDiverged", "encode_dataset", "init_distributed", "is_encoded", "load_state", "make_optimizer",
-           "save_release", "save_state", "teardown", "write_embedder_pth"]
+           "option_table", "save_release", "save_state", "teardown", "write_embedder_pth"]

@@ -32,8 +32,9 @@ models/refany3d/) and state-<step>/ (a resumable state: fp32 trainable tensors, 
 state, step, loss history, settings; no pickle). Interrupt with Ctrl-C to stop with a state.
 """
 
-#: name -> (argparse keywords, default); None defaults mean "not set"
-OPTIONS: dict[str, tuple[dict, object]] = {
+#: the run's own options (what to train on, where, how): name -> (argparse keywords, default); the training
+#: settings themselves are the fields of TrainConfig (:func:`training.loop.option_table`)
+RUN_OPTIONS: dict[str, tuple[dict, object]] = {
     "model": (dict(metavar="FILE", help="the FLUX.1 diffusion model (.safetensors, as ComfyUI's "
                                         "models/diffusion_models holds it); required"), None),
     "data": (dict(metavar="DIR", help="the encoded dataset folder (made by the RefAny3D Encode Training Data node or "
@@ -45,37 +46,39 @@ OPTIONS: dict[str, tuple[dict, object]] = {
     "resume": (dict(metavar="STATE|latest", help="continue a run: a state-<step> folder, a folder of them (its "
                                                  "latest), or 'latest' = the latest in --out (a new run if none)"),
                None),
-    "steps": (dict(type=int, metavar="N", help="train until this optimizer step (default 1000)"), 1000),
-    "batch": (dict(type=int, metavar="N", help="samples per process and micro-batch (default 1, as the release)"), 1),
-    "accumulation": (dict(type=int, metavar="N", help="micro-batches per optimizer step (default 1)"), 1),
-    "optimizer": (dict(help="adamw (default) or prodigy (the release's: lr 1, bias correction, safeguard "
-                            "warmup; needs the prodigyopt package)"), "adamw"),
-    "lr": (dict(metavar="X", type=float, help="learning rate (default 1e-4 for adamw, 1.0 for prodigy)"), None),
-    "weight_decay": (dict(metavar="X", type=float, help="decoupled weight decay (default 0.01)"), 0.01),
-    "grad_clip": (dict(metavar="X", type=float, help="max gradient norm, 0 = off (default 0.5)"), 0.5),
-    "rank": (dict(metavar="R", type=int, help="LoRA rank of a fresh adapter (default 16, the release's); a starting "
-                                 "--adapter keeps its own"), None),
-    "seed": (dict(metavar="S", type=int, help="seed of the init, the data order and every random draw (default 0)"), 0),
-    "save_every": (dict(type=int, metavar="N", help="also save every N steps (default 0: only at the end)"), 0),
-    "keep": (dict(type=int, metavar="K", help="keep the last K states (default 3)"), 3),
-    "checkpointing": (dict(action=argparse.BooleanOptionalAction,
-                           help="gradient checkpointing on every block (default on; off needs far more memory)"),
-                      True),
-    "p_drop_prompt": (dict(metavar="P", type=float, help="prompt dropout (default 0.1)"), 0.1),
-    "p_drop_references": (dict(metavar="P", type=float, help="reference dropout (default 0.1)"), 0.1),
-    "precision": (dict(help="precision of the saved release files: fp32 (default) or bf16 (the release's)"), "fp32"),
-    "write_pth": (dict(action="store_true", help="also write domain_embedder.pth (a pickled state dict, for the "
-                                                 "authors' own code)"), False),
     "base_dtype": (dict(help="weight dtype of the frozen model: default (ComfyUI's choice), bf16, fp16, fp32, "
                              "fp8_e4m3fn or fp8_e5m2 (a 24 GB card)"), "default"),
     "device": (dict(help="auto (default: the GPU of this process when CUDA is available), cpu or cuda"), "auto"),
     "comfyui": (dict(metavar="DIR", help="the ComfyUI folder (default: $COMFYUI_DIR, or the ComfyUI this pack is "
                                          "installed in)"), None),
 }
-CHOICES = {"optimizer": ("adamw", "prodigy"), "precision": ("fp32", "bf16"), "device": ("auto", "cpu", "cuda"),
-           "base_dtype": ("default", "bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2")}
 REQUIRED = ("model", "data", "out")
-POSITIVE = ("steps", "batch", "accumulation", "keep")
+RUN_CHOICES = {"device": ("auto", "cpu", "cuda"), "base_dtype": ("default", "bf16", "fp16", "fp32", "fp8_e4m3fn",
+                                                                 "fp8_e5m2")}
+
+
+def config_options() -> dict[str, tuple[dict, object]]:
+    """The TrainConfig fields the command line offers, as argparse keywords and the field's default."""
+    from .loop import option_table
+    out = {}
+    for field in option_table():
+        meta = field.metadata
+        if not meta["cli"]:
+            continue
+        kw = {"help": f"{meta['help']} (default {field.default})"}
+        if isinstance(field.default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif meta["choices"]:
+            kw["choices"] = meta["choices"]
+        else:
+            kw["type"] = int if isinstance(field.default, int) else float
+            kw["metavar"] = "N" if kw["type"] is int else "X"
+        out[field.name] = (kw, field.default)
+    return out
+
+
+def all_options() -> dict[str, tuple[dict, object]]:
+    return {**RUN_OPTIONS, **config_options()}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,10 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 argument_default=argparse.SUPPRESS)
     p.add_argument("--config", metavar="FILE", help="settings file (.json or .toml); flags override it")
-    for name, (kw, _) in OPTIONS.items():
+    for name, (kw, _) in all_options().items():
         kw = dict(kw)
-        if name in CHOICES:
-            kw["choices"] = CHOICES[name]
+        if name in RUN_CHOICES:
+            kw["choices"] = RUN_CHOICES[name]
         p.add_argument("--" + name.replace("_", "-"), dest=name, **kw)
     return p
 
@@ -113,9 +116,9 @@ def read_config(path) -> dict:
     out = {}
     for key, value in values.items():
         name = str(key).replace("-", "_")
-        if name not in OPTIONS:
+        if name not in all_options():
             raise RefAny3DError(f"config file {path}: unknown setting {key!r}; known: "
-                                f"{', '.join(n.replace('_', '-') for n in OPTIONS)}")
+                                f"{', '.join(n.replace('_', '-') for n in all_options())}")
         out[name] = value
     return out
 
@@ -123,21 +126,24 @@ def read_config(path) -> dict:
 def settings(argv=None) -> dict:
     """Defaults, then the config file, then the flags; checked."""
     args = vars(build_parser().parse_args(argv))
-    merged = {name: default for name, (_, default) in OPTIONS.items()}
+    from .loop import option_table
+    merged = {name: default for name, (_, default) in all_options().items()}
     if "config" in args:
         merged.update(read_config(args.pop("config")))
     merged.update(args)
     missing = [n for n in REQUIRED if not merged.get(n)]
     if missing:
         raise RefAny3DError(f"missing {', '.join('--' + n for n in missing)} (on the command line or in --config)")
-    for name, allowed in CHOICES.items():
+    choices = {**RUN_CHOICES, **{f.name: f.metadata["choices"] for f in option_table() if f.metadata["choices"]}}
+    for name, allowed in choices.items():
         if merged[name] not in allowed:
             raise RefAny3DError(f"--{name.replace('_', '-')} {merged[name]!r} is not one of {', '.join(allowed)}")
-    for name in POSITIVE:
-        if not isinstance(merged[name], int) or merged[name] < 1:
-            raise RefAny3DError(f"--{name.replace('_', '-')} must be a positive whole number, got {merged[name]!r}")
-    if merged["rank"] is not None and (not isinstance(merged["rank"], int) or merged["rank"] < 1):
-        raise RefAny3DError(f"--rank must be a positive whole number, got {merged['rank']!r}")
+    for field in option_table():
+        low, value = field.metadata["low"], merged.get(field.name)
+        if low is not None and isinstance(field.default, int) and not (
+                isinstance(value, int) and not isinstance(value, bool) and value >= low):
+            what = "a positive whole number" if low == 1 else f"a whole number ≥ {low}"
+            raise RefAny3DError(f"--{field.name.replace('_', '-')} must be {what}, got {value!r}")
     return merged
 
 
@@ -160,20 +166,11 @@ def find_comfyui(comfyui=None) -> Path:
 
 
 def use_comfyui(comfyui=None, cpu: bool | None = None) -> Path:
-    """Makes ComfyUI's ``comfy`` package importable in this process (its folder on ``sys.path``, its
-    own argument parsing off, CPU mode when ``cpu`` or when CUDA is unavailable). Call before anything
-    imports ``comfy.model_management``; returns the folder."""
-    import torch
-    if "comfy" in sys.modules:  # already set up (inside ComfyUI, or by the caller)
-        return Path(sys.modules["comfy"].__path__[0]).resolve().parent
-    folder = find_comfyui(comfyui)
-    if str(folder) not in sys.path:
-        sys.path.append(str(folder))
-    import comfy.options
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = (not torch.cuda.is_available()) if cpu is None else bool(cpu)
-    return folder
+    """Makes ComfyUI's ``comfy`` package importable in this process (:mod:`training.comfyui`), found as
+    :func:`find_comfyui` says unless ComfyUI is already loaded; returns its folder."""
+    from .comfyui import loaded_comfyui
+    from .comfyui import use_comfyui as bootstrap
+    return loaded_comfyui() or bootstrap(find_comfyui(comfyui), cpu)
 
 
 BASE_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp8_e4m3fn": "float8_e4m3fn",
@@ -235,27 +232,18 @@ def run(opts: dict) -> int:
     info = init_distributed(opts["device"])
     say = print if info.is_main else (lambda *a, **k: None)
     try:
-        from ._pack import RANK, TrainableAdapter
+        from ._pack import TrainableAdapter
 
-        from .loop import TrainConfig, Trainer
+        from .loop import TrainConfig, Trainer, option_table
         patcher, flux = load_flux(opts["model"], opts["base_dtype"], info.device)
         data.latent_in = patcher.model.process_latent_in
+        config = TrainConfig(**{f.name: opts[f.name] for f in option_table() if f.name in opts})
         if opts["adapter"]:
             start = model_patches.load_adapter(*release_paths(opts["adapter"]))
             model_patches.validate_adapter(start, flux)
-            adapter = TrainableAdapter.from_adapter(start)
-            if opts["rank"] is not None and opts["rank"] != adapter.rank:
-                raise RefAny3DError(f"--rank {opts['rank']} differs from the starting adapter's rank {adapter.rank}; "
-                                    "leave --rank out to keep it")
+            adapter = TrainableAdapter.from_adapter(start)  # its own rank
         else:
-            adapter = TrainableAdapter.for_flux(flux, rank=opts["rank"] or RANK, seed=opts["seed"])
-        config = TrainConfig(seed=opts["seed"], optimizer=opts["optimizer"], lr=opts["lr"],
-                             weight_decay=opts["weight_decay"], grad_clip=opts["grad_clip"],
-                             accumulation=opts["accumulation"], batch_size=opts["batch"],
-                             checkpointing=bool(opts["checkpointing"]), p_drop_prompt=opts["p_drop_prompt"],
-                             p_drop_references=opts["p_drop_references"], save_every=opts["save_every"],
-                             keep_states=opts["keep"], release_dtype=opts["precision"],
-                             write_pth=bool(opts["write_pth"]))
+            adapter = TrainableAdapter.for_flux(flux, rank=config.rank, seed=config.seed)
         clock = [time.perf_counter()]
         stop = {"asked": False}
 
@@ -264,7 +252,7 @@ def run(opts: dict) -> int:
             stats = trainer.statistics or {}
             learning = (f"  grad norm {stats['grad_norm']:.3g}  layers learning {stats['layers_with_gradient']}/"
                         f"{stats['layers']} (+{stats['structural_zeros']} that never can)") if stats else ""
-            say(f"step {step}/{opts['steps']}  loss {loss:.6f}{learning}  {now - clock[0]:.2f} s", flush=True)
+            say(f"step {step}/{config.steps}  loss {loss:.6f}{learning}  {now - clock[0]:.2f} s", flush=True)
             clock[0] = now
 
         def on_signal(signum, frame):
@@ -290,7 +278,7 @@ def run(opts: dict) -> int:
         # Ctrl-C (SIGINT; torchrun's SIGTERM to its workers): finish the step, save, exit 130
         handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            trainer.train(opts["steps"])
+            trainer.train()
         except KeyboardInterrupt:
             say(f"\ninterrupted mid-step: nothing saved; the last saved state in {out} stays resumable",
                 file=sys.stderr, flush=True)
@@ -298,10 +286,7 @@ def run(opts: dict) -> int:
         finally:
             for sig, old in handlers.items():
                 signal.signal(sig, old)
-        if config.save_every and trainer.step % config.save_every == 0 and trainer.step > 0:
-            path = out / f"{ckpt.STATE_PREFIX}{trainer.step:08d}"  # saved by the trainer at this step
-        else:
-            path = trainer.save()
+        path = trainer.save_unsaved()
         if stop["asked"]:
             say(f"interrupted at step {trainer.step}: saved a resumable state in {path}; continue with "
                 f"--resume latest --out {out}", file=sys.stderr, flush=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ._pack import (MAX_ABS_WEIGHT, RELEASE_FILES, LossOut, RefAny3DError, TrainableAdapter, Unconditional,
+from ._pack import (MAX_ABS_WEIGHT, RANK, RELEASE_FILES, LossOut, RefAny3DError, TrainableAdapter, Unconditional,
                     learning_statistics, training_loss, training_mode)
 
 from . import checkpoint as ckpt
@@ -51,24 +51,52 @@ class TrainingDiverged(RefAny3DError):
         self.step, self.last_state = step, last_state
 
 
+def setting(default, help: str, *, choices: tuple | None = None, low=None, high=None, node: bool = True,
+            cli: bool = True):
+    """A :class:`TrainConfig` field and what the command line and the RefAny3D Train node make of it: ``help``
+    (the flag's help and the input's tooltip), ``choices``, the bounds ``low`` / ``high`` (both check them);
+    ``node`` / ``cli``: False for a setting the node / the command line does not offer."""
+    meta = {"help": help, "choices": choices, "low": low, "high": high, "node": node, "cli": cli}
+    if isinstance(default, tuple):
+        return dataclasses.field(default_factory=lambda: default, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
-    seed: int = 0
-    optimizer: str = "adamw"        # "adamw" or "prodigy" (the release: lr 1, bias correction, safeguard warmup)
-    lr: float | None = None          # None: 1e-4 for AdamW, 1.0 for Prodigy
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 0.5           # max gradient norm; 0 disables
-    accumulation: int = 1            # micro-batches per optimizer step
-    batch_size: int = 1              # samples per micro-batch
-    checkpointing: bool = True       # gradient checkpointing on every block
-    p_drop_prompt: float = 0.1
-    p_drop_references: float = 0.1
-    fixed_noise: bool = False        # diagnostics (overfit one sample): every step reuses step 0's draws
-    save_every: int = 0              # save the release files and a state every N steps (0: never)
-    keep_states: int = 3
-    release_dtype: str = "fp32"      # precision of the saved release files: "fp32" or "bf16" (the release's)
-    write_pth: bool = False          # also write the release's domain_embedder.pth (a pickle, for the authors' code)
+    """The settings of a training run: the one option table. ``python -m training``'s options (``--<name>``,
+    ``_`` as ``-``) and the RefAny3D Train node's inputs are made from these fields (:func:`option_table`),
+    with these defaults and help texts; a saved state records them."""
+    steps: int = setting(1000, "train until this optimizer step, counted from step 0 (a resumed run trains on "
+                               "until it reaches it)", low=1, high=1000000)
+    batch_size: int = setting(1, "samples per process and micro-batch (the release: 1)", low=1, high=64)
+    accumulation: int = setting(1, "micro-batches per optimizer step (gradient accumulation): effective batch = "
+                                   "batch size × accumulation × processes", low=1, high=256)
+    optimizer: str = setting("adamw", "adamw: torch's AdamW. prodigy: the release's optimizer (lr 1, bias "
+                                      "correction, safeguard warm-up; needs the package prodigyopt)",
+                             choices=OPTIMIZERS)
+    lr: float | None = setting(None, "learning rate; unset (the node: 0) = the optimizer's default (AdamW 1e-4, "
+                                     "Prodigy 1.0)", low=0.0, high=10.0)
+    rank: int = setting(RANK, f"LoRA rank of a new adapter (the release: {RANK}); a starting adapter keeps its own",
+                        low=1, high=256)
+    seed: int = setting(0, "seed of the initialisation, the data order, noise, timesteps and dropouts",
+                        low=0, high=2 ** 31 - 1)
+    save_every: int = setting(250, "every N steps, the release files and a resumable state (0: only at the end "
+                                   "and on a stop)", low=0, high=1000000)
+    weight_decay: float = setting(0.01, "decoupled weight decay", node=False)
+    betas: tuple[float, float] = setting((0.9, 0.999), "the optimizer's betas", node=False, cli=False)
+    grad_clip: float = setting(0.5, "max gradient norm, 0 = off", node=False)
+    checkpointing: bool = setting(True, "gradient checkpointing on every block (off needs far more memory)",
+                                  node=False)
+    p_drop_prompt: float = setting(0.1, "probability of training a sample on the empty prompt", node=False)
+    p_drop_references: float = setting(0.1, "probability of training a sample on black references", node=False)
+    fixed_noise: bool = setting(False, "diagnostics (overfit one sample): every step reuses step 0's draws",
+                                node=False, cli=False)
+    keep_states: int = setting(3, "keep the last K resumable states", low=1, node=False)
+    release_dtype: str = setting("fp32", "precision of the saved release files: fp32, or bf16 (the release's)",
+                                 choices=tuple(RELEASE_DTYPES), node=False)
+    write_pth: bool = setting(False, "also write domain_embedder.pth (a pickled state dict, for the authors' own "
+                                     "code)", node=False)
 
     def to_json(self) -> dict:
         return {**dataclasses.asdict(self), "betas": list(self.betas)}
@@ -79,6 +107,11 @@ class TrainConfig:
         out = cls(**{k: v for k, v in values.items() if k in names})
         out.betas = tuple(out.betas)
         return out
+
+
+def option_table() -> list[dataclasses.Field]:
+    """The fields of :class:`TrainConfig` in order, each with ``metadata`` help, choices, low, high, node."""
+    return list(dataclasses.fields(TrainConfig))
 
 
 def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
@@ -153,14 +186,19 @@ class Trainer:
     ``context`` L×C, ``pooled`` P). ``uncond``: what the dropouts put in. ``cancel``: called between
     steps and micro-batches; it may raise (ComfyUI's interrupt) or return True to stop after the step.
     ``out_dir``: where ``save_every`` writes ``release-<step>/`` and ``state-<step>/``.
-    ``rank`` / ``world_size``: this process in a torchrun job (the process group already joined);
-    ``on_step(step, loss)``: called after every optimizer step (on every rank, with the mean loss)."""
+    ``release_dir``: where :meth:`save` writes the release files instead (one folder, replaced at each save:
+    the node's models/refany3d/<name>/). ``rank`` / ``world_size``: this process in a torchrun job (the process
+    group already joined); ``on_step(step, loss)``: called after every optimizer step (on every rank, with the
+    mean loss). The command line and the RefAny3D Train node both drive this class: progress, previews and
+    Cancel are their callbacks."""
 
     def __init__(self, flux, adapter: TrainableAdapter, dataset: Sequence[dict], uncond: Unconditional | None,
                  config: TrainConfig | None = None, out_dir=None, cancel: Callable[[], bool | None] | None = None,
-                 rank: int = 0, world_size: int = 1, on_step: Callable[[int, float], None] | None = None):
+                 rank: int = 0, world_size: int = 1, on_step: Callable[[int, float], None] | None = None,
+                 release_dir=None):
         self.flux, self.adapter, self.dataset, self.uncond = flux, adapter, dataset, uncond
         self.config = config or TrainConfig()
+        self.release_dir = Path(release_dir) if release_dir is not None else None
         if self.config.release_dtype not in RELEASE_DTYPES:
             raise RefAny3DError(f"unknown release precision {self.config.release_dtype!r}: expected one of "
                                 f"{', '.join(RELEASE_DTYPES)}")
@@ -318,9 +356,10 @@ class Trainer:
             base_params=sum(p.numel() for p in self.flux.parameters()),
             trainable=sum(p.numel() for p in self.adapter.parameters()), text=int(sample["context"].shape[0]))
 
-    def train(self, steps: int) -> list[float]:
-        """Runs until ``self.step == steps`` or the Cancel hook asks to stop (on any rank: all stop at
-        the same step); returns the losses of this call."""
+    def train(self, steps: int | None = None) -> list[float]:
+        """Runs until ``self.step == steps`` (default ``config.steps``) or the Cancel hook asks to stop (on any
+        rank: all stop at the same step); returns the losses of this call."""
+        steps = self.config.steps if steps is None else steps
         start = len(self.losses)
         while self.step < steps:
             if dist.any_rank(self._stop_requested(), self.world_size, self.device):
@@ -339,7 +378,7 @@ class Trainer:
             raise RefAny3DError("no output folder to save the training run in")
         path = out / f"{ckpt.STATE_PREFIX}{self.step:08d}"
         if self.is_main:
-            self.save_release(out / f"release-{self.step:08d}")
+            self.save_release(self.release_dir or out / f"release-{self.step:08d}")
             config = {**self.config.to_json(), "world_size": self.world_size,
                       "adapter": adapter_summary({k: tuple(v.shape) for k, v in self.adapter.state_dict().items()})}
             path = ckpt.save_state(out, self.step, self.adapter, self.optimizer, self.losses, config,
@@ -348,6 +387,13 @@ class Trainer:
         if sync:
             dist.barrier(self.world_size)
         return path
+
+    def save_unsaved(self, sync: bool = True) -> Path:
+        """The state of the current step: the one already saved (or resumed from) at this step, else a new
+        :meth:`save` (the end of a run, or a stop between two ``save_every`` steps)."""
+        if self.last_state is not None and self.step_of(self.last_state) == self.step:
+            return self.last_state
+        return self.save(sync=sync)
 
     def save_release(self, folder) -> dict[str, Path]:
         """The release files of the current adapter in ``folder`` (precision ``config.release_dtype``;
