@@ -12,8 +12,10 @@ from comfy_api.latest import io
 
 from ..rendering import AssetError
 from ..rendering.overlay import overlay
-from ..rendering.pose import read_pose
-from .sockets import Asset, Pose
+from ..rendering.camera import target_camera
+from ..rendering.pose import read_pose, render_at
+from ..rendering.viewer import VIEWER_FRAMES, camera_to_load3d, load3d_to_camera
+from .sockets import Asset, Camera, Pose
 
 log = logging.getLogger("RefAny3D")
 
@@ -189,4 +191,78 @@ class RefAny3DBestOf(io.ComfyNode):
                              ui={"text": [f"best: image {order[0]} (score {score_of(pose[order[0]]):.3f})"]})
 
 
-NODES = [RefAny3DReadPose, RefAny3DBestOf]
+class RefAny3DTargetCamera(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RefAny3DTargetCamera",
+            display_name="RefAny3D Target Camera",
+            category="RefAny3D/camera",
+            description=("The camera to generate from, chosen before generating: from numbers (the side the asset "
+                         "is seen from, field of view, how much of the picture it fills, where it sits) or from core "
+                         "Load 3D's viewer (its camera_info). Renders the asset's point map and mask at that camera "
+                         "and gives the camera back as a Load 3D camera for core's Preview 3D."),
+            inputs=[
+                Asset.Input("asset", tooltip="The asset (RefAny3D Load 3D Asset)."),
+                io.Int.Input("width", default=512, min=16, max=4096, step=16,
+                             tooltip="Width of the picture to generate, in pixels."),
+                io.Int.Input("height", default=512, min=16, max=4096, step=16,
+                             tooltip="Height of the picture to generate, in pixels."),
+                io.Float.Input("yaw", default=30.0, min=-360.0, max=360.0, step=1.0,
+                               tooltip="The side the asset is seen from, degrees about the vertical: 0 from +X, "
+                                       "90 from +Z (as Render Views' orbit). Unused with camera_info."),
+                io.Float.Input("pitch", default=15.0, min=-89.0, max=89.0, step=1.0,
+                               tooltip="Degrees above (positive) or below the asset. Unused with camera_info."),
+                io.Float.Input("fov", default=45.0, min=1.0, max=170.0, step=0.5,
+                               tooltip="Vertical field of view, degrees. With camera_info: the viewer's field of "
+                                       "view when its camera_info does not carry one (core's default is 35)."),
+                io.Float.Input("fill", default=0.6, min=0.05, max=1.0, step=0.01,
+                               tooltip="Share of the picture's height the asset's bounding sphere spans. Unused "
+                                       "with camera_info."),
+                io.Float.Input("x", default=0.0, min=-1.0, max=1.0, step=0.01,
+                               tooltip="Where the asset's centre appears, left (-1) to right (1) of the picture. "
+                                       "Unused with camera_info."),
+                io.Float.Input("y", default=0.0, min=-1.0, max=1.0, step=0.01,
+                               tooltip="Where the asset's centre appears, bottom (-1) to top (1) of the picture. "
+                                       "Unused with camera_info."),
+                io.Float.Input("y_rotation", default=0.0, min=-360.0, max=360.0, step=1.0,
+                               tooltip="The y_rotation of the reference views (RefAny3D Render Views): the point "
+                                       "map's colours are turned the same way."),
+                io.Combo.Input("viewer_frame", options=list(VIEWER_FRAMES), default="fitted",
+                               tooltip="Where core's Load 3D viewer placed the model. fitted: scaled to a largest "
+                                       "side of 5, resting on the ground (every model in ComfyUI 0.3.x's viewer; "
+                                       "newer viewers after 'fit to viewer'). file: the file's own coordinates "
+                                       "(newer viewers before 'fit to viewer'). Used for camera_info both ways."),
+                io.Load3DCamera.Input("camera_info", optional=True,
+                                      tooltip="Core Load 3D's camera_info: generate from the side the asset is "
+                                              "shown there (load the same file in Load 3D). Replaces the numbers."),
+            ],
+            outputs=[
+                Camera.Output(display_name="camera", tooltip="The camera, for the pack's nodes."),
+                io.Load3DCamera.Output(display_name="camera_info",
+                                       tooltip="The same camera for core's Preview 3D / Load 3D viewer."),
+                io.Image.Output(display_name="point_map", tooltip="The asset's point map at the camera."),
+                io.Mask.Output(display_name="mask", tooltip="Its mask (1 on the asset)."),
+                io.Image.Output(display_name="rgb", tooltip="The asset rendered at the camera."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, asset, width=512, height=512, yaw=30.0, pitch=15.0, fov=45.0, fill=0.6, x=0.0, y=0.0,
+                y_rotation=0.0, viewer_frame="fitted", camera_info=None) -> io.NodeOutput:
+        if camera_info is not None:
+            camera = load3d_to_camera(camera_info, asset, viewer_frame, fov=float(fov))
+        else:
+            camera = target_camera(float(yaw), float(pitch), float(fov), float(fill), float(x), float(y),
+                                   aspect=int(width) / int(height))
+        view = render_at(asset, camera, int(width), int(height), y_rotation=float(y_rotation))
+        if float(view.mask.sum()) == 0:
+            raise AssetError("the asset is not in the picture at this camera (it lies behind the camera or outside "
+                             "the frame): turn the viewer towards it or change the numbers")
+        info = camera_to_load3d(camera, asset, viewer_frame)
+        text = (f"target camera: vertical fov {camera.fov:.1f}°, eye {[round(float(v), 3) for v in camera.eye]} "
+                "(rendering frame)")
+        return io.NodeOutput(camera, info, view.point_map, view.mask, view.rgb, ui={"text": [text]})
+
+
+NODES = [RefAny3DReadPose, RefAny3DBestOf, RefAny3DTargetCamera]

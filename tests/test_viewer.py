@@ -101,3 +101,19 @@ def test_viewer_camera_bad_input_gets_clear_errors(asset):
             load3d_to_camera(info, asset)
     with pytest.raises(AssetError, match="unknown viewer frame 'world'"):
         load3d_to_camera(good, asset, "world")
+
+
+@pytest.mark.parametrize("frame", ["fitted", "file"])
+def test_camera_round_trip_numbers_viewer_point_map_read_pose(asset, frame):
+    """numbers → LOAD3D_CAMERA → the camera it names → point map rendered there → Read Pose: the same
+    camera within 0.1° (rotation and field of view)."""
+    from rendering import read_pose, render_at
+    width, height = 256, 192
+    cam = target_camera(-140.0, 25.0, 38.0, 0.7, 0.2, -0.1, aspect=width / height)
+    info = camera_to_load3d(cam, asset, frame)
+    held = load3d_to_camera(info, asset, frame)
+    view = render_at(asset, held, width, height)
+    got = read_pose(view.point_map[0], view.mask[0], asset).camera
+    turn = cam.rotation.numpy().T @ got.rotation.numpy()
+    assert math.degrees(math.acos(np.clip((np.trace(turn) - 1) / 2, -1, 1))) < 0.1
+    assert abs(got.fov - 38.0) < 0.1
