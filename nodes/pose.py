@@ -12,7 +12,7 @@ from comfy_api.latest import io
 
 from ..rendering import AssetError
 from ..rendering.overlay import overlay
-from ..rendering.camera import target_camera
+from ..rendering.camera import camera_distance, target_camera
 from ..rendering.pose import read_pose, render_at
 from ..rendering.viewer import VIEWER_FRAMES, camera_to_load3d, load3d_to_camera
 from .sockets import Asset, Camera, Pose
@@ -64,6 +64,27 @@ def score_of(pose) -> float:
     return 0.0 if pose is None else pose.score
 
 
+SORT_KEYS = ("score", "distance to target")
+
+
+def ranked(poses, sort_by: str, target) -> list[int]:
+    """Indices of ``poses`` best first: by score, or by distance to the target camera (rotation, then eye
+    distance; unread pictures last)."""
+    if sort_by == "score":
+        return sorted(range(len(poses)), key=lambda i: -score_of(poses[i]))
+    if sort_by != "distance to target":
+        raise AssetError(f"unknown sort '{sort_by}' (use one of {', '.join(SORT_KEYS)})")
+    if target is None:
+        raise AssetError("sorting by distance to target needs the target input (RefAny3D Target Camera's camera)")
+
+    def key(i):
+        if poses[i] is None:
+            return (1, math.inf, math.inf)
+        d = camera_distance(poses[i].camera, target)
+        return (0, round(d["rotation_deg"], 6), d["position_pct"])
+    return sorted(range(len(poses)), key=key)
+
+
 class RefAny3DReadPose(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -88,6 +109,14 @@ class RefAny3DReadPose(io.ComfyNode):
                 io.Image.Input("photo", optional=True,
                                tooltip="The generated RGB pictures, one per point map, for the overlay (default: the "
                                        "point maps)."),
+                Camera.Input("target", optional=True,
+                             tooltip="The camera the pictures were meant to have (RefAny3D Target Camera): each "
+                                     "read camera's distance to it is reported (rotation in degrees, eye distance in "
+                                     "% of the target's distance to the asset)."),
+                io.Combo.Input("viewer_frame", options=list(VIEWER_FRAMES), default="fitted", optional=True,
+                               tooltip="For the camera_info output: where core's Load 3D / Preview 3D viewer places "
+                                       "the model (fitted: largest side 5 on the ground; file: its own "
+                                       "coordinates), as in RefAny3D Target Camera."),
             ],
             outputs=[
                 Pose.Output(display_name="pose", tooltip="The cameras and scores, for RefAny3D Best Of."),
@@ -107,11 +136,15 @@ class RefAny3DReadPose(io.ComfyNode):
                                         "0.83–0.96 (20 maps); reads against another asset mostly below 0.45, at "
                                         "most 0.70 (40 maps). So: 0.8 or more, this asset's geometry; below 0.5, "
                                         "another shape or a wrong y_rotation; between, a doubtful read."),
+                io.Load3DCamera.Output(display_name="camera_info", is_output_list=True,
+                                       tooltip="Per image, the read camera as a Load 3D camera: core's Preview 3D "
+                                               "shows the asset from the picture's viewpoint (same asset file)."),
             ],
         )
 
     @classmethod
-    def execute(cls, point_map, mask, asset, y_rotation=0.0, photo=None) -> io.NodeOutput:
+    def execute(cls, point_map, mask, asset, y_rotation=0.0, photo=None, target=None,
+                viewer_frame="fitted") -> io.NodeOutput:
         pbar = comfy.utils.ProgressBar(point_map.shape[0])
         poses = read_batch(point_map, mask, asset, float(y_rotation),
                            progress=lambda done, total: pbar.update_absolute(done, total))
@@ -128,6 +161,10 @@ class RefAny3DReadPose(io.ComfyNode):
                 rgb[i], pm[i], rmask[i] = p.rerender.rgb[0], p.rerender.point_map[0], p.rerender.mask[0]
         over = torch.stack([overlay(base[i].cpu(), rmask[i]) for i in range(n)])
         summary = [None if p is None else p.to_json() for p in poses]
+        if target is not None:
+            for entry, p in zip(summary, poses):
+                if entry is not None:
+                    entry["target_distance"] = camera_distance(p.camera, target)
         text = json.dumps(summary, indent=1)
         for i, p in enumerate(poses):
             if p is not None:
@@ -135,8 +172,14 @@ class RefAny3DReadPose(io.ComfyNode):
                          "%.0f %%), vertical fov %.1f°", i, p.score, p.iou, p.median_error_pct, 100 * p.inlier_ratio,
                          p.camera.fov)
         scores = [score_of(p) for p in poses]
-        ui = {"text": [f"image {i}: score {s:.3f}" for i, s in enumerate(scores)], "refany3d_pose": summary}
-        return io.NodeOutput(poses, text, rgb, pm, rmask, over, scores, ui=ui)
+        lines = [f"image {i}: score {s:.3f}" for i, s in enumerate(scores)]
+        if target is not None:
+            lines = [line if e is None else line + (f", {e['target_distance']['rotation_deg']:.1f}° and "
+                                                    f"{e['target_distance']['position_pct']:.1f} % from the target")
+                     for line, e in zip(lines, summary)]
+        infos = [None if p is None else camera_to_load3d(p.camera, asset, viewer_frame) for p in poses]
+        ui = {"text": lines, "refany3d_pose": summary}
+        return io.NodeOutput(poses, text, rgb, pm, rmask, over, scores, infos, ui=ui)
 
 
 class RefAny3DBestOf(io.ComfyNode):
@@ -160,6 +203,13 @@ class RefAny3DBestOf(io.ComfyNode):
                             tooltip="The asset, when no pose input is given: the cameras are read here."),
                 io.Float.Input("y_rotation", default=0.0, min=-360.0, max=360.0, step=1.0, optional=True,
                                tooltip="With the asset input: the y_rotation the references used."),
+                Camera.Input("target", optional=True,
+                             tooltip="The camera the pictures were meant to have (RefAny3D Target Camera), for "
+                                     "sorting by distance to it."),
+                io.Combo.Input("sort_by", options=list(SORT_KEYS), default="score", optional=True,
+                               tooltip="score: best kept geometry first. distance to target: nearest to the target "
+                                       "camera first (smallest rotation, then smallest eye distance); pictures "
+                                       "whose camera could not be read come last."),
             ],
             outputs=[
                 io.Image.Output(display_name="images", tooltip="The best k pictures, best first."),
@@ -171,7 +221,8 @@ class RefAny3DBestOf(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, images, point_maps, masks, top_k=1, pose=None, asset=None, y_rotation=0.0) -> io.NodeOutput:
+    def execute(cls, images, point_maps, masks, top_k=1, pose=None, asset=None, y_rotation=0.0, target=None,
+                sort_by="score") -> io.NodeOutput:
         n = images.shape[0]
         if point_maps.shape[0] != n:
             raise AssetError(f"{n} images but {point_maps.shape[0]} point maps: they must be the same batch")
@@ -184,8 +235,10 @@ class RefAny3DBestOf(io.ComfyNode):
             raise AssetError(f"{len(pose)} read poses for {n} images: use Read Pose on the same batch")
         h, w = point_maps.shape[1:3]
         masks = _batch_mask(masks, n, h, w)
-        order = sorted(range(n), key=lambda i: -score_of(pose[i]))[:max(1, int(top_k))]
-        ranking = json.dumps([{"index": i, "score": score_of(pose[i])} for i in order])
+        order = ranked(pose, sort_by, target)[:max(1, int(top_k))]
+        ranking = json.dumps([{"index": i, "score": score_of(pose[i])}
+                              | ({} if target is None or pose[i] is None else camera_distance(pose[i].camera, target))
+                              for i in order])
         idx = torch.tensor(order)
         return io.NodeOutput(images[idx], point_maps[idx], masks[idx], ranking,
                              ui={"text": [f"best: image {order[0]} (score {score_of(pose[order[0]]):.3f})"]})

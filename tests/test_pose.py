@@ -236,14 +236,46 @@ def test_read_pose_node_returns_the_render_cameras(comfy, tmp_path):
                       "inputs": {"point_map": ["render", 1], "mask": ["render", 2], "asset": ["asset", 0],
                                  "y_rotation": 0.0, "photo": ["render", 0]}},
              "overlay": {"class_type": "SaveImage", "inputs": {"images": ["pose", 5], "filename_prefix": "pose_overlay"}}}
+    graph |= target_camera_graph(asset)
     result = comfy.run(graph, timeout=300)
     assert result.status == "success", result.error_text()
+    check_target_camera_graph(result, asset)
     cameras = result.outputs["pose"]["refany3d_pose"]
     assert len(cameras) == 2 and len(comfy.output_files(result, "overlay")) == 2
     for cam, want in zip(cameras, rendering.orbit_cameras(2, "release", pitch=10.0)):
         assert np.allclose(cam["pack"]["eye"], want.eye.numpy(), atol=0.02)
         assert abs(cam["pack"]["fov_deg"] - 45.0) < 0.3 and cam["scores"]["score"] > 0.95
     json.dumps(cameras)  # JSON-ready
+
+
+TARGET = dict(yaw=-140.0, pitch=25.0, fov=38.0, fill=0.7, x=0.2, y=-0.1)
+
+
+def target_camera_graph(asset):
+    """numbers → RefAny3D Target Camera → its LOAD3D_CAMERA → a second Target Camera from that camera_info
+    → Read Pose of its point map, against the first's camera → core Preview 3D of the read camera_info;
+    Best Of sorted by distance to the target."""
+    numbers = {"asset": ["asset", 0], "width": 160, "height": 128, "y_rotation": 0.0, "viewer_frame": "fitted"} | TARGET
+    return {
+        "target": {"class_type": "RefAny3DTargetCamera", "inputs": numbers},
+        "held": {"class_type": "RefAny3DTargetCamera", "inputs": numbers | {"camera_info": ["target", 1]}},
+        "read": {"class_type": "RefAny3DReadPose",
+                 "inputs": {"point_map": ["held", 2], "mask": ["held", 3], "asset": ["asset", 0], "y_rotation": 0.0,
+                            "target": ["target", 0], "viewer_frame": "fitted"}},
+        "preview": {"class_type": "Preview3D", "inputs": {"model_file": asset, "camera_info": ["read", 7]}},
+        "best": {"class_type": "RefAny3DBestOf",
+                 "inputs": {"images": ["held", 4], "point_maps": ["held", 2], "masks": ["held", 3], "top_k": 1,
+                            "pose": ["read", 0], "target": ["target", 0], "sort_by": "distance to target"}},
+    }
+
+
+def check_target_camera_graph(result, asset):
+    read = result.outputs["read"]["refany3d_pose"][0]
+    assert read["target_distance"]["rotation_deg"] < 0.1 and abs(read["pack"]["fov_deg"] - TARGET["fov"]) < 0.1, read
+    assert read["target_distance"]["position_pct"] < 1.0, read["target_distance"]
+    shown = result.outputs["preview"]["result"]
+    assert shown[0] == asset and shown[1]["cameraType"] == "perspective"
+    assert abs(shown[1]["fov"] - TARGET["fov"]) < 0.1 and set(shown[1]["position"]) == {"x", "y", "z"}
 
 
 def test_best_seed_example_runs_with_the_tiny_model(comfy):
