@@ -117,3 +117,13 @@ def test_camera_round_trip_numbers_viewer_point_map_read_pose(asset, frame):
     turn = cam.rotation.numpy().T @ got.rotation.numpy()
     assert math.degrees(math.acos(np.clip((np.trace(turn) - 1) / 2, -1, 1))) < 0.1
     assert abs(got.fov - 38.0) < 0.1
+
+
+def test_camera_distance_names_the_turn_and_the_step():
+    from rendering.camera import camera_distance, orbit_camera
+    target = orbit_camera(0.0, 0.0, radius=4.0, fov=40.0)
+    turned = orbit_camera(math.radians(10.0), 0.0, radius=4.0, fov=44.0)  # 10° round the asset, same distance
+    d = camera_distance(turned, target)
+    assert math.isclose(d["rotation_deg"], 10.0, abs_tol=1e-9) and math.isclose(d["fov_deg"], 4.0, abs_tol=1e-12)
+    assert math.isclose(d["position_pct"], 100 * 2 * math.sin(math.radians(5.0)), rel_tol=1e-9)  # the chord
+    assert camera_distance(target, target) == {"rotation_deg": 0.0, "position_pct": 0.0, "fov_deg": 0.0}
