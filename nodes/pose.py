@@ -318,4 +318,79 @@ class RefAny3DTargetCamera(io.ComfyNode):
         return io.NodeOutput(camera, info, view.point_map, view.mask, view.rgb, ui={"text": [text]})
 
 
-NODES = [RefAny3DReadPose, RefAny3DBestOf, RefAny3DTargetCamera]
+def held_steps(strength: float, sigmas) -> float:
+    """The sigma above which the point-map half is held: the first ``strength`` share of the schedule's steps
+    (sigmas[k] with k = round(strength · steps); all steps at 1, none at 0)."""
+    steps = len(sigmas) - 1
+    k = min(steps, max(0, round(strength * steps)))
+    return float(sigmas[k])
+
+
+def hold_while(strength: float):
+    """A denoise_mask_function for core's sampler: the latent's noise mask while the step is among the held
+    ones, then everything free."""
+    def mask_at(sigma, denoise_mask, extra_options):
+        if float(sigma.max()) > held_steps(strength, extra_options["sigmas"]):
+            return denoise_mask
+        return torch.ones_like(denoise_mask)
+    return mask_at
+
+
+class RefAny3DHoldPointMap(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RefAny3DHoldPointMap",
+            display_name="RefAny3D Hold Point Map (experimental)",
+            category="RefAny3D/camera",
+            is_experimental=True,
+            description=("EXPERIMENTAL: generate from a chosen camera. Encodes the target point map (RefAny3D "
+                         "Target Camera) with the VAE into the point-map half of the joined latent and holds that "
+                         "half to it during the first part of sampling, through core's latent noise mask (any core "
+                         "sampler), leaving the picture free. How strongly the picture follows the held point map "
+                         "can only be judged with the real weights."),
+            inputs=[
+                io.Model.Input("model", tooltip="The model from RefAny3D Apply (or after ModelSamplingFlux)."),
+                io.Vae.Input("vae", tooltip="The FLUX VAE (the one RefAny3D Apply uses)."),
+                io.Latent.Input("samples", tooltip="The joined latent of RefAny3D Empty Latent (RGB left, point map "
+                                                   "right)."),
+                io.Image.Input("point_map", tooltip="The target point map (RefAny3D Target Camera), the size of ONE "
+                                                    "generated picture."),
+                io.Float.Input("strength", default=0.3, min=0.0, max=1.0, step=0.05,
+                               tooltip="Share of the sampling steps, from the first, during which the point-map "
+                                       "half is held to the target (1: every step, the point map stays exactly the "
+                                       "target; 0: not held)."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip="The model that releases the hold after the held "
+                                                              "steps: sample with it."),
+                io.Latent.Output(display_name="samples", tooltip="The joined latent with the held point-map half and "
+                                                                 "its noise mask: sample it with the model above."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, samples, point_map, strength=0.3) -> io.NodeOutput:
+        x = samples["samples"]
+        if x.ndim != 4 or x.shape[-1] % 2:
+            raise AssetError(f"samples must be a joined latent B×C×H×2W (RefAny3D Empty Latent), got {tuple(x.shape)}")
+        if not (math.isfinite(strength) and 0.0 <= strength <= 1.0):
+            raise AssetError(f"strength must be between 0 and 1, got {strength}")
+        held = vae.encode(point_map[..., :3]).to(x)
+        half = x.shape[-1] // 2
+        if held.shape[1:] != (x.shape[1], x.shape[2], half):
+            raise AssetError(f"the point map encodes to {tuple(held.shape[1:])} but the point-map half of the latent is "
+                             f"{(x.shape[1], x.shape[2], half)}: give the target point map at the size of ONE "
+                             "generated picture (RefAny3D Target Camera's width and height as Empty Latent's)")
+        if held.shape[0] not in (1, x.shape[0]):
+            raise AssetError(f"{held.shape[0]} point maps for a batch of {x.shape[0]}: give one, or one per picture")
+        joined = x.clone()
+        joined[..., half:] = held.expand(x.shape[0], -1, -1, -1)
+        mask = torch.ones(x.shape[0], 1, x.shape[2], x.shape[3])
+        mask[..., half:] = 0.0  # 0: keep the latent there (core's noise mask)
+        patched = model.clone()
+        patched.model_options["denoise_mask_function"] = hold_while(float(strength))
+        return io.NodeOutput(patched, dict(samples, samples=joined, noise_mask=mask))
+
+
+NODES = [RefAny3DReadPose, RefAny3DBestOf, RefAny3DTargetCamera, RefAny3DHoldPointMap]

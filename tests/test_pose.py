@@ -315,3 +315,34 @@ def test_the_client_reports_the_scores_of_the_best_seed_example(comfy, tmp_path)
     assert res.returncode == 0, res.stderr
     lines = [line for line in res.stderr.splitlines() if line.startswith("read pose")]
     assert len(lines) == 4 and all(" image " in line and ("score" in line) for line in lines), res.stderr
+
+
+def test_held_point_map_survives_sampling_with_the_tiny_model(comfy, tmp_path):
+    """Target Camera → RefAny3D Hold Point Map → KSampler (tiny Flux): held at every step, the point-map half
+    of the sampled latent equals the held latent; held for the first third only, it moves on after."""
+    from safetensors.torch import load_file
+    from test_transformer_comfy import SIZE, graph, provide_models, upload_asset
+    sub, asset = provide_models(comfy.models_dir), upload_asset(comfy, tmp_path)
+    g = graph(sub, asset, steps=3, latent=("hold", 1))
+    g["target"] = {"class_type": "RefAny3DTargetCamera",
+                   "inputs": {"asset": ["asset", 0], "width": SIZE, "height": SIZE, "y_rotation": 0.0,
+                              "viewer_frame": "fitted"} | TARGET}
+    for name, strength in (("hold", 1.0), ("hold_third", 0.34)):
+        g[name] = {"class_type": "RefAny3DHoldPointMap",
+                   "inputs": {"model": ["shift", 0], "vae": ["vae", 0], "samples": ["latent", 0],
+                              "point_map": ["target", 2], "strength": strength}}
+    g["ks"]["inputs"]["model"] = ["hold", 0]
+    g["ks_third"] = {"class_type": "KSampler", "inputs": dict(g["ks"]["inputs"], model=["hold_third", 0],
+                                                               latent_image=["hold_third", 1])}
+    for name, source in (("save_held", "hold"), ("save_sampled", "ks"), ("save_third", "ks_third")):
+        g[name] = {"class_type": "SaveLatent", "inputs": {"samples": [source, 0 if source.startswith("ks") else 1],
+                                                          "filename_prefix": f"refany3d/{name}"}}
+    result = comfy.run(g, timeout=600)
+    assert result.status == "success", result.error_text()
+    held, sampled, third = (load_file(comfy.output_files(result, name, "latents")[0])["latent_tensor"]
+                            for name in ("save_held", "save_sampled", "save_third"))
+    half = held.shape[-1] // 2
+    assert held[..., half:].abs().max() > 0  # the target point map is in the latent
+    torch.testing.assert_close(sampled[..., half:], held[..., half:], atol=1e-4, rtol=1e-4)
+    assert (sampled[..., :half] - held[..., :half]).abs().max() > 0.1  # the picture half was sampled
+    assert (third[..., half:] - held[..., half:]).abs().max() > 1e-2  # released after the held steps
