@@ -236,10 +236,12 @@ def test_read_pose_node_returns_the_render_cameras(comfy, tmp_path):
                       "inputs": {"point_map": ["render", 1], "mask": ["render", 2], "asset": ["asset", 0],
                                  "y_rotation": 0.0, "photo": ["render", 0]}},
              "overlay": {"class_type": "SaveImage", "inputs": {"images": ["pose", 5], "filename_prefix": "pose_overlay"}}}
-    graph |= target_camera_graph(asset)
+    graph |= target_camera_graph(asset) | load3d_graph(comfy, asset, tmp_path)
     result = comfy.run(graph, timeout=300)
     assert result.status == "success", result.error_text()
     check_target_camera_graph(result, asset)
+    from_viewer = result.outputs["read_viewer"]["refany3d_pose"][0]["target_distance"]
+    assert from_viewer["rotation_deg"] < 0.1 and abs(from_viewer["fov_deg"]) < 0.1, from_viewer
     cameras = result.outputs["pose"]["refany3d_pose"]
     assert len(cameras) == 2 and len(comfy.output_files(result, "overlay")) == 2
     for cam, want in zip(cameras, rendering.orbit_cameras(2, "release", pitch=10.0)):
@@ -266,6 +268,33 @@ def target_camera_graph(asset):
         "best": {"class_type": "RefAny3DBestOf",
                  "inputs": {"images": ["held", 4], "point_maps": ["held", 2], "masks": ["held", 3], "top_k": 1,
                             "pose": ["read", 0], "target": ["target", 0], "sort_by": "distance to target"}},
+    }
+
+
+def load3d_graph(comfy, asset, tmp_path):
+    """Core Load 3D holding, as its viewer would send it, the camera of TARGET (the file fitted, as the
+    viewer of ComfyUI 0.3.75 shows every model) → RefAny3D Target Camera from that camera_info → Read Pose
+    against the camera from the numbers."""
+    from PIL import Image
+
+    from rendering.camera import target_camera
+    from rendering.viewer import camera_to_load3d
+    Image.new("RGB", (16, 16), (200, 200, 200)).save(tmp_path / "viewer_capture.png")
+    shot = comfy.upload(tmp_path / "viewer_capture.png", subfolder="")
+    numbers = {k: v for k, v in TARGET.items()}
+    info = camera_to_load3d(target_camera(**numbers, aspect=160 / 128), rendering.load_asset(comfy.input_dir / asset),
+                            "fitted")
+    info = {"position": info["position"], "target": info["target"], "zoom": 1, "cameraType": "perspective"}
+    widget = {"image": shot, "mask": shot, "normal": shot, "recording": "", "camera_info": info}
+    return {
+        "load3d": {"class_type": "Load3D", "inputs": {"model_file": asset, "image": widget, "width": 16, "height": 16}},
+        "from_viewer": {"class_type": "RefAny3DTargetCamera",
+                        "inputs": {"asset": ["asset", 0], "width": 160, "height": 128, "y_rotation": 0.0,
+                                   "viewer_frame": "fitted", "camera_info": ["load3d", 4]} | TARGET},
+        "read_viewer": {"class_type": "RefAny3DReadPose",
+                        "inputs": {"point_map": ["from_viewer", 2], "mask": ["from_viewer", 3], "asset": ["asset", 0],
+                                   "y_rotation": 0.0, "target": ["target", 0]}},
+        "preview_viewer": {"class_type": "Preview3D", "inputs": {"model_file": asset, "camera_info": ["read_viewer", 7]}},
     }
 
 
