@@ -7,6 +7,8 @@ Asset = io.Custom("REFANY3D_ASSET")
 Adapter = io.Custom("REFANY3D_ADAPTER")
 # Cameras read from point maps, one per image of a batch, with their scores (rendering.pose.PoseReadout).
 Pose = io.Custom("REFANY3D_POSE")
+# A camera in the rendering frame (rendering.camera.Camera), chosen before generating.
+Camera = io.Custom("REFANY3D_CAMERA")
 # A training set (training.datasets: a sequence of raw samples with describe() and fingerprint()).
 TrainingData = io.Custom("REFANY3D_TRAINING_DATA")
 # A training set encoded to latents and text conditioning (training.encoded.EncodedDataset).

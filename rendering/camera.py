@@ -141,3 +141,15 @@ def target_camera(yaw: float, pitch: float, fov: float = 45.0, fill: float = 0.6
             break
         aim = [aim[0] + (x - got[0]), aim[1] + (y - got[1])]
     return camera
+
+
+def camera_distance(camera: Camera, target: Camera) -> dict:
+    """How far ``camera`` is from ``target`` (both in the rendering frame): ``rotation_deg``, the angle of
+    the turn between their orientations; ``position_pct``, the distance between their eyes in % of the
+    target's distance to the asset's centre; ``fov_deg``, the difference of their vertical fields of view."""
+    turn = camera.rotation.double().T @ target.rotation.double()
+    cos = max(-1.0, min(1.0, (float(torch.trace(turn)) - 1.0) / 2.0))
+    reach = max(float(target.eye.double().norm()), 1e-12)
+    return {"rotation_deg": math.degrees(math.acos(cos)),
+            "position_pct": 100.0 * float((camera.eye.double() - target.eye.double()).norm()) / reach,
+            "fov_deg": float(camera.fov - target.fov)}

@@ -1457,3 +1457,45 @@ def test_read_pose_failures_inside_opencv_are_the_packs_message(private, pose_fi
         message = result.error["exception_message"]
         assert "is it a point map of this asset" in message and "OpenCV(" not in message, message
     still_serving(private)
+
+
+# ============================================================================ target camera (issue 19)
+#
+# A camera the pack cannot honour (an orthographic viewer camera, one looking away from the asset) and a
+# sort by distance with no target: each refused by name.
+
+def _failed(server, graph, node_type, *words) -> None:
+    result = server.run(graph, timeout=300)
+    assert result.status == "error" and result.error["node_type"] == node_type, result.error_text()
+    for word in words:
+        assert word in result.error["exception_message"], result.error["exception_message"]
+
+
+def test_target_camera_refuses_what_it_cannot_honour(private, pose_files, tmp_path):
+    from PIL import Image
+    box_, _ = pose_files
+    Image.new("RGB", (8, 8)).save(tmp_path / "capture.png")
+    shot = private.upload(tmp_path / "capture.png", subfolder="")
+    camera = {"position": {"x": 5, "y": 5, "z": 5}, "target": {"x": 0, "y": 1, "z": 0}, "zoom": 1,
+              "cameraType": "orthographic"}
+    numbers = {"asset": ["asset", 0], "width": 64, "height": 64, "yaw": 0.0, "pitch": 0.0, "fov": 45.0, "fill": 0.6,
+               "x": 0.0, "y": 0.0, "y_rotation": 0.0, "viewer_frame": "fitted"}
+
+    def graph(info, **extra):
+        widget = {"image": shot, "mask": shot, "normal": shot, "recording": "", "camera_info": info}
+        return {"asset": {"class_type": "RefAny3DLoadAsset", "inputs": {"asset_file": box_}},
+                "load3d": {"class_type": "Load3D", "inputs": {"model_file": box_, "image": widget, "width": 8,
+                                                              "height": 8}},
+                "target": {"class_type": "RefAny3DTargetCamera",
+                           "inputs": numbers | {"camera_info": ["load3d", 4]} | extra},
+                "preview": {"class_type": "PreviewImage", "inputs": {"images": ["target", 2]}}}
+    _failed(private, graph(camera), "RefAny3DTargetCamera", "only a perspective camera")
+    away = dict(camera, cameraType="perspective", target={"x": 10, "y": 10, "z": 10})  # looking away
+    _failed(private, graph(away), "RefAny3DTargetCamera", "not in the picture at this camera")
+    best = graph(dict(away, target={"x": 0, "y": 1, "z": 0}))
+    best["best"] = {"class_type": "RefAny3DBestOf",
+                    "inputs": {"images": ["target", 4], "point_maps": ["target", 2], "masks": ["target", 3],
+                               "top_k": 1, "asset": ["asset", 0], "sort_by": "distance to target"}}
+    best["preview"]["inputs"]["images"] = ["best", 0]
+    _failed(private, best, "RefAny3DBestOf", "needs the target input")
+    still_serving(private)

@@ -236,14 +236,75 @@ def test_read_pose_node_returns_the_render_cameras(comfy, tmp_path):
                       "inputs": {"point_map": ["render", 1], "mask": ["render", 2], "asset": ["asset", 0],
                                  "y_rotation": 0.0, "photo": ["render", 0]}},
              "overlay": {"class_type": "SaveImage", "inputs": {"images": ["pose", 5], "filename_prefix": "pose_overlay"}}}
+    graph |= target_camera_graph(asset) | load3d_graph(comfy, asset, tmp_path)
     result = comfy.run(graph, timeout=300)
     assert result.status == "success", result.error_text()
+    check_target_camera_graph(result, asset)
+    from_viewer = result.outputs["read_viewer"]["refany3d_pose"][0]["target_distance"]
+    assert from_viewer["rotation_deg"] < 0.1 and abs(from_viewer["fov_deg"]) < 0.1, from_viewer
     cameras = result.outputs["pose"]["refany3d_pose"]
     assert len(cameras) == 2 and len(comfy.output_files(result, "overlay")) == 2
     for cam, want in zip(cameras, rendering.orbit_cameras(2, "release", pitch=10.0)):
         assert np.allclose(cam["pack"]["eye"], want.eye.numpy(), atol=0.02)
         assert abs(cam["pack"]["fov_deg"] - 45.0) < 0.3 and cam["scores"]["score"] > 0.95
     json.dumps(cameras)  # JSON-ready
+
+
+TARGET = dict(yaw=-140.0, pitch=25.0, fov=38.0, fill=0.7, x=0.2, y=-0.1)
+
+
+def target_camera_graph(asset):
+    """numbers → RefAny3D Target Camera → its LOAD3D_CAMERA → a second Target Camera from that camera_info
+    → Read Pose of its point map, against the first's camera → core Preview 3D of the read camera_info;
+    Best Of sorted by distance to the target."""
+    numbers = {"asset": ["asset", 0], "width": 160, "height": 128, "y_rotation": 0.0, "viewer_frame": "fitted"} | TARGET
+    return {
+        "target": {"class_type": "RefAny3DTargetCamera", "inputs": numbers},
+        "held": {"class_type": "RefAny3DTargetCamera", "inputs": numbers | {"camera_info": ["target", 1]}},
+        "read": {"class_type": "RefAny3DReadPose",
+                 "inputs": {"point_map": ["held", 2], "mask": ["held", 3], "asset": ["asset", 0], "y_rotation": 0.0,
+                            "target": ["target", 0], "viewer_frame": "fitted"}},
+        "preview": {"class_type": "Preview3D", "inputs": {"model_file": asset, "camera_info": ["read", 7]}},
+        "best": {"class_type": "RefAny3DBestOf",
+                 "inputs": {"images": ["held", 4], "point_maps": ["held", 2], "masks": ["held", 3], "top_k": 1,
+                            "pose": ["read", 0], "target": ["target", 0], "sort_by": "distance to target"}},
+    }
+
+
+def load3d_graph(comfy, asset, tmp_path):
+    """Core Load 3D holding, as its viewer would send it, the camera of TARGET (the file fitted, as the
+    viewer of ComfyUI 0.3.75 shows every model) → RefAny3D Target Camera from that camera_info → Read Pose
+    against the camera from the numbers."""
+    from PIL import Image
+
+    from rendering.camera import target_camera
+    from rendering.viewer import camera_to_load3d
+    Image.new("RGB", (16, 16), (200, 200, 200)).save(tmp_path / "viewer_capture.png")
+    shot = comfy.upload(tmp_path / "viewer_capture.png", subfolder="")
+    numbers = {k: v for k, v in TARGET.items()}
+    info = camera_to_load3d(target_camera(**numbers, aspect=160 / 128), rendering.load_asset(comfy.input_dir / asset),
+                            "fitted")
+    info = {"position": info["position"], "target": info["target"], "zoom": 1, "cameraType": "perspective"}
+    widget = {"image": shot, "mask": shot, "normal": shot, "recording": "", "camera_info": info}
+    return {
+        "load3d": {"class_type": "Load3D", "inputs": {"model_file": asset, "image": widget, "width": 16, "height": 16}},
+        "from_viewer": {"class_type": "RefAny3DTargetCamera",
+                        "inputs": {"asset": ["asset", 0], "width": 160, "height": 128, "y_rotation": 0.0,
+                                   "viewer_frame": "fitted", "camera_info": ["load3d", 4]} | TARGET},
+        "read_viewer": {"class_type": "RefAny3DReadPose",
+                        "inputs": {"point_map": ["from_viewer", 2], "mask": ["from_viewer", 3], "asset": ["asset", 0],
+                                   "y_rotation": 0.0, "target": ["target", 0]}},
+        "preview_viewer": {"class_type": "Preview3D", "inputs": {"model_file": asset, "camera_info": ["read_viewer", 7]}},
+    }
+
+
+def check_target_camera_graph(result, asset):
+    read = result.outputs["read"]["refany3d_pose"][0]
+    assert read["target_distance"]["rotation_deg"] < 0.1 and abs(read["pack"]["fov_deg"] - TARGET["fov"]) < 0.1, read
+    assert read["target_distance"]["position_pct"] < 1.0, read["target_distance"]
+    shown = result.outputs["preview"]["result"]
+    assert shown[0] == asset and shown[1]["cameraType"] == "perspective"
+    assert abs(shown[1]["fov"] - TARGET["fov"]) < 0.1 and set(shown[1]["position"]) == {"x", "y", "z"}
 
 
 def test_best_seed_example_runs_with_the_tiny_model(comfy):
@@ -283,3 +344,34 @@ def test_the_client_reports_the_scores_of_the_best_seed_example(comfy, tmp_path)
     assert res.returncode == 0, res.stderr
     lines = [line for line in res.stderr.splitlines() if line.startswith("read pose")]
     assert len(lines) == 4 and all(" image " in line and ("score" in line) for line in lines), res.stderr
+
+
+def test_held_point_map_survives_sampling_with_the_tiny_model(comfy, tmp_path):
+    """Target Camera → RefAny3D Hold Point Map → KSampler (tiny Flux): held at every step, the point-map half
+    of the sampled latent equals the held latent; held for the first third only, it moves on after."""
+    from safetensors.torch import load_file
+    from test_transformer_comfy import SIZE, graph, provide_models, upload_asset
+    sub, asset = provide_models(comfy.models_dir), upload_asset(comfy, tmp_path)
+    g = graph(sub, asset, steps=3, latent=("hold", 1))
+    g["target"] = {"class_type": "RefAny3DTargetCamera",
+                   "inputs": {"asset": ["asset", 0], "width": SIZE, "height": SIZE, "y_rotation": 0.0,
+                              "viewer_frame": "fitted"} | TARGET}
+    for name, strength in (("hold", 1.0), ("hold_third", 0.34)):
+        g[name] = {"class_type": "RefAny3DHoldPointMap",
+                   "inputs": {"model": ["shift", 0], "vae": ["vae", 0], "samples": ["latent", 0],
+                              "point_map": ["target", 2], "strength": strength}}
+    g["ks"]["inputs"]["model"] = ["hold", 0]
+    g["ks_third"] = {"class_type": "KSampler", "inputs": dict(g["ks"]["inputs"], model=["hold_third", 0],
+                                                               latent_image=["hold_third", 1])}
+    for name, source in (("save_held", "hold"), ("save_sampled", "ks"), ("save_third", "ks_third")):
+        g[name] = {"class_type": "SaveLatent", "inputs": {"samples": [source, 0 if source.startswith("ks") else 1],
+                                                          "filename_prefix": f"refany3d/{name}"}}
+    result = comfy.run(g, timeout=600)
+    assert result.status == "success", result.error_text()
+    held, sampled, third = (load_file(comfy.output_files(result, name, "latents")[0])["latent_tensor"]
+                            for name in ("save_held", "save_sampled", "save_third"))
+    half = held.shape[-1] // 2
+    assert held[..., half:].abs().max() > 0  # the target point map is in the latent
+    torch.testing.assert_close(sampled[..., half:], held[..., half:], atol=1e-4, rtol=1e-4)
+    assert (sampled[..., :half] - held[..., :half]).abs().max() > 0.1  # the picture half was sampled
+    assert (third[..., half:] - held[..., half:]).abs().max() > 1e-2  # released after the held steps
