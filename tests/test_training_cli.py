@@ -88,6 +88,13 @@ def test_train_save_interrupt_resume(files, tmp_path):
     first = load_state(out)
     assert first["step"] == 2 and len(first["losses"]) == 2 and first["config"]["seed"] == 3
 
+    # a new run into the same --out is refused (nothing touched) unless it says --overwrite
+    before = {q.relative_to(out): q.read_bytes() for q in out.rglob("*") if q.is_file()}
+    proc = cli([*common, "--steps", 1, "--rank", 2])
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "already holds a training run" in stderr and "--overwrite" in stderr, stderr
+    assert {q.relative_to(out): q.read_bytes() for q in out.rglob("*") if q.is_file()} == before
+
     # resume from a TOML config (flags override it), then Ctrl-C: the step finishes and a state is saved
     config = tmp_path / "run.toml"
     config.write_text(f'model = "{model}"\ndata = "{base / "enc"}"\nout = "{out}"\nsteps = 5\nseed = 3\n'

@@ -290,7 +290,7 @@ def test_command_line_node_and_trainconfig_offer_the_same_options(comfy):
             else:
                 assert (spec["min"], spec["max"]) == (meta["low"], meta["high"]), (name, spec)
     run_flags = {"--model", "--data", "--out", "--adapter", "--resume", "--base-dtype", "--device", "--comfyui",
-                 "--config", "--help"}
+                 "--overwrite", "--config", "--help"}
     assert set(flags) - run_flags == on_cli, sorted(set(flags) ^ (on_cli | run_flags))
     node_only = {"model", "encoded", "name", "preview_every", "resume"}
     assert set(inputs) - node_only == on_node, sorted(set(inputs) ^ (on_node | node_only))

@@ -46,6 +46,9 @@ RUN_OPTIONS: dict[str, tuple[dict, object]] = {
     "resume": (dict(metavar="STATE|latest", help="continue a run: a state-<step> folder, a folder of them (its "
                                                  "latest), or 'latest' = the latest in --out (a new run if none)"),
                None),
+    "overwrite": (dict(action="store_true", help="start a new run in an --out that already holds one (its states "
+                                                 "and release folders are replaced); without it such an --out is "
+                                                 "refused"), False),
     "base_dtype": (dict(help="weight dtype of the frozen model: default (ComfyUI's choice), bf16, fp16, fp32, "
                              "fp8_e4m3fn or fp8_e5m2 (a 24 GB card)"), "default"),
     "device": (dict(help="auto (default: the GPU of this process when CUDA is available), cpu or cuda"), "auto"),
@@ -218,6 +221,18 @@ def release_paths(folder) -> tuple[Path, Path, Path]:
 
 # ------------------------------------------------------------------------------------------------
 
+def refuse_to_replace_run(out: Path, resume, overwrite: bool) -> None:
+    """A new run never replaces an earlier run's states and release files in ``out`` unasked."""
+    from . import checkpoint as ckpt
+    if resume or overwrite or not out.is_dir():
+        return
+    earlier = ckpt.state_dirs(out) + sorted(out.glob("release-*"))
+    if earlier:
+        raise RefAny3DError(f"--out {out} already holds a training run ({earlier[-1].name} and "
+                            f"{len(earlier) - 1} more): continue it with --resume latest, choose another --out, "
+                            "or add --overwrite to start a new run there")
+
+
 def run(opts: dict) -> int:
     from . import checkpoint as ckpt
     from .distributed import init_distributed, teardown
@@ -228,6 +243,7 @@ def run(opts: dict) -> int:
     resume = opts["resume"]
     if resume and resume != "latest" and not ckpt.state_dirs(resume) and not (Path(resume) / "state.json").is_file():
         raise RefAny3DError(f"--resume {resume}: no training state there (a state-<step> folder or a folder of them)")
+    refuse_to_replace_run(out, resume, opts["overwrite"])
     use_comfyui(opts["comfyui"], cpu=True if opts["device"] == "cpu" else None)
     info = init_distributed(opts["device"])
     say = print if info.is_main else (lambda *a, **k: None)
