@@ -341,7 +341,7 @@ class RefAny3DHoldPointMap(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="RefAny3DHoldPointMap",
-            display_name="RefAny3D Hold Point Map (experimental)",
+            display_name="RefAny3D Hold Point Map",
             category="RefAny3D/camera",
             is_experimental=True,
             description=("EXPERIMENTAL: generate from a chosen camera. Encodes the target point map (RefAny3D "

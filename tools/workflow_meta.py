@@ -51,8 +51,8 @@ MODELS: tuple[ModelFile, ...] = (
               "T5-XXL text encoder (fp8, less memory)"),
     ModelFile("ae.safetensors", "vae", f"{HF}/Comfy-Org/Lumina_Image_2.0_Repackaged/resolve/main/split_files/vae/ae.safetensors",
               "the FLUX.1 VAE"),
-    ModelFile("default.safetensors", "refany3d", f"{RELEASE_REPO}/default.safetensors", "RefAny3D Reference-LoRA"),
-    ModelFile("coord.safetensors", "refany3d", f"{RELEASE_REPO}/coord.safetensors", "RefAny3D Domain-LoRA"),
+    ModelFile("default.safetensors", "refany3d", f"{RELEASE_REPO}/default.safetensors", "the Reference-LoRA of RefAny3D"),
+    ModelFile("coord.safetensors", "refany3d", f"{RELEASE_REPO}/coord.safetensors", "the Domain-LoRA of RefAny3D"),
     ModelFile("domain_embedder.pth", "refany3d", f"{RELEASE_REPO}/domain_embedder.pth", "RefAny3D domain embedder"),
 )
 MODELS_BY_NAME = {m.name: m for m in MODELS}
