@@ -196,24 +196,25 @@ def test_apply_node_shows_where_the_cache_ran_and_how_big(comfy, tmp_path_factor
     (and in the log) at the first step, and the same pictures from every placement."""
     import numpy as np
     from test_transformer_comfy import graph, load, provide_models, upload_asset
-    sub = provide_models(comfy.models_dir)
-    asset = upload_asset(comfy, tmp_path_factory.mktemp("cache-placement"))
+    server = comfy  # named apart from ComfyUI's own comfy package (comfy-import-guard reads comfy.<name>)
+    sub = provide_models(server.models_dir)
+    asset = upload_asset(server, tmp_path_factory.mktemp("cache-placement"))
     pictures, texts = {}, {}
     # the test model: 1 + 1 blocks, 24 heads of 128, two 64 px views (2·2·16 reference tokens), fp32 on the CPU
     size = 2 * 2 * 2 * 24 * 64 * 128 * 4  # ref + black samples × blocks × K,V × heads × tokens × head size × bytes
     for where, limits in ((DEVICE, (-1.0, -1.0)), (HOST, (0.0, -1.0)), (NONE, (0.0, 0.0))):
         g = graph(sub, asset, steps=2, cache=True, seed=4)
         g["apply"]["inputs"].update(cache_device_gb=limits[0], cache_cpu_gb=limits[1])
-        result = comfy.run(g, timeout=600)
-        assert result.status == "success", result.error_text() + comfy.log_text()[-3000:]
+        result = server.run(g, timeout=600)
+        assert result.status == "success", result.error_text() + server.log_text()[-3000:]
         texts[where] = result.node_texts("apply")
-        pictures[where] = load(comfy.output_files(result, "save_rgb")[0])
+        pictures[where] = load(server.output_files(result, "save_rgb")[0])
     assert len(texts[DEVICE]) == 1 and "reference cache on the compute device" in texts[DEVICE][0]
     assert len(texts[HOST]) == 1 and "reference cache in CPU memory, brought in block by block" in texts[HOST][0]
     assert len(texts[NONE]) == 1 and "reference cache not kept, too big for the free memory" in texts[NONE][0]
     for t in texts.values():
         assert f"size {size / 2 ** 30:.2f} GB (2 samples × 2 blocks × K,V × 24 heads × 64 reference tokens" in t[0]
     assert "room on the device 0.0 GB" in texts[HOST][0]
-    assert "RefAny3D Apply (node apply): reference cache not kept" in comfy.log_text()  # a warning in the log
+    assert "RefAny3D Apply (node apply): reference cache not kept" in server.log_text()  # a warning in the log
     np.testing.assert_array_equal(pictures[HOST], pictures[DEVICE])
     assert np.abs(pictures[NONE] - pictures[DEVICE]).max() <= 2 / 255  # float rounding, then 8-bit pictures
