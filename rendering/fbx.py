@@ -10,7 +10,6 @@ as stored, else mid grey.
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 
 from .colors import linear_to_srgb
 from .errors import AssetError
-from .sidecars import reference_path, short
+from .sidecars import decode_texture, reference_path, short
 
 FBX_PACKAGE = "ufbx"
 
@@ -123,7 +122,6 @@ def material_colour(material, path: Path, images: dict):
 
 
 def texture_image(texture, path: Path, images: dict):
-    from PIL import Image
     key = texture.element_id
     if key not in images:
         data = bytes(texture.content) if texture.content else None
@@ -144,11 +142,5 @@ def texture_image(texture, path: Path, images: dict):
                 raise AssetError(f"{path.name} names the texture '{short(str(name))}', which is missing: it was "
                                  f"looked for as '{target.name}' in the folder {target.parent}. Upload it there, "
                                  "or export the FBX with embedded media") from None
-        try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        except (OSError, ValueError, SyntaxError) as e:
-            raise AssetError(f"the texture '{short(str(name))}' of {path.name} cannot be decoded "
-                             f"({type(e).__name__}: {e}): save it again as PNG or JPEG") from None
-        images[key] = image
+        images[key] = decode_texture(data, f"the texture '{short(str(name))}' of {path.name}")
     return images[key]

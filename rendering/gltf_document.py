@@ -8,7 +8,6 @@ is an AssetError naming what is broken; nothing here knows about meshes or mater
 """
 from __future__ import annotations
 
-import io
 import json
 import struct
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AssetError
-from .sidecars import GLB_BIN, GLB_JSON, GLB_MAGIC, data_uri_bytes, reference_path, short
+from .sidecars import GLB_BIN, GLB_JSON, GLB_MAGIC, data_uri_bytes, decode_texture, reference_path, short
 
 COMPONENT_TYPES = {5120: np.int8, 5121: np.uint8, 5122: np.int16, 5123: np.uint16, 5125: np.uint32,
                    5126: np.float32}
@@ -232,19 +231,8 @@ class GltfDocument:
         return f"image {index}" + (f" ('{short(str(name))}')" if name else "")
 
     def open_image(self, index):
-        """The PIL image of images[index] (decoded lazily by PIL)."""
-        from PIL import Image
-        data = self.image_bytes(index)
-        try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        except Image.DecompressionBombError:
-            raise AssetError(f"the {self.image_label(index)} of {self.name} is over the size limit of the image "
-                             "library (Pillow): downscale it (8192 × 8192 is plenty for a reference view)") from None
-        except (OSError, ValueError, SyntaxError, EOFError, struct.error, MemoryError) as e:
-            raise AssetError(f"the {self.image_label(index)} of {self.name} cannot be decoded "
-                             f"({type(e).__name__}: {e}): save it again as PNG or JPEG") from None
-        return image
+        """The PIL image of images[index], decoded now."""
+        return decode_texture(self.image_bytes(index), f"the {self.image_label(index)} of {self.name}")
 
 
 def matrix_columns(kind: str, itemsize: int) -> tuple[int, int] | None:

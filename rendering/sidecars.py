@@ -463,3 +463,20 @@ def folder_resolver(path: Path):
             return folder_resolver(reference_path(self.folder, str(namespace), self.owner, "folder") / "_")
 
     return FolderResolver(Path(path))
+
+
+def decode_texture(data: bytes, what: str):
+    """The PIL image of a texture's bytes, decoded now; ``what`` names it in the message ("the texture 'x'
+    of asset.fbx"). Every decoding failure is an AssetError."""
+    import struct
+
+    from PIL import Image
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Image.DecompressionBombError:
+        raise AssetError(f"{what} is over the size limit of the image library (Pillow): downscale it "
+                         "(8192 × 8192 is plenty for a reference view)") from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, MemoryError) as e:
+        raise AssetError(f"{what} cannot be decoded ({type(e).__name__}: {e}): save it again as PNG or JPEG") from None
+    return image

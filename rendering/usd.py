@@ -12,7 +12,6 @@ file beside a .usd must stay inside the asset's folder.
 """
 from __future__ import annotations
 
-import io
 import re
 import zipfile
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 from .colors import linear_to_srgb
 from .errors import AssetError
-from .sidecars import reference_path, short
+from .sidecars import decode_texture, reference_path, short
 
 USD_EXTENSIONS = (".usd", ".usda", ".usdc", ".usdz")
 USD_PACKAGE = "usd-core"
@@ -193,18 +192,11 @@ class TextureFiles:
         self.cache: dict[str, object] = {}
 
     def open(self, asset_path):
-        from PIL import Image
         resolved = str(asset_path.resolvedPath or "")
         key = resolved or asset_path.path
         if key not in self.cache:
             data = self.read(asset_path.path, resolved)
-            try:
-                image = Image.open(io.BytesIO(data))
-                image.load()
-            except (OSError, ValueError, SyntaxError) as e:
-                raise AssetError(f"the texture '{short(asset_path.path)}' of {self.path.name} cannot be decoded "
-                                 f"({type(e).__name__}: {e}): save it again as PNG or JPEG") from None
-            self.cache[key] = image
+            self.cache[key] = decode_texture(data, f"the texture '{short(asset_path.path)}' of {self.path.name}")
         return self.cache[key]
 
     def read(self, written: str, resolved: str) -> bytes:

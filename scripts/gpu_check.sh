@@ -23,7 +23,6 @@ WHEELS="numpy==2.4.6 pillow==13.0.0 tqdm psutil==7.2.2 safetensors==0.8.0 einops
 
 prepare() {
   local tarball=${COMFYUI_V031_TARBALL:-../shared/comfyui/ComfyUI-v0.31.0.tar.gz}
-  [ -f "$tarball" ] || tarball=/work/shared/comfyui/ComfyUI-v0.31.0.tar.gz
   [ -f "$tarball" ] || { echo "no ComfyUI v0.31.0 archive: set COMFYUI_V031_TARBALL" >&2; exit 1; }
   if [ -n "$V031_SHA256" ]; then
     echo "$V031_SHA256  $tarball" | sha256sum -c --quiet - || { echo "sha256 mismatch: $tarball" >&2; exit 1; }
