@@ -1,11 +1,17 @@
 """Compressed glTF data: KHR_draco_mesh_compression, EXT_meshopt_compression, KHR_texture_basisu.
 
-Draco needs DracoPy from PyPI, imported only when a file uses it (``DECODERS``). meshopt and
-KTX2 are read through their uncompressed fallback where the file has one. A compressed part
-without a fallback is refused, naming the package to install or the extension: never rendered
-without that part. Draco: the primitive's compressed bufferView is decoded with
-DracoPy and its attributes (found by the unique ids the extension names) and triangle indices
-stand in for the primitive's accessors.
+Decoders come from PyPI and are imported only when a file uses them (``DECODERS``): DracoPy for
+Draco, meshopt (wheels for Python 3.11 and newer) for EXT_/KHR_meshopt_compression. Without its
+decoder a compressed part is read through its uncompressed fallback where the file has one, and
+refused naming the package to install where it has none: never rendered without that part. KTX2
+textures are read through a PNG/JPEG fallback only.
+
+* Draco: the primitive's compressed bufferView is decoded with DracoPy and its attributes (found
+  by the unique ids the extension names) and triangle indices stand in for the primitive's accessors.
+* meshopt: each compressed bufferView is decoded (mode ATTRIBUTES, TRIANGLES or INDICES; filter
+  NONE, OCTAHEDRAL, QUATERNION, EXPONENTIAL, and COLOR for KHR_meshopt_compression) into exactly
+  the bytes its parent bufferView describes, and every accessor reads those bytes as usual. The
+  parent's own buffer (the fallback, often a placeholder without data) is then never read.
 """
 from __future__ import annotations
 
@@ -16,7 +22,18 @@ import numpy as np
 from .errors import AssetError
 from .gltf_document import GltfDocument
 
-DECODERS = {"KHR_draco_mesh_compression": ("DracoPy", "DracoPy")}  # extension: (module, PyPI package)
+#: extension: (module, what to pip install)
+DECODERS = {"KHR_draco_mesh_compression": ("DracoPy", "DracoPy"),
+            "EXT_meshopt_compression": ("meshopt", "meshopt (its wheels need Python 3.11 or newer)"),
+            "KHR_meshopt_compression": ("meshopt", "meshopt (its wheels need Python 3.11 or newer)")}
+MESHOPT = ("EXT_meshopt_compression", "KHR_meshopt_compression")
+MESHOPT_MODES = ("ATTRIBUTES", "TRIANGLES", "INDICES")
+MESHOPT_FILTERS = {"EXT_meshopt_compression": ("NONE", "OCTAHEDRAL", "QUATERNION", "EXPONENTIAL"),
+                   "KHR_meshopt_compression": ("NONE", "OCTAHEDRAL", "QUATERNION", "EXPONENTIAL", "COLOR")}
+
+
+def install_hint(extension: str) -> str:
+    return f"pip install {DECODERS[extension][1]} into ComfyUI's Python, then load it again"
 
 
 def decoder_available(extension: str) -> bool:
@@ -31,12 +48,12 @@ def decoder_available(extension: str) -> bool:
 
 
 def require_decoder(doc: GltfDocument, extension: str, what: str):
-    module, package = DECODERS[extension]
+    module = DECODERS[extension][0]
     try:
         return importlib.import_module(module)
     except ImportError:
         raise AssetError(f"{doc.name}: {what} is compressed with {extension}, and its decoder is not installed: "
-                         f"pip install {package} (into ComfyUI's Python), then load it again") from None
+                         f"{install_hint(extension)}") from None
 
 
 def has_fallback(doc: GltfDocument, prim: dict) -> bool:
@@ -49,9 +66,9 @@ def has_fallback(doc: GltfDocument, prim: dict) -> bool:
 
 
 def decode_compressed_primitives(doc: GltfDocument) -> None:
-    """Decode every Draco primitive into ``doc.decoded`` (its accessors' values); meshopt views are
-    refused unless their fallback buffer holds data."""
-    check_meshopt_views(doc)
+    """Decode every Draco primitive into ``doc.decoded`` (its accessors' values); give every meshopt
+    bufferView its decoder (or, without the package, check that its fallback holds data)."""
+    prepare_meshopt_views(doc)
     for m, mesh in enumerate(doc.items("meshes")):
         for p, prim in enumerate((mesh or {}).get("primitives") or []):
             draco = ((prim or {}).get("extensions") or {}).get("KHR_draco_mesh_compression")
@@ -84,19 +101,93 @@ def decode_draco(doc: GltfDocument, draco_module, prim: dict, ext: dict, label: 
         doc.decoded[prim["indices"]] = faces
 
 
-def check_meshopt_views(doc: GltfDocument) -> None:
-    for view in doc.items("bufferViews"):
-        ext = ((view or {}).get("extensions") or {})
-        name = "EXT_meshopt_compression" if "EXT_meshopt_compression" in ext else \
-            "KHR_meshopt_compression" if "KHR_meshopt_compression" in ext else None
-        if name is None:
-            continue
-        buffer = doc.items("buffers")[view.get("buffer", 0)] if doc.items("buffers") else {}
-        fallback_only = ((buffer or {}).get("extensions") or {}).get(name, {}).get("fallback")
-        if fallback_only or not ((buffer or {}).get("uri") or doc.bin_chunk):
-            raise AssetError(f"{doc.name}: its geometry is compressed with {name} (e.g. by gltfpack), which this "
-                             "reader does not decode yet: export it without meshopt compression (gltfpack without "
-                             "-c/-cc) or as plain GLB")
+def meshopt_views(doc: GltfDocument) -> dict[int, tuple[str, dict]]:
+    """bufferView index -> (extension name, its JSON) for every meshopt-compressed view."""
+    out = {}
+    for index, view in enumerate(doc.items("bufferViews")):
+        ext = (view.get("extensions") if isinstance(view, dict) else None) or {}
+        for name in MESHOPT:
+            if name in ext:
+                if not isinstance(ext[name], dict):
+                    raise AssetError(f"{doc.name} is damaged: the {name} part of bufferView {index} is not an object")
+                out[index] = (name, ext[name])
+                break
+    return out
+
+
+def buffer_has_data(doc: GltfDocument, index) -> bool:
+    """Whether buffer ``index`` holds bytes a reader without the decoder can use: a URI, or the GLB's
+    BIN chunk when it is buffer 0 and not marked as a meshopt fallback placeholder."""
+    buffers = doc.items("buffers")
+    if not isinstance(index, int) or not 0 <= index < max(len(buffers), 1):
+        return False
+    buffer = buffers[index] if buffers and isinstance(buffers[index], dict) else {}
+    if isinstance(buffer.get("uri"), str) and buffer["uri"]:
+        return True
+    marked = any(((buffer.get("extensions") or {}).get(name) or {}).get("fallback") for name in MESHOPT)
+    return index == 0 and doc.bin_chunk is not None and not marked
+
+
+def prepare_meshopt_views(doc: GltfDocument) -> None:
+    views = meshopt_views(doc)
+    if not views:
+        return
+    if decoder_available("EXT_meshopt_compression"):
+        module = importlib.import_module("meshopt")
+        for index, (name, ext) in views.items():
+            doc.view_decoders[index] = lambda i=index, n=name, e=ext: decode_meshopt_view(doc, module, i, n, e)
+        return
+    for index, (name, _) in views.items():
+        if not buffer_has_data(doc, doc.items("bufferViews")[index].get("buffer", 0)):
+            require_decoder(doc, name, f"bufferView {index}")
+
+
+def meshopt_layout(doc: GltfDocument, index: int, name: str, ext: dict) -> tuple[int, int, str, str | None]:
+    """(count, byteStride, mode, filter or None) of a meshopt view, checked against the extension's
+    validity rules; AssetError naming the bufferView otherwise."""
+    view = doc.item("bufferViews", index, "bufferView")
+    count, stride, mode, filt = ext.get("count"), ext.get("byteStride"), ext.get("mode"), ext.get("filter", "NONE")
+
+    def damaged(what: str) -> AssetError:
+        return AssetError(f"{doc.name} is damaged: the {name} data of bufferView {index} {what}")
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in (count, stride)):
+        raise damaged(f"has count {count!r} and byteStride {stride!r}")
+    if mode not in MESHOPT_MODES:
+        raise damaged(f"has the unknown mode {mode!r}")
+    if filt not in MESHOPT_FILTERS[name]:
+        raise damaged(f"has the unknown filter {filt!r}")
+    if view.get("byteLength") != count * stride:
+        raise damaged(f"decodes to {count} × {stride} bytes, but the bufferView is {view.get('byteLength')!r} bytes")
+    if view.get("byteStride") not in (None, stride):
+        raise damaged(f"has byteStride {stride}, the bufferView {view.get('byteStride')}")
+    rules = {"ATTRIBUTES": stride % 4 == 0 and stride <= 256, "TRIANGLES": stride in (2, 4) and count % 3 == 0,
+             "INDICES": stride in (2, 4)}
+    if not rules[mode] or (mode != "ATTRIBUTES" and filt != "NONE"):
+        raise damaged(f"has mode {mode}, filter {filt}, byteStride {stride} and count {count}, which that mode "
+                      "does not allow")
+    if (filt in ("OCTAHEDRAL", "COLOR") and stride not in (4, 8)) or (filt == "QUATERNION" and stride != 8):
+        raise damaged(f"has filter {filt} with byteStride {stride}, which that filter does not allow")
+    return count, stride, mode, None if filt == "NONE" else filt
+
+
+def decode_meshopt_view(doc: GltfDocument, module, index: int, name: str, ext: dict) -> bytes:
+    """The bytes of a meshopt-compressed bufferView, as its parent bufferView lays them out."""
+    count, stride, mode, filt = meshopt_layout(doc, index, name, ext)
+    data = doc.buffer(ext.get("buffer"))
+    offset, length = ext.get("byteOffset", 0), ext.get("byteLength")
+    if not isinstance(offset, int) or not isinstance(length, int) or offset < 0 or length < 0 \
+            or offset + length > len(data):
+        raise AssetError(f"{doc.name} is damaged: the {name} data of bufferView {index} lies outside its buffer")
+    try:
+        values = module.decode_gltf_buffer(bytes(data[offset:offset + length]), count, stride, mode, filt)
+    except (ValueError, RuntimeError, MemoryError) as e:  # the decoder's word for damaged data
+        raise AssetError(f"{doc.name} is damaged: the {name} data of bufferView {index} cannot be decoded "
+                         f"({type(e).__name__}: {e})") from None
+    out = np.ascontiguousarray(values).astype(values.dtype.newbyteorder("<"), copy=False).tobytes()
+    if len(out) != count * stride:
+        raise AssetError(f"{doc.name}: the {name} data of bufferView {index} decoded to {len(out)} bytes, "
+                         f"not {count * stride}")
+    return out
 
 
 def open_texture_image(doc: GltfDocument, texture: dict, index: int):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,9 @@ class GltfDocument:
             self.tree = self._parse_json(self.path.read_bytes())
         self._buffers: dict[int, bytes] = {}
         self.decoded: dict[int, np.ndarray] = {}  # accessor -> values decoded from a compressed primitive
+        #: bufferView -> a function giving its bytes (EXT_meshopt_compression): called once, when first read
+        self.view_decoders: dict[int, Callable[[], bytes]] = {}
+        self._decoded_views: dict[int, bytes] = {}
 
     # ---------------------------------------------------------------- file layout
 
@@ -132,13 +136,17 @@ class GltfDocument:
         return self._buffers[index]
 
     def view_bytes(self, index) -> tuple[memoryview, int | None]:
-        """(bytes of bufferView ``index``, its byteStride or None)."""
+        """(bytes of bufferView ``index``, its byteStride or None); a compressed view's decoded bytes."""
         view = self.item("bufferViews", index, "bufferView")
+        stride = view.get("byteStride")
+        if index in self.view_decoders:
+            if index not in self._decoded_views:
+                self._decoded_views[index] = self.view_decoders[index]()
+            return memoryview(self._decoded_views[index]), int(stride) if stride else None
         data = self.buffer(view.get("buffer", 0))
         offset, length = int(view.get("byteOffset", 0)), int(view.get("byteLength", -1))
         if offset < 0 or length < 0 or offset + length > len(data):
             raise AssetError(f"{self.name} is damaged: bufferView {index} lies outside its buffer")
-        stride = view.get("byteStride")
         return memoryview(data)[offset:offset + length], int(stride) if stride else None
 
     # ---------------------------------------------------------------- accessors

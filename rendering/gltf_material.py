@@ -21,6 +21,7 @@ import torch
 from .asset import MID_GREY
 from .colors import linear_to_srgb
 from .errors import AssetError
+from .gltf_compressed import DECODERS, install_hint
 from .gltf_document import GltfDocument
 from .gltf_scene import PlacedPrimitive
 
@@ -39,10 +40,10 @@ NO_EFFECT = {"KHR_lights_punctual", "KHR_materials_unlit", "KHR_materials_emissi
              "EXT_lights_image_based", "KHR_node_visibility", "MSFT_lod", "MSFT_packing_normalRoughnessMetallic",
              "MSFT_packing_occlusionRoughnessMetallic"}
 #: compressed-data extensions: read when their decoder is installed (rendering/gltf_compressed.py)
-DECODED = {"KHR_draco_mesh_compression": "DracoPy"}
+DECODED = set(DECODERS)
 #: compressed-data extensions read only through their uncompressed fallback: where a file has
 #: none, rendering/gltf_compressed.py refuses it naming the extension
-FALLBACK_ONLY = {"EXT_meshopt_compression", "KHR_meshopt_compression", "KHR_texture_basisu"}
+FALLBACK_ONLY = {"KHR_texture_basisu"}
 
 
 def check_extensions(doc: GltfDocument, available) -> list[str]:
@@ -53,12 +54,12 @@ def check_extensions(doc: GltfDocument, available) -> list[str]:
     for ext in required:
         if ext in DECODED and not available(ext):
             raise AssetError(f"{doc.name} requires the glTF extension {ext}, whose decoder is not installed: "
-                             f"pip install {DECODED[ext]} (into ComfyUI's Python), then load it again")
-        if ext not in HONOURED | NO_EFFECT | FALLBACK_ONLY | set(DECODED):
+                             f"{install_hint(ext)}")
+        if ext not in HONOURED | NO_EFFECT | FALLBACK_ONLY | DECODED:
             raise AssetError(f"{doc.name} requires the glTF extension {ext}, which this reader does not support: "
                              "export the asset without it (e.g. re-export from Blender as plain GLB)")
     return [f"the file uses the glTF extension {ext}, which the reader ignores: the views may differ from what "
-            "the asset's author sees" for ext in used if ext not in HONOURED | NO_EFFECT | FALLBACK_ONLY | set(DECODED)]
+            "the asset's author sees" for ext in used if ext not in HONOURED | NO_EFFECT | FALLBACK_ONLY | DECODED]
 
 
 def base_colour_source(material: dict) -> tuple[list[float], dict | None]:

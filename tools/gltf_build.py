@@ -24,6 +24,8 @@ class GltfBuilder:
                            "scenes": [{"nodes": []}], "nodes": [], "meshes": [], "accessors": [],
                            "bufferViews": []}
         self.blob = bytearray()
+        self.fallback_length = 0  # bytes of the meshopt placeholder buffer (buffer 1), when one is used
+        self.meshopt_name = "EXT_meshopt_compression"
 
     def add(self, key: str, item: dict) -> int:
         self.tree.setdefault(key, []).append(item)
@@ -78,6 +80,68 @@ class GltfBuilder:
             acc["bufferView"] = self.tree["accessors"][base]["bufferView"]
         return self.add("accessors", acc)
 
+    def meshopt_accessor(self, values, ctype: int = 5126, normalized: bool = False, mode: str = "ATTRIBUTES",
+                         filter: str = "NONE", stride: int | None = None, bits: int = 12, fallback: bool = False,
+                         minmax: bool = False, kind: str | None = None) -> int:
+        """An accessor whose bufferView is compressed with meshopt's own encoder (``mode``, ``filter``
+        with ``bits`` of precision). The parent bufferView lies in the placeholder buffer 1 (no data,
+        marked ``fallback``), or, with ``fallback=True``, holds the decoded bytes in buffer 0 for
+        readers without the decoder. OCTAHEDRAL takes unit vectors [n, 3], QUATERNION unit
+        quaternions [n, 4] (xyzw), EXPONENTIAL and COLOR floats."""
+        import meshopt
+        values = np.asarray(values, dtype=np.float64)
+        values = values.reshape(len(values), -1)
+        rows = self.meshopt_rows(meshopt, values, ctype, normalized, filter, stride, bits)
+        count, row = rows.shape[0], rows.shape[1] if rows.ndim == 2 else rows.dtype.itemsize
+        encoded = meshopt.encode_gltf_buffer(rows, mode)
+        plain = meshopt.decode_gltf_buffer(encoded, count, row, mode, None if filter == "NONE" else filter)
+        ext = {"buffer": 0, "byteOffset": self.view_offset(encoded), "byteLength": len(encoded), "byteStride": row,
+               "count": count, "mode": mode}
+        if filter != "NONE":
+            ext["filter"] = filter
+        if fallback:
+            view = self.tree["bufferViews"][self.view(np.ascontiguousarray(plain).tobytes())]
+        else:
+            view = {"buffer": 1, "byteOffset": self.fallback_length, "byteLength": count * row}
+            self.fallback_length += count * row + (-count * row % 4)
+            self.tree["bufferViews"].append(view)
+        if mode == "ATTRIBUTES":
+            view["byteStride"] = row
+        view["extensions"] = {self.meshopt_name: ext}
+        acc = {"bufferView": self.tree["bufferViews"].index(view), "componentType": ctype, "count": count,
+               "type": kind or KIND[values.shape[1] if filter != "OCTAHEDRAL" else 3]}
+        if normalized:
+            acc["normalized"] = True
+        if minmax:
+            acc["min"], acc["max"] = values.min(0).tolist(), values.max(0).tolist()
+        return self.add("accessors", acc)
+
+    def meshopt_rows(self, meshopt, values, ctype, normalized, filter, stride, bits) -> np.ndarray:
+        """The rows meshopt's encoder takes: filtered floats, or the plain elements padded to ``stride``."""
+        if filter == "OCTAHEDRAL":
+            return meshopt.encode_filter_oct(np.c_[values[:, :3], np.ones(len(values))], stride or 4, bits)
+        if filter == "QUATERNION":
+            return meshopt.encode_filter_quat(values, 8, bits)
+        if filter == "EXPONENTIAL":
+            return meshopt.encode_filter_exp(values, bits)
+        if filter == "COLOR":
+            return meshopt.encode_filter_color(np.c_[values, np.ones((len(values), 4 - values.shape[1]))],
+                                               stride or 4, bits)
+        data = self.encode(values, ctype, normalized)
+        if values.shape[1] == 1:
+            return data[:, 0].copy()
+        raw = data.view(np.uint8).reshape(len(data), -1)
+        pad = (stride or raw.shape[1]) - raw.shape[1]
+        return np.ascontiguousarray(np.c_[raw, np.zeros((len(raw), pad), np.uint8)]) if pad else raw
+
+    def view_offset(self, data: bytes) -> int:
+        """Append ``data`` to buffer 0 (4-byte aligned); its offset."""
+        while len(self.blob) % 4:
+            self.blob.append(0)
+        offset = len(self.blob)
+        self.blob.extend(data)
+        return offset
+
     def image(self, image, mime: str = "image/png") -> int:
         buf = io.BytesIO()
         image.save(buf, format="PNG" if mime == "image/png" else "JPEG")
@@ -114,6 +178,9 @@ class GltfBuilder:
         blob = bytes(self.blob) + b"\0" * (-len(self.blob) % 4)
         if blob:
             tree["buffers"] = [{"byteLength": len(blob)}]
+        if self.fallback_length:
+            tree["buffers"].append({"byteLength": self.fallback_length,
+                                    "extensions": {self.meshopt_name: {"fallback": True}}})
         js = json.dumps(tree).encode()
         js += b" " * (-len(js) % 4)
         out = struct.pack("<III", 0x46546C67, 2, 12 + 8 + len(js) + (8 + len(blob) if blob else 0))
