@@ -1,10 +1,10 @@
 """Compressed glTF data: KHR_draco_mesh_compression, EXT_meshopt_compression, KHR_texture_basisu.
 
 Decoders come from PyPI and are imported only when a file uses them (``DECODERS``): DracoPy for
-Draco, meshopt (wheels for Python 3.11 and newer) for EXT_/KHR_meshopt_compression. Without its
-decoder a compressed part is read through its uncompressed fallback where the file has one, and
-refused naming the package to install where it has none: never rendered without that part. KTX2
-textures are read through a PNG/JPEG fallback only.
+Draco, meshopt (wheels for Python 3.11 and newer) for EXT_/KHR_meshopt_compression, alktx2 (Basis
+Universal; wheels for Python 3.11+ on Linux x86_64 and Windows x64) for KHR_texture_basisu. Without
+its decoder a compressed part is read through its uncompressed fallback where the file has one, and
+refused naming the package to install where it has none: never rendered without that part.
 
 * Draco: the primitive's compressed bufferView is decoded with DracoPy and its attributes (found
   by the unique ids the extension names) and triangle indices stand in for the primitive's accessors.
@@ -12,6 +12,9 @@ textures are read through a PNG/JPEG fallback only.
   NONE, OCTAHEDRAL, QUATERNION, EXPONENTIAL, and COLOR for KHR_meshopt_compression) into exactly
   the bytes its parent bufferView describes, and every accessor reads those bytes as usual. The
   parent's own buffer (the fallback, often a placeholder without data) is then never read.
+* KTX2 (KHR_texture_basisu, or a KTX2 file as a texture's plain ``source``): a texture's PNG/JPEG
+  ``source`` is preferred (it is the author's image, not a lossy transcode); a KTX2 image is
+  transcoded to RGBA8 by alktx2 and read like any other image.
 """
 from __future__ import annotations
 
@@ -21,11 +24,14 @@ import numpy as np
 
 from .errors import AssetError
 from .gltf_document import GltfDocument
+from .sidecars import decode_texture
 
 #: extension: (module, what to pip install)
 DECODERS = {"KHR_draco_mesh_compression": ("DracoPy", "DracoPy"),
             "EXT_meshopt_compression": ("meshopt", "meshopt (its wheels need Python 3.11 or newer)"),
-            "KHR_meshopt_compression": ("meshopt", "meshopt (its wheels need Python 3.11 or newer)")}
+            "KHR_meshopt_compression": ("meshopt", "meshopt (its wheels need Python 3.11 or newer)"),
+            "KHR_texture_basisu": ("alktx2", "alktx2 (wheels for Python 3.11+ on Linux x86_64 and Windows x64)")}
+KTX2_MAGIC = b"\xabKTX 20\xbb\r\n\x1a\n"
 MESHOPT = ("EXT_meshopt_compression", "KHR_meshopt_compression")
 MESHOPT_MODES = ("ATTRIBUTES", "TRIANGLES", "INDICES")
 MESHOPT_FILTERS = {"EXT_meshopt_compression": ("NONE", "OCTAHEDRAL", "QUATERNION", "EXPONENTIAL"),
@@ -192,16 +198,45 @@ def decode_meshopt_view(doc: GltfDocument, module, index: int, name: str, ext: d
 
 def open_texture_image(doc: GltfDocument, texture: dict, index: int):
     """The PIL image of a texture: its ``source``, else the source of EXT_texture_webp (Pillow reads
-    WebP); a KTX2 image (KHR_texture_basisu) without a fallback is refused naming the decoder."""
+    WebP), else the KTX2 source of KHR_texture_basisu; KTX2 images decoded with alktx2."""
     ext = texture.get("extensions") or {}
-    if "source" in texture:
-        return doc.open_image(texture["source"])
-    webp = ext.get("EXT_texture_webp")
-    if isinstance(webp, dict) and "source" in webp:
-        return doc.open_image(webp["source"])
-    basisu = ext.get("KHR_texture_basisu")
-    if isinstance(basisu, dict) and "source" in basisu:
-        raise AssetError(f"{doc.name}: texture {index} is a KTX2 / Basis Universal image (KHR_texture_basisu) with no "
-                         "PNG or JPEG fallback, which this reader does not decode: export the asset with PNG or "
-                         "JPEG textures")
+    for source in (texture, ext.get("EXT_texture_webp"), ext.get("KHR_texture_basisu")):
+        if isinstance(source, dict) and "source" in source:
+            return open_image(doc, source["source"], index)
     raise AssetError(f"{doc.name} is damaged: texture {index} names no image")
+
+
+def open_image(doc: GltfDocument, image: int, texture: int):
+    data = doc.image_bytes(image)
+    if data[:len(KTX2_MAGIC)] != KTX2_MAGIC:
+        return decode_texture(data, f"the {doc.image_label(image)} of {doc.name}")
+    what = f"texture {texture} of {doc.name}"
+    try:
+        alktx2 = importlib.import_module("alktx2")
+    except ImportError:
+        raise AssetError(f"{what} is a KTX2 / Basis Universal image (KHR_texture_basisu) with no PNG or JPEG "
+                         f"fallback, and its decoder is not installed: {install_hint('KHR_texture_basisu')}; or "
+                         "export the asset with PNG or JPEG textures") from None
+    return decode_ktx2(alktx2, data, what)
+
+
+def decode_ktx2(alktx2, data: bytes, what: str):
+    """A KTX2 image transcoded to RGBA8 (checked against Pillow's pixel limit before it is)."""
+    from PIL import Image
+
+    def damaged(e: Exception) -> AssetError:
+        return AssetError(f"the KTX2 / Basis Universal image (KHR_texture_basisu) of {what} cannot be decoded "
+                          f"({type(e).__name__}: {e}): export the asset with PNG or JPEG textures")
+    try:
+        info = alktx2.inspect_ktx2(data)
+        pixels = int(info["width"]) * int(info["height"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:  # the transcoder's word for damaged data
+        raise damaged(e) from None
+    if Image.MAX_IMAGE_PIXELS and pixels > 2 * Image.MAX_IMAGE_PIXELS:
+        raise AssetError(f"the KTX2 image of {what} is over the size limit of the image library (Pillow): "
+                         "downscale it (8192 × 8192 is plenty for a reference view)")
+    try:
+        png, _ = alktx2.decode_ktx2_to_bytes(data, format="png")
+    except (RuntimeError, ValueError) as e:
+        raise damaged(e) from None
+    return decode_texture(png, f"the KTX2 image of {what}")

@@ -39,11 +39,11 @@ NO_EFFECT = {"KHR_lights_punctual", "KHR_materials_unlit", "KHR_materials_emissi
              "KHR_materials_variants", "KHR_xmp_json_ld", "KHR_xmp", "KHR_animation_pointer",
              "EXT_lights_image_based", "KHR_node_visibility", "MSFT_lod", "MSFT_packing_normalRoughnessMetallic",
              "MSFT_packing_occlusionRoughnessMetallic"}
-#: compressed-data extensions: read when their decoder is installed (rendering/gltf_compressed.py)
-DECODED = set(DECODERS)
-#: compressed-data extensions read only through their uncompressed fallback: where a file has
-#: none, rendering/gltf_compressed.py refuses it naming the extension
-FALLBACK_ONLY = {"KHR_texture_basisu"}
+#: compressed textures: only a base-colour texture is read, so the decoder is asked for where one
+#: needs it (a KTX2 normal map alone does not stop a file from loading)
+CHECKED_WHERE_USED = {"KHR_texture_basisu"}
+#: compressed geometry: a required one is refused up front when its decoder is not installed
+DECODED = set(DECODERS) - CHECKED_WHERE_USED
 
 
 def check_extensions(doc: GltfDocument, available) -> list[str]:
@@ -55,11 +55,11 @@ def check_extensions(doc: GltfDocument, available) -> list[str]:
         if ext in DECODED and not available(ext):
             raise AssetError(f"{doc.name} requires the glTF extension {ext}, whose decoder is not installed: "
                              f"{install_hint(ext)}")
-        if ext not in HONOURED | NO_EFFECT | FALLBACK_ONLY | DECODED:
+        if ext not in HONOURED | NO_EFFECT | CHECKED_WHERE_USED | DECODED:
             raise AssetError(f"{doc.name} requires the glTF extension {ext}, which this reader does not support: "
                              "export the asset without it (e.g. re-export from Blender as plain GLB)")
     return [f"the file uses the glTF extension {ext}, which the reader ignores: the views may differ from what "
-            "the asset's author sees" for ext in used if ext not in HONOURED | NO_EFFECT | FALLBACK_ONLY | DECODED]
+            "the asset's author sees" for ext in used if ext not in HONOURED | NO_EFFECT | CHECKED_WHERE_USED | DECODED]
 
 
 def base_colour_source(material: dict) -> tuple[list[float], dict | None]:

@@ -1,8 +1,10 @@
-"""Compressed glTF: a Draco file written here with DracoPy's own encoder, and meshopt files written
+"""Compressed glTF: a Draco file written here with DracoPy's own encoder, meshopt files written
 with meshopt's own encoder (every mode and filter of EXT_meshopt_compression, float and
-KHR_mesh_quantization layouts), render like their uncompressed twins (the codecs quantise: mask
-IoU >= 0.995, mean colour difference <= 3/255); without the decoder the message names the package
-to install, and damaged compressed data is refused naming the bufferView."""
+KHR_mesh_quantization layouts) and a KTX2 texture written with alktx2's Basis Universal encoder
+render like their uncompressed twins (the codecs quantise: mask IoU >= 0.995, mean colour
+difference <= 3/255, <= 8/255 for ETC1S textures); without the decoder the message names the
+package to install (or the fallback is read), and damaged compressed data is refused naming the
+bufferView."""
 from __future__ import annotations
 
 import json
@@ -64,7 +66,7 @@ def write_twins(folder: Path) -> tuple[Path, Path]:
     return folder / "plain.glb", folder / "draco.glb"
 
 
-def assert_renders_alike(plain: Path, compressed: Path, min_pixels: int = 8 * 3000):
+def assert_renders_alike(plain: Path, compressed: Path, min_pixels: int = 8 * 3000, max_colour: float = 3 / 255):
     a = rendering.render_views(rendering.load_asset(plain), num_views=8, resolution=128)
     b = rendering.render_views(rendering.load_asset(compressed), num_views=8, resolution=128)
     ma, mb = a.mask.bool(), b.mask.bool()
@@ -73,7 +75,7 @@ def assert_renders_alike(plain: Path, compressed: Path, min_pixels: int = 8 * 30
     colour = np.abs(a.rgb.numpy()[both] - b.rgb.numpy()[both]).mean()
     assert both.sum() > min_pixels
     assert iou >= 0.995, iou
-    assert colour <= 3 / 255, colour * 255
+    assert colour <= max_colour, colour * 255
 
 
 def test_draco_renders_like_its_uncompressed_twin(tmp_path):
@@ -273,3 +275,74 @@ def test_meshopt_without_its_decoder_names_the_package_or_reads_the_fallback(tmp
     assert "FALLBACK True []" in out.stdout, out.stdout
     # with the decoder, the file with a fallback reads its compressed data and renders like the twin
     assert_renders_alike(plain, with_fallback, min_pixels=8 * 1200)
+
+
+# ---------------------------------------------------------------- KHR_texture_basisu (KTX2)
+
+def write_ktx2_twins(folder: Path, fallback: bool = False) -> tuple[Path, Path]:
+    """(PNG-textured, KTX2-textured) spheres; the KTX2 is ETC1S from alktx2's Basis Universal encoder.
+    Without ``fallback`` the texture is given only through KHR_texture_basisu (extension required);
+    with it, the texture also names the PNG as its ``source`` (extension merely used)."""
+    import io
+
+    import alktx2
+    v, f, uv, _ = sphere_data()
+    texture = smooth_texture(128, seed=3)
+    png = io.BytesIO()
+    texture.save(png, format="PNG")
+    ktx2 = alktx2.encode_bytes_to_ktx2(png.getvalue(), mime="image/png", codec="etc1s", quality=255, srgb=True)
+    files = []
+    for kind in ("png", "ktx2"):
+        g = GltfBuilder()
+        if kind == "png":
+            tex = g.texture(texture)
+        else:
+            image = g.add("images", {"bufferView": g.view(ktx2), "mimeType": "image/ktx2"})
+            tex = g.add("textures", {"extensions": {"KHR_texture_basisu": {"source": image}}})
+            if fallback:
+                g.tree["textures"][tex]["source"] = g.image(texture)
+            g.tree["extensionsUsed"] = ["KHR_texture_basisu"]
+            if not fallback:
+                g.tree["extensionsRequired"] = ["KHR_texture_basisu"]
+        mat = g.material(pbrMetallicRoughness={"baseColorTexture": {"index": tex}})
+        g.node(mesh=g.mesh([g.triangles(v, f, mat, TEXCOORD_0=uv)]))
+        files.append(g.glb(folder / f"{kind}{'-fallback' if fallback else ''}.glb"))
+    return files[0], files[1]
+
+
+def test_ktx2_texture_renders_like_its_png_twin(tmp_path):
+    plain, ktx2 = write_ktx2_twins(tmp_path)
+    assert b"KHR_texture_basisu" in ktx2.read_bytes() and b"image/png" not in ktx2.read_bytes()
+    assert_renders_alike(plain, ktx2, max_colour=8 / 255)
+
+
+def test_ktx2_without_its_decoder_names_the_package_or_reads_the_fallback(tmp_path):
+    _, required = write_ktx2_twins(tmp_path)
+    _, with_fallback = write_ktx2_twins(tmp_path, fallback=True)
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["alktx2"] = None  # as if it were not installed: importing it raises ImportError
+        import rendering
+        try:
+            rendering.load_asset({str(required)!r})
+        except rendering.AssetError as e:
+            print("REFUSED", e)
+        asset = rendering.load_asset({str(with_fallback)!r})
+        print("FALLBACK", len(asset.textures), asset.warnings)
+    """)
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "REFUSED" in out.stdout and "pip install alktx2" in out.stdout and "PNG or JPEG" in out.stdout, out.stdout
+    assert "FALLBACK 1 []" in out.stdout, out.stdout
+
+
+def test_damaged_ktx2_is_refused_naming_the_texture(tmp_path):
+    _, ktx2 = write_ktx2_twins(tmp_path)
+    data = bytearray(ktx2.read_bytes())
+    at = data.find(b"\xabKTX 20\xbb")
+    data[at + 80:at + 200] = bytes(120)  # the level index and format descriptor zeroed
+    damaged = tmp_path / "damaged.glb"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(rendering.AssetError, match="KHR_texture_basisu.*texture 0 of damaged.glb|texture 0 of damaged.glb.*KTX2"):
+        rendering.load_asset(damaged)
