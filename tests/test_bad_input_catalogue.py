@@ -371,11 +371,11 @@ def test_client_names_every_missing_model_file_including_the_adapter(private, tm
 @pytest.fixture(scope="module")
 def small_uploads(tmp_path_factory):
     """A server that accepts uploads up to 50 kB (--max-upload-size 0.05) and whose Python lacks the
-    optional glTF decoders: a folder first on its PYTHONPATH holds a DracoPy and a meshopt that
-    refuse to import (see test_compressed_gltf_without_its_decoder_names_the_package_and_serves_on)."""
+    optional glTF decoders: a folder first on its PYTHONPATH holds a DracoPy, a meshopt and an alktx2
+    that refuse to import (see test_compressed_gltf_without_its_decoder_names_the_package_and_serves_on)."""
     import os
     blocked = tmp_path_factory.mktemp("no-decoders")
-    for module in ("DracoPy", "meshopt"):
+    for module in ("DracoPy", "meshopt", "alktx2"):
         (blocked / f"{module}.py").write_text(f"raise ImportError('{module} blocked by the test')\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocked), os.environ.get("PYTHONPATH", "")]))
     with ComfyServer(tmp_path_factory.mktemp("comfy-small-uploads"), COMFY_DIR, extra_custom_nodes=[TEST_NODES],
@@ -837,15 +837,17 @@ def test_case7_linked_files_and_linked_folders_in_input_work_names_leaving_it_do
 
 
 def test_compressed_gltf_without_its_decoder_names_the_package_and_serves_on(small_uploads, tmp_path):
-    """Issue 18: a Draco or meshopt GLB on a server whose Python lacks DracoPy / meshopt (small_uploads
-    blocks both): Load 3D Asset fails with an AssetError that names the package to install, nothing
-    is written, and the next ordinary prompt on the same server succeeds."""
-    from test_gltf_compressed import write_meshopt_twins, write_twins
+    """Issue 18: a Draco, a meshopt and a KTX2-textured GLB on a server whose Python lacks DracoPy,
+    meshopt and alktx2 (small_uploads blocks them): Load 3D Asset fails with an AssetError that names
+    the package to install, nothing is written, and the next ordinary prompt on the same server succeeds."""
+    from test_gltf_compressed import write_ktx2_twins, write_meshopt_twins, write_twins
     server = small_uploads
     _, draco = write_twins(tmp_path)
     _, meshopt_glb, _ = write_meshopt_twins(tmp_path, quantized=True)
+    _, ktx2 = write_ktx2_twins(tmp_path, sphere=(8, 16))  # under the server's 50 kB upload limit
     for path, words in ((draco, ("KHR_draco_mesh_compression", "pip install DracoPy")),
-                        (meshopt_glb, ("EXT_meshopt_compression", "pip install meshopt", "Python 3.11"))):
+                        (meshopt_glb, ("EXT_meshopt_compression", "pip install meshopt", "Python 3.11")),
+                        (ktx2, ("KTX2", "pip install alktx2", "PNG or JPEG"))):
         name = server.upload(path, subfolder="3d/no_decoder")
         assets_refused(server, assets_graph(name), *words)
     still_serving(server)

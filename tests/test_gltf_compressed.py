@@ -26,8 +26,8 @@ from rendering.gltf_document import GltfDocument
 DRACO_POSITION, DRACO_COLOR, DRACO_TEX_COORD = 0, 2, 3  # draco::GeometryAttribute::Type
 
 
-def sphere_data():
-    v, f, uv = uv_sphere(24, 48)
+def sphere_data(n_lat: int = 24, n_lon: int = 48):
+    v, f, uv = uv_sphere(n_lat, n_lon)
     rng = np.random.default_rng(2)
     colors = rng.uniform(0.6, 1.0, (len(v), 3))
     return v, f, np.c_[uv[:, 0], 1 - uv[:, 1]], colors
@@ -279,14 +279,14 @@ def test_meshopt_without_its_decoder_names_the_package_or_reads_the_fallback(tmp
 
 # ---------------------------------------------------------------- KHR_texture_basisu (KTX2)
 
-def write_ktx2_twins(folder: Path, fallback: bool = False) -> tuple[Path, Path]:
+def write_ktx2_twins(folder: Path, fallback: bool = False, sphere: tuple[int, int] = (24, 48)) -> tuple[Path, Path]:
     """(PNG-textured, KTX2-textured) spheres; the KTX2 is ETC1S from alktx2's Basis Universal encoder.
     Without ``fallback`` the texture is given only through KHR_texture_basisu (extension required);
     with it, the texture also names the PNG as its ``source`` (extension merely used)."""
     import io
 
     import alktx2
-    v, f, uv, _ = sphere_data()
+    v, f, uv, _ = sphere_data(*sphere)
     texture = smooth_texture(128, seed=3)
     png = io.BytesIO()
     texture.save(png, format="PNG")
