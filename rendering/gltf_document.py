@@ -3,7 +3,9 @@
 Accessors of every component type (normalized integers mapped to [0, 1] / [-1, 1] by the spec's
 formulas, ``byteStride``, sparse substitution, accessors without a bufferView as zeros), buffers
 from the GLB BIN chunk, data URIs or files beside the asset (named files checked by
-``sidecars.reference_path``, so nothing outside the asset's folder is read). Every broken layout
+``sidecars.reference_path``, so nothing outside the asset's folder is read); a bufferView given a
+decoder (``view_decoders``, set by ``gltf_compressed.py`` for meshopt) is read as the bytes it
+decodes to. Every broken layout
 is an AssetError naming what is broken; nothing here knows about meshes or materials.
 """
 from __future__ import annotations
