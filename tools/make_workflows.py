@@ -321,9 +321,6 @@ def best_seed() -> Graph:
 #: The camera of the 'choose the camera' example (RefAny3D Target Camera's numbers).
 TARGET = dict(yaw=60.0, pitch=20.0, fov=40.0, fill=0.6, x=0.0, y=0.0)
 HOLD_STRENGTH = 0.3
-#: Where Save GLB writes the asset's mesh on the first run (its counter starts at 1), for Preview 3D,
-#: which shows files of the output folder.
-CAMERA_MESH = "RefAny3D_camera/mesh"
 
 
 def camera_control() -> Graph:
@@ -350,24 +347,16 @@ def camera_control() -> Graph:
     out = generation_section(g, (views, "rgb"), (views, "point_map"), "RefAny3D_camera",
                              "a product photo of the box on a wooden desk, soft daylight", hold=hold)
     x = 2680
-    g.group("6 · How close the picture came to the target camera", (x, 0, 860, 880))
+    g.group("6 · How close the picture came to the target camera", (x, 0, 860, 500))
     pose = g.node("RefAny3DReadPose", (x + 20, 50), size=[400, 260], y_rotation=0.0, viewer_frame="fitted")
-    s_over = g.node("SaveImage", (x + 20, 350), size=[400, 380], title="Save overlay (read camera)",
+    s_over = g.node("SaveImage", (x + 440, 50), size=[400, 400], title="Save overlay (read camera)",
                     filename_prefix="RefAny3D_camera/overlay")
-    to_mesh = g.node("RefAny3DAssetToMesh", (x + 20, 770), size=[400, 60], normalised=True)
-    glb = g.node("SaveGLB", (x + 440, 600), size=[400, 260], title="Save the asset's mesh (for Preview 3D)",
-                 filename_prefix=CAMERA_MESH)
-    view = g.node("Preview3D", (x + 440, 50), size=[400, 520], title="Preview 3D: the asset from the read camera",
-                  model_file=f"{CAMERA_MESH}_00001_.glb")
     g.link(out["point_map"], "IMAGE", pose, "point_map")
     g.link(out["mask"], "MASK", pose, "mask")
     g.link(asset, "asset", pose, "asset")
     g.link(out["image"], "IMAGE", pose, "photo")
     g.link(target, "camera", pose, "target")
     g.link(pose, "overlay", s_over, "images")
-    g.link(asset, "asset", to_mesh, "asset")
-    g.link(to_mesh, "mesh", glb, "mesh")
-    g.link(pose, "camera_info", view, "camera_info")
     g.note((0, -330), [860, 300], "RefAny3D · choose the camera (experimental)\n\n"
            "Generates the asset from a side, distance and framing you choose, instead of the one the prompt "
            "happens to give. RefAny3D Target Camera renders the asset's point map at that camera; RefAny3D Hold "
@@ -383,8 +372,9 @@ def camera_control() -> Graph:
     g.note((900, -330), [840, 300], SIZE_NOTE + "\n\nHold Point Map is EXPERIMENTAL: strength is the share "
            "of steps held (0.3 here; 1 keeps the point map exactly the target). How closely the picture follows "
            "the held point map is not yet measured with the real weights; `python -m benchmarks.camera_adherence` "
-           "measures it (seeds × strengths, read camera vs target). Preview 3D shows the mesh Save GLB writes on "
-           f"the first run ({CAMERA_MESH}_00001_.glb in output/) from the read camera. Read Pose needs "
+           "measures it (seeds × strengths, read camera vs target). Read Pose's camera_info output is the read "
+           "camera for core Preview 3D (give it a mesh of the asset in output/, e.g. RefAny3D Asset To Mesh → "
+           "Save GLB, and that file's name). Read Pose needs "
            "OpenCV (pip install opencv-python-headless).")
     return g
 
