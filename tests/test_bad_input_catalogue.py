@@ -1523,3 +1523,40 @@ def test_target_camera_refuses_what_it_cannot_honour(private, pose_files, tmp_pa
     best["preview"]["inputs"]["images"] = ["best", 0]
     _failed(private, best, "RefAny3DBestOf", "needs the target input")
     still_serving(private)
+
+
+def test_hold_point_map_refuses_what_it_cannot_hold(private, wl_setup):
+    """RefAny3D Hold Point Map on the tiny Flux: a latent that is not a joined one, a target point map of
+    another size, more point maps than pictures, a strength outside 0..1: each refused by name."""
+    sub, asset = wl_setup
+
+    def graph(width=WL_SIZE, latent=None, strength=0.3, point_map=("target", 2)):
+        g = wl_graph(sub, asset, latent=("hold", 1), sampler_model=("hold", 0))
+        g["target"] = {"class_type": "RefAny3DTargetCamera",
+                       "inputs": {"asset": ["asset", 0], "width": width, "height": WL_SIZE, "yaw": 30.0, "pitch": 15.0,
+                                  "fov": 45.0, "fill": 0.6, "x": 0.0, "y": 0.0, "y_rotation": 0.0,
+                                  "viewer_frame": "fitted"}}
+        g["hold"] = {"class_type": "RefAny3DHoldPointMap",
+                     "inputs": {"model": ["apply", 0], "vae": ["vae", 0], "samples": list(latent or ("latent", 0)),
+                                "point_map": list(point_map), "strength": strength}}
+        return g
+
+    message = wl_failing(private, graph(width=2 * WL_SIZE), "RefAny3DHoldPointMap")
+    assert "the size of ONE generated picture" in message and "encodes to" in message, message
+    plain = graph(latent=("plain", 0))
+    plain["plain"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 72, "height": WL_SIZE, "batch_size": 1}}
+    assert "must be a joined latent" in wl_failing(private, plain, "RefAny3DHoldPointMap")  # odd width: no halves
+    plain["plain"]["inputs"]["width"] = 2 * WL_SIZE  # two halves, but a 4-channel latent: not the FLUX VAE's
+    assert "point-map half of the latent is (4," in wl_failing(private, plain, "RefAny3DHoldPointMap")
+    two = graph(point_map=("two", 0))
+    two["two"] = {"class_type": "ImageBatch", "inputs": {"image1": ["target", 2], "image2": ["target", 2]}}
+    two["latent"]["inputs"]["batch_size"] = 3
+    assert "2 point maps for a batch of 3" in wl_failing(private, two, "RefAny3DHoldPointMap")
+    for strength in (1.5, -0.1):
+        errors = wl_rejected(private, graph(strength=strength))
+        assert [name for name, _ in errors["hold"]] == ["strength"], errors
+    nan = graph(strength=float("nan"))  # JSON NaN passes the server's min/max check: the node refuses it
+    result = private.run(nan, timeout=600)
+    assert result.status == "error" and result.error["node_type"] == "RefAny3DHoldPointMap", result.error_text()
+    assert "strength must be between 0 and 1, got nan" in result.error["exception_message"]
+    still_serving(private)

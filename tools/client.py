@@ -3,8 +3,8 @@
 It checks everything local first (workflow, settings, --out, the asset and the files it references),
 uploads the asset with its sidecar files (an OBJ's .mtl and textures, a glTF's .bin and images) into
 one folder of the server's input/3d, fills the workflow's settings (prompt, seed, steps, number of
-views, image guidance, pitch, y rotation, or any NODE.INPUT=VALUE), submits it through POST /prompt,
-shows progress from the /ws stream (or polls /history when the websocket-client package is missing),
+views, image guidance, pitch, y rotation, the target camera, or any NODE.INPUT=VALUE), submits it through
+POST /prompt, shows progress from the /ws stream (or polls /history when the websocket-client package is missing),
 and downloads every output file into a folder.
 
 Examples:
@@ -13,6 +13,8 @@ Examples:
     python tools/client.py --workflow example_workflows/api/refany3d_render_preview.json \\
         --asset chair.obj --views 4 --pitch 20 --out previews/
     python tools/client.py --server 10.0.0.5:8188 --set 12.text="..." --out results/
+    python tools/client.py --workflow example_workflows/api/refany3d_camera_control.json --asset box.glb \\
+        --camera-yaw 150 --camera-pitch 30 --camera-fill 0.8 --hold-strength 0.4 --out results/
 
 Names never collide: the asset and its sidecars go to input/3d/refany3d_client/<first 16 hex digits
 of the sha256 of their content>/ (the same content shares a folder; a different file of the same
@@ -74,7 +76,18 @@ TARGETS = {
     "pitch": [("RefAny3DRenderViews", "pitch")],
     "y_rotation": [("RefAny3DRenderViews", "y_rotation")],
     "asset": [("RefAny3DLoadAsset", "asset_file")],
+    # the target camera of the 'choose the camera' example (RefAny3D Target Camera, Hold Point Map)
+    "camera_yaw": [("RefAny3DTargetCamera", "yaw")],
+    "camera_pitch": [("RefAny3DTargetCamera", "pitch")],
+    "camera_fov": [("RefAny3DTargetCamera", "fov")],
+    "camera_fill": [("RefAny3DTargetCamera", "fill")],
+    "camera_x": [("RefAny3DTargetCamera", "x")],
+    "camera_y": [("RefAny3DTargetCamera", "y")],
+    "hold_strength": [("RefAny3DHoldPointMap", "strength")],
 }
+#: the settings given by a flag of the same name (--image-guidance for image_guidance), in TARGETS' order
+FLAG_SETTINGS = ("seed", "steps", "views", "image_guidance", "pitch", "y_rotation", "camera_yaw", "camera_pitch",
+                 "camera_fov", "camera_fill", "camera_x", "camera_y", "hold_strength")
 SAMPLERS = {"KSampler": "positive", "KSamplerAdvanced": "positive", "CFGGuider": "positive",
             "BasicGuider": "conditioning"}
 TEXT_ENCODERS = {"CLIPTextEncode": "text", "CLIPTextEncodeFlux": "t5xxl"}
@@ -178,7 +191,7 @@ def apply_settings(graph: dict, args, asset_name: str | None) -> dict:
                              "feeding a sampler's positive input")
         for node_id in ids:
             graph[node_id]["inputs"][TEXT_ENCODERS[graph[node_id]["class_type"]]] = args.prompt
-    for setting in ("seed", "steps", "views", "image_guidance", "pitch", "y_rotation"):
+    for setting in FLAG_SETTINGS:
         value = getattr(args, setting)
         if value is not None:
             set_on_class(graph, setting, value)
@@ -421,6 +434,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pitch", type=float, help="camera pitch of the reference views in degrees (release: 0)")
     p.add_argument("--y-rotation", dest="y_rotation", type=float,
                    help="rotation of the point-map frame about +Y in degrees (steers the generated view)")
+    camera = p.add_argument_group(
+        "target camera", "for workflows with RefAny3D Target Camera and Hold Point Map (example_workflows/api/"
+        "refany3d_camera_control.json): the camera to generate from, chosen before generating")
+    camera.add_argument("--camera-yaw", dest="camera_yaw", type=float,
+                        help="the side the asset is seen from, degrees about the vertical (0: from +X, 90: from +Z)")
+    camera.add_argument("--camera-pitch", dest="camera_pitch", type=float,
+                        help="degrees above (positive) or below the asset")
+    camera.add_argument("--camera-fov", dest="camera_fov", type=float, help="vertical field of view in degrees")
+    camera.add_argument("--camera-fill", dest="camera_fill", type=float,
+                        help="share of the picture's height the asset's bounding sphere spans (0.05..1)")
+    camera.add_argument("--camera-x", dest="camera_x", type=float,
+                        help="where the asset's centre appears, left (-1) to right (1)")
+    camera.add_argument("--camera-y", dest="camera_y", type=float,
+                        help="where the asset's centre appears, bottom (-1) to top (1)")
+    camera.add_argument("--hold-strength", dest="hold_strength", type=float,
+                        help="share of the sampling steps the point map is held to the target (0..1; experimental)")
     p.add_argument("--set", action="append", metavar="NODE_ID.INPUT=VALUE",
                    help="set any input of any node (VALUE is parsed as JSON when it can be); repeatable")
     p.add_argument("--out", type=Path, default=Path("refany3d_output"),
@@ -434,63 +463,60 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def fail(code: int, text: str) -> int:
+    print(f"error: {text}", file=sys.stderr, flush=True)
+    return code
 
-    def fail(code: int, text: str) -> int:
-        print(f"error: {text}", file=sys.stderr, flush=True)
-        return code
 
-    # everything local first: nothing is sent before the inputs are known to be usable
-    try:
-        graph = load_api_workflow(args.workflow)
-    except (OSError, ValueError, UsageError) as e:
-        return fail(EXIT_USAGE, f"cannot use workflow {args.workflow}: {e}")
+def prepare(args):
+    """Everything local, before anything is sent: the filled workflow, the asset bundle and its server
+    folder (None without --asset), the server's URL. UsageError, AssetInputError or OSError otherwise."""
+    url = server_url(args.server)
+    check_out_dir(args.out)
     bundle = folder = None
+    if args.asset is not None:
+        bundle = collect(args.asset)
+        folder = upload_folder(bundle)
+    filled = apply_settings(args.graph, args, f"{folder}/{bundle.asset.name}" if bundle else None)
+    unique_prefixes(filled, time.strftime("client-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8])
+    return filled, bundle, folder, url
+
+
+def upload_and_run(client: ComfyClient, args, filled: dict, bundle, folder):
+    """Checks the server has the model files, uploads the asset, queues the workflow and follows it to
+    its end; a timeout or Ctrl-C cancels our prompt. Returns the run's result or an exit code."""
+    client.object_info("KSampler")
+    missing = missing_model_files(client, filled)
+    if missing:
+        return fail(EXIT_REJECTED, "the server does not have the model files this workflow loads (nothing was "
+                                   "uploaded or queued); put them in these folders of its ComfyUI and run "
+                                   "again:\n  " + "\n  ".join(missing))
+    if bundle:
+        asset_name = upload_bundle(client, bundle, folder)
+        extra = f" with {len(bundle.sidecars)} file(s) it references ({', '.join(bundle.sidecars)})" \
+            if bundle.sidecars else ""
+        print(f"uploaded {args.asset}{extra} as {asset_name}", file=sys.stderr)
+    if not args.quiet and not have_websocket():
+        print("websocket-client is not installed: following the run by polling /history "
+              "(no step-by-step progress)", file=sys.stderr)
+    submitted: list[str] = []
+
+    def on_submitted(prompt_id: str) -> None:
+        submitted.append(prompt_id)
+        print(f"queued prompt {prompt_id}", file=sys.stderr, flush=True)
+
     try:
-        url = server_url(args.server)
-        check_out_dir(args.out)
-        if args.asset is not None:
-            bundle = collect(args.asset)
-            folder = upload_folder(bundle)
-        filled = apply_settings(graph, args, f"{folder}/{bundle.asset.name}" if bundle else None)
-        unique_prefixes(filled, time.strftime("client-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8])
-    except (UsageError, AssetInputError, OSError) as e:
-        return fail(EXIT_USAGE, str(e))
-    if args.dry_run:
-        print(json.dumps(filled, indent=2))
-        return EXIT_OK
+        return client.run(filled, timeout=args.timeout, on_message=None if args.quiet else Progress(filled),
+                          on_submitted=on_submitted)
+    except (TimeoutError, KeyboardInterrupt):
+        cancel(client, submitted)
+        raise
 
-    client = ComfyClient(url)
+
+def run_on_server(client: ComfyClient, args, filled: dict, bundle, folder, url: str):
+    """upload_and_run with every way it can fail as its exit code and one line."""
     try:
-        client.object_info("KSampler")
-        missing = missing_model_files(client, filled)
-        if missing:
-            return fail(EXIT_REJECTED, "the server does not have the model files this workflow loads (nothing was "
-                                       "uploaded or queued); put them in these folders of its ComfyUI and run "
-                                       "again:\n  " + "\n  ".join(missing))
-        if bundle:
-            asset_name = upload_bundle(client, bundle, folder)
-            extra = f" with {len(bundle.sidecars)} file(s) it references ({', '.join(bundle.sidecars)})" \
-                if bundle.sidecars else ""
-            print(f"uploaded {args.asset}{extra} as {asset_name}", file=sys.stderr)
-        if not args.quiet and not have_websocket():
-            print("websocket-client is not installed: following the run by polling /history "
-                  "(no step-by-step progress)", file=sys.stderr)
-        started = time.monotonic()
-        submitted: list[str] = []
-
-        def on_submitted(prompt_id: str) -> None:
-            submitted.append(prompt_id)
-            print(f"queued prompt {prompt_id}", file=sys.stderr, flush=True)
-
-        try:
-            result = client.run(filled, timeout=args.timeout, on_message=None if args.quiet else Progress(filled),
-                                on_submitted=on_submitted)
-        except (TimeoutError, KeyboardInterrupt):
-            cancel(client, submitted)
-            raise
+        return upload_and_run(client, args, filled, bundle, folder)
     except PromptRejected as e:
         return fail(EXIT_REJECTED, f"the server rejected the workflow (nothing runs): {e}")
     except (UploadRejected, UploadConflict) as e:
@@ -504,9 +530,12 @@ def main(argv=None) -> int:
     except OUT_OF_PROTOCOL as e:  # an answer no ComfyUI gives: one line, not a traceback
         return fail(EXIT_UNREACHABLE, f"ComfyUI at {url} answered out of protocol ({type(e).__name__}: "
                                       f"{str(e)[:200]})")
+
+
+def run_outcome(result, url: str) -> int | None:
+    """The exit code of a run that did not succeed (its server's message printed); None on success."""
     if not isinstance(result.status, str) or result.status not in ("success", "error", "interrupted"):
         return fail(EXIT_UNREACHABLE, f"ComfyUI at {url} reported the run's end out of protocol")
-
     if result.status == "error":
         err = result.error or {}
         text = result.error_text()
@@ -516,8 +545,13 @@ def main(argv=None) -> int:
         return fail(EXIT_RUN_ERROR, f"the run failed on the server: {text}")
     if result.status == "interrupted":
         return fail(EXIT_TIMEOUT, "the run was interrupted on the server")
+    return None
+
+
+def fetch_outputs(client: ComfyClient, args, result, filled: dict, url: str):
+    """Downloads the outputs into --out; the saved paths, or an exit code (nothing left in --out)."""
     try:
-        saved = download_outputs(client, result, args.out, args.include_temp, args.overwrite, prefix_names(filled))
+        return download_outputs(client, result, args.out, args.include_temp, args.overwrite, prefix_names(filled))
     except OutputNameError as e:
         return fail(EXIT_UNREACHABLE, str(e))
     except ComfyError as e:
@@ -527,6 +561,32 @@ def main(argv=None) -> int:
     except OUT_OF_PROTOCOL as e:
         return fail(EXIT_UNREACHABLE, f"ComfyUI at {url} answered out of protocol ({type(e).__name__}: "
                                       f"{str(e)[:200]}); nothing was written to {args.out}")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.graph = load_api_workflow(args.workflow)
+    except (OSError, ValueError, UsageError) as e:
+        return fail(EXIT_USAGE, f"cannot use workflow {args.workflow}: {e}")
+    try:
+        filled, bundle, folder, url = prepare(args)
+    except (UsageError, AssetInputError, OSError) as e:
+        return fail(EXIT_USAGE, str(e))
+    if args.dry_run:
+        print(json.dumps(filled, indent=2))
+        return EXIT_OK
+    client = ComfyClient(url)
+    started = time.monotonic()
+    result = run_on_server(client, args, filled, bundle, folder, url)
+    if isinstance(result, int):
+        return result
+    code = run_outcome(result, url)
+    if code is not None:
+        return code
+    saved = fetch_outputs(client, args, result, filled, url)
+    if isinstance(saved, int):
+        return saved
     print(f"done in {time.monotonic() - started:.1f} s; {len(saved)} file(s) in {args.out}", file=sys.stderr)
     for line in pose_scores(result):
         print(line, file=sys.stderr)
@@ -544,9 +604,13 @@ def pose_scores(result) -> list[str]:
                 lines.append(f"read pose (node {node_id}) image {i}: no camera could be read (score 0)")
                 continue
             sc = pose["scores"]
-            lines.append(f"read pose (node {node_id}) image {i}: score {sc['score']:.3f} (mask IoU {sc['iou']:.3f}, "
-                         f"median 3D error {sc['median_error_pct']:.2f} %, vertical fov "
-                         f"{pose['pack']['fov_deg']:.1f}°)")
+            line = (f"read pose (node {node_id}) image {i}: score {sc['score']:.3f} (mask IoU {sc['iou']:.3f}, "
+                    f"median 3D error {sc['median_error_pct']:.2f} %, vertical fov {pose['pack']['fov_deg']:.1f}°)")
+            distance = pose.get("target_distance")
+            if distance:
+                line += (f"; {distance['rotation_deg']:.1f}° and {distance['position_pct']:.1f} % from the target "
+                         f"camera, fov {distance['fov_deg']:+.1f}°")
+            lines.append(line)
     return lines
 
 

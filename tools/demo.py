@@ -94,7 +94,7 @@ def wiring_graph(api: dict, unet: str = TINY_UNET, vae: str = TINY_VAE, adapter_
                        domain_embedder=f"{adapter_dir}/domain_embedder.pth")
         elif ct == "RefAny3DRenderViews":
             inp.update(resolution=size, num_views=views)
-        elif ct in ("RefAny3DEmptyLatent", "ModelSamplingFlux"):
+        elif ct in ("RefAny3DEmptyLatent", "ModelSamplingFlux", "RefAny3DTargetCamera"):
             inp.update(width=size, height=size)
         elif ct == "KSampler":
             inp.update(steps=steps, seed=seed)

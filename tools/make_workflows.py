@@ -91,8 +91,11 @@ def reference_section(g: Graph, pitch=0.0, y_rotation=0.0, previews=True):
     return views
 
 
-def generation_section(g: Graph, rgb_src, pm_src, prefix: str, prompt: str, batch_size: int = 1) -> dict:
+def generation_section(g: Graph, rgb_src, pm_src, prefix: str, prompt: str, batch_size: int = 1,
+                       hold=None) -> dict:
     """FLUX.1-dev + RefAny3D sampling from reference images ``rgb_src``/``pm_src`` ((node, output)).
+    ``hold(model, latent, vae)``, when given, puts nodes between RefAny3D Apply / Empty Latent and the
+    sampler and returns the (node, output) pairs the sampler takes instead.
     Returns the ids of the decoded image, point map and mask nodes."""
     x = 460
     g.group("2 · FLUX.1-dev and the RefAny3D files", (x, 0, 400, 640))
@@ -130,10 +133,13 @@ def generation_section(g: Graph, rgb_src, pm_src, prefix: str, prompt: str, batc
     dec_rgb = g.node("VAEDecode", (x + 20, 600), size=[320, 50], title="VAE Decode (image)")
     dec_pm = g.node("VAEDecode", (x + 20, 690), size=[320, 50], title="VAE Decode (point map)")
     mask = g.node("RefAny3DPointMapToMask", (x + 20, 780), size=[320, 60], threshold=0.9)
-    g.link(apply_, "MODEL", ks, "model")
+    model_src, latent_src = (apply_, "MODEL"), (latent, "LATENT")
+    if hold is not None:
+        model_src, latent_src = hold(model_src, latent_src, vae)
+    g.link(*model_src, ks, "model")
     g.link(fg, "CONDITIONING", ks, "positive")
     g.link(zero, "CONDITIONING", ks, "negative")
-    g.link(latent, "LATENT", ks, "latent_image")
+    g.link(*latent_src, ks, "latent_image")
     g.link(ks, "LATENT", split, "samples")
     g.link(split, "rgb", dec_rgb, "samples")
     g.link(split, "point_map", dec_pm, "samples")
@@ -312,6 +318,67 @@ def best_seed() -> Graph:
     return g
 
 
+#: The camera of the 'choose the camera' example (RefAny3D Target Camera's numbers).
+TARGET = dict(yaw=60.0, pitch=20.0, fov=40.0, fill=0.6, x=0.0, y=0.0)
+HOLD_STRENGTH = 0.3
+
+
+def camera_control() -> Graph:
+    g = Graph()
+    views = reference_section(g)
+    asset = views - 1
+    g.group("Target camera: the side, distance and framing to generate", (0, 680, 860, 620))
+    target = g.node("RefAny3DTargetCamera", (20, 730), size=[380, 420], width=SIZE, height=SIZE, y_rotation=0.0,
+                    viewer_frame="fitted", **TARGET)
+    p_pm = g.node("PreviewImage", (440, 730), size=[190, 220], title="Target point map (held)")
+    p_rgb = g.node("PreviewImage", (650, 730), size=[190, 220], title="The asset from the target camera")
+    g.link(asset, "asset", target, "asset")
+    g.link(target, "point_map", p_pm, "images")
+    g.link(target, "rgb", p_rgb, "images")
+
+    def hold(model_src, latent_src, vae):
+        node = g.node("RefAny3DHoldPointMap", (440, 990), size=[400, 130], strength=HOLD_STRENGTH)
+        g.link(*model_src, node, "model")
+        g.link(vae, "VAE", node, "vae")
+        g.link(*latent_src, node, "samples")
+        g.link(target, "point_map", node, "point_map")
+        return (node, "model"), (node, "samples")
+
+    out = generation_section(g, (views, "rgb"), (views, "point_map"), "RefAny3D_camera",
+                             "a product photo of the box on a wooden desk, soft daylight", hold=hold)
+    x = 2680
+    g.group("6 · How close the picture came to the target camera", (x, 0, 860, 500))
+    pose = g.node("RefAny3DReadPose", (x + 20, 50), size=[400, 260], y_rotation=0.0, viewer_frame="fitted")
+    s_over = g.node("SaveImage", (x + 440, 50), size=[400, 400], title="Save overlay (read camera)",
+                    filename_prefix="RefAny3D_camera/overlay")
+    g.link(out["point_map"], "IMAGE", pose, "point_map")
+    g.link(out["mask"], "MASK", pose, "mask")
+    g.link(asset, "asset", pose, "asset")
+    g.link(out["image"], "IMAGE", pose, "photo")
+    g.link(target, "camera", pose, "target")
+    g.link(pose, "overlay", s_over, "images")
+    g.note((0, -330), [860, 300], "RefAny3D · choose the camera (experimental)\n\n"
+           "Generates the asset from a side, distance and framing you choose, instead of the one the prompt "
+           "happens to give. RefAny3D Target Camera renders the asset's point map at that camera; RefAny3D Hold "
+           "Point Map encodes it and holds the point-map half of the joined latent to it for the first "
+           f"{HOLD_STRENGTH:.0%} of the steps (core's noise mask, so any core sampler works). The picture is never "
+           "held: it is generated together with the held point map. RefAny3D Read Pose then reads the camera "
+           "back from the generated point map and reports how far it is from the target (degrees, % of the "
+           "distance).\n\nWhat to set:\n1. RefAny3D Load 3D Asset: your file in "
+           f"{ASSET_HOWTO}\n2. RefAny3D Target Camera: yaw (0 = from +X, 90 = from +Z), pitch, fov, fill (share "
+           "of the picture's height), x/y (where the asset sits). Width and height as RefAny3D Empty Latent's.\n"
+           "3. Or orbit the asset in core Load 3D (the same file) and connect its camera_info output to "
+           "Target Camera's camera_info input.\n\n" + FILES_NOTE)
+    g.note((900, -330), [840, 300], SIZE_NOTE + "\n\nHold Point Map is EXPERIMENTAL: strength is the share "
+           "of steps held (0.3 here; 1 keeps the point map exactly the target). How closely the picture follows "
+           "the held point map is not yet measured with the real weights; `python -m benchmarks.camera_adherence` "
+           "measures it (seeds × strengths, read camera vs target). Read Pose's camera_info output is the read "
+           "camera for core Preview 3D (give it a mesh of the asset in output/, e.g. RefAny3D Asset To Mesh → "
+           "Save GLB, and that file's name). Read Pose needs "
+           "OpenCV (pip install opencv-python-headless).")
+    return g
+
+
 TRAIN_NAME = "my_object"  # the run's folder: models/refany3d/<name>/
 
 TRAIN_FILES_NOTE = """Model files (standard names; pick yours in the loaders):
@@ -387,6 +454,7 @@ def train_adapter() -> Graph:
 WORKFLOWS = {
     "refany3d_asset_to_image": asset_to_image,
     "refany3d_best_seed": best_seed,
+    "refany3d_camera_control": camera_control,
     "refany3d_viewpoint_control": viewpoint_control,
     "refany3d_references_from_images": references_from_images,
     "refany3d_render_preview": render_preview,
@@ -484,10 +552,11 @@ def open_frontend(playwright, url: str, user_data_dir: str, viewport=(1600, 1000
 
 
 #: What each card in the template browser says above its picture (the frontend itself shows only the
-#: file name), and its colour band: one look tells the six apart. Short: the card shows about 220 px of it.
+#: file name), and its colour band: one look tells them apart. Short: the card shows about 220 px of it.
 CARD = {
     "refany3d_asset_to_image": ("Asset to photo", (52, 101, 164)),
     "refany3d_best_seed": ("Best of 4 seeds", (78, 154, 6)),
+    "refany3d_camera_control": ("Choose the camera", (6, 128, 140)),
     "refany3d_viewpoint_control": ("Turn the object", (117, 80, 123)),
     "refany3d_references_from_images": ("From 8 images", (206, 92, 0)),
     "refany3d_render_preview": ("Preview, no model", (85, 87, 83)),
@@ -546,6 +615,14 @@ def card_picture(name: str, inputs: dict):
         row(shots, 72)
         from PIL import ImageDraw
         ImageDraw.Draw(canvas).rectangle((128, 70, 257, 201), outline=(78, 154, 6), width=5)
+    elif name == "refany3d_camera_control":  # four chosen cameras: the asset seen there over the held point map
+        from rendering.camera import target_camera
+        from rendering.pose import render_at
+        shots = [render_at(asset, target_camera(yaw, pitch, fov, fill, x, y), 128, 128)
+                 for yaw, pitch, fov, fill, x, y in ((60, 20, 40, 0.9, 0, 0), (150, 35, 40, 1.0, 0, 0),
+                                                     (-120, 10, 60, 0.7, -0.2, 0.1), (0, 60, 30, 0.9, 0.1, -0.1))]
+        row([v.rgb[0] for v in shots], 4)
+        row([v.point_map[0] for v in shots], 140)
     elif name == "refany3d_train_adapter":  # training samples: the asset seen around its orbit, over backgrounds
         v = rendering.render_views(asset, num_views=8, preset="even", resolution=128, pitch=25.0)
         for k in range(8):
