@@ -279,33 +279,6 @@ class RefAny3DEncodeTrainingData(io.ComfyNode):
 # training
 
 
-class ModelSpace:
-    """An encoded training set seen in the model's latent scale (``process_latent_in``) and compute dtype."""
-
-    LATENTS = ("x0_rgb", "x0_point_map", "refs_rgb", "refs_point_map")
-
-    def __init__(self, encoded, latent_in, dtype):
-        self.encoded, self.latent_in, self.dtype = encoded, latent_in, dtype
-
-    def __len__(self) -> int:
-        return len(self.encoded)
-
-    def _lat(self, x):
-        return (self.latent_in(x[None])[0] if x.ndim == 3 else self.latent_in(x)).to(self.dtype)
-
-    def __getitem__(self, i: int) -> dict:
-        s = dict(self.encoded[i])
-        for k, v in s.items():
-            if isinstance(v, torch.Tensor):
-                s[k] = self._lat(v) if k in self.LATENTS else v.to(self.dtype)
-        return s
-
-    def uncond(self):
-        u = self.encoded.uncond()
-        return type(u)(u.context.to(self.dtype), None if u.pooled is None else u.pooled.to(self.dtype),
-                       self._lat(u.black_reference))
-
-
 def compute_dtype(model) -> torch.dtype:
     base = model.model
     dtype = getattr(base, "manual_cast_dtype", None) or base.get_dtype()
@@ -471,7 +444,7 @@ class RefAny3DTrain(io.ComfyNode):
         if adapter is not None:
             validate_adapter(adapter, flux)
         with torch.inference_mode(False), frozen_view(flux):
-            data = ModelSpace(encoded, model.model.process_latent_in, compute_dtype(model))
+            data = encoded.in_model_space(model.model.process_latent_in, compute_dtype(model))
             if adapter is not None:
                 trainable = TrainableAdapter.from_adapter(adapter)
             else:

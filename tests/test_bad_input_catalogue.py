@@ -1464,9 +1464,11 @@ def test_read_pose_failures_inside_opencv_are_the_packs_message(private, pose_fi
 # A camera the pack cannot honour (an orthographic viewer camera, one looking away from the asset) and a
 # sort by distance with no target: each refused by name.
 
-def _failed(server, graph, node_type, *words) -> None:
+def _failed(server, graph, node_type, *words, exception: str | None = None) -> None:
     result = server.run(graph, timeout=300)
     assert result.status == "error" and result.error["node_type"] == node_type, result.error_text()
+    if exception is not None:
+        assert result.error["exception_type"].endswith(exception), result.error_text()
     for word in words:
         assert word in result.error["exception_message"], result.error["exception_message"]
 
@@ -1497,5 +1499,11 @@ def test_target_camera_refuses_what_it_cannot_honour(private, pose_files, tmp_pa
                     "inputs": {"images": ["target", 4], "point_maps": ["target", 2], "masks": ["target", 3],
                                "top_k": 1, "asset": ["asset", 0], "sort_by": "distance to target"}}
     best["preview"]["inputs"]["images"] = ["best", 0]
-    _failed(private, best, "RefAny3DBestOf", "needs the target input")
+    _failed(private, best, "RefAny3DBestOf", "needs the target input", exception="NodeInputError")
+    # wiring mistakes of Best Of are the node's input errors, each naming what to connect
+    del best["best"]["inputs"]["asset"]
+    _failed(private, best, "RefAny3DBestOf", "needs the scores", "connect the pose output", exception="NodeInputError")
+    best["best"]["inputs"] |= {"asset": ["asset", 0], "point_maps": ["twice", 0], "sort_by": "score"}
+    best["twice"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["target", 2], "amount": 2}}
+    _failed(private, best, "RefAny3DBestOf", "1 images but 2 point maps", exception="NodeInputError")
     still_serving(private)

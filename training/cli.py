@@ -252,7 +252,7 @@ def run(opts: dict) -> int:
 
         from .loop import TrainConfig, Trainer, option_table
         patcher, flux = load_flux(opts["model"], opts["base_dtype"], info.device)
-        data.latent_in = patcher.model.process_latent_in
+        data = data.in_model_space(patcher.model.process_latent_in)
         config = TrainConfig(**{f.name: opts[f.name] for f in option_table() if f.name in opts})
         if opts["adapter"]:
             start = model_patches.load_adapter(*release_paths(opts["adapter"]))

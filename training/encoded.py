@@ -17,6 +17,7 @@ reads it back as a sequence of training samples (contexts zero-padded to one com
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -314,13 +315,15 @@ class EncodedDataset(Sequence):
 
     ``ds[i]``: ``x0_rgb``, ``x0_point_map`` [16,h,w], ``refs_rgb``, ``refs_point_map`` [N,16,hr,wr],
     ``context`` [L,C] zero-padded to the common length L, ``pooled`` [P] (absent when the text encoder
-    gives none); float32 on the CPU; the latents go through ``latent_in`` (e.g. the model's
-    ``model.process_latent_in``) when given. ``uncond()``: the dropouts' replacements (same L, same
-    ``latent_in``). ``info``: count, shapes, the source's describe and fingerprint, names, prompts."""
+    gives none); on the CPU in ``dtype`` (float32 unless :meth:`in_model_space` says otherwise); the
+    latents go through ``latent_in`` (e.g. the model's ``model.process_latent_in``) when given.
+    ``uncond()``: the dropouts' replacements (same L, same ``latent_in`` and dtype). ``info``: count,
+    shapes, the source's describe and fingerprint, names, prompts."""
 
     def __init__(self, folder, latent_in: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.folder = Path(folder)
         self.latent_in = latent_in
+        self.dtype = torch.float32
         info_path = self.folder / INFO_FILE
         if not self.folder.is_dir():
             raise RefAny3DError(f"no encoded dataset at {self.folder}: the folder does not exist (encode a dataset "
@@ -422,19 +425,27 @@ class EncodedDataset(Sequence):
             raise RefAny3DError(f"encoded dataset {self.folder}: {path.name} cannot be read ({e}); "
                                 "re-encode the dataset") from None
 
+    def in_model_space(self, latent_in: Callable[[torch.Tensor], torch.Tensor], dtype=torch.float32) -> EncodedDataset:
+        """The same samples as a model trains on them: the latents in its scale (``latent_in``, its
+        ``process_latent_in``), every tensor in ``dtype`` (its compute dtype). The command line and the
+        Train node both see the encoded set through this; ``self`` is left as it is."""
+        view = copy.copy(self)
+        view.latent_in, view.dtype = latent_in, dtype
+        return view
+
     def _latent(self, t: torch.Tensor) -> torch.Tensor:
         if self.latent_in is None:
-            return t.float()
-        batched = t if t.ndim == 4 else t[None]
-        out = self.latent_in(batched).float()
+            return t.to(self.dtype)
+        batched = t.float() if t.ndim == 4 else t.float()[None]
+        out = self.latent_in(batched).to(self.dtype)
         return out if t.ndim == 4 else out[0]
 
     def _pad(self, context: torch.Tensor) -> torch.Tensor:
         if context.shape[0] == self.context_length:
-            return context.float()
+            return context.to(self.dtype)
         out = context.new_zeros(self.context_length, context.shape[1], dtype=torch.float32)
         out[:context.shape[0]] = context
-        return out
+        return out.to(self.dtype)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
@@ -452,10 +463,11 @@ class EncodedDataset(Sequence):
         out = {k: self._latent(raw[f"{key}.{k}"]) for k in _LATENT_KEYS}
         out["context"] = self._pad(raw[f"{key}.context"])
         if f"{key}.pooled" in raw:
-            out["pooled"] = raw[f"{key}.pooled"].float()
+            out["pooled"] = raw[f"{key}.pooled"].float().to(self.dtype)
         return out
 
     def uncond(self) -> Unconditional:
         raw = self._read(self.folder / UNCOND_FILE, ["context", "black_reference", "pooled"])
-        return Unconditional(context=self._pad(raw["context"]), pooled=raw.get("pooled"),
+        pooled = raw.get("pooled")
+        return Unconditional(context=self._pad(raw["context"]), pooled=None if pooled is None else pooled.to(self.dtype),
                              black_reference=self._latent(raw["black_reference"]))
