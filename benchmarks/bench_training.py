@@ -30,7 +30,7 @@ def step_worker(cfg: dict) -> dict:
 
     from tools.comfy_env import use_comfy
     use_comfy(cpu=cfg["device"] == "cpu")
-    from model_patches.training import TrainableAdapter
+    from model_patches.trainable import TrainableAdapter
     from tools import tiny_models as tiny
     from training import TrainConfig, Trainer
     torch.manual_seed(0)

@@ -284,7 +284,7 @@ def cached(meter, shape, flux, adapter, inp, mixed, budget, label, section):
 def training_rows(meter: Meter, shape: Shape, flux, base: str) -> None:
     import torch
 
-    from model_patches.training import TrainableAdapter
+    from model_patches.trainable import TrainableAdapter
     from training import TrainConfig, Trainer
     from training.memory import estimate
     g = torch.Generator().manual_seed(0)

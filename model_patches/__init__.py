@@ -13,7 +13,7 @@ from .forward import refany3d_forward
 from .patch import (DEFAULT_GUIDANCE_PASS, GUIDANCE_PASSES, RefAny3DPatch, apply_refany3d, apply_to_views,
                     check_model, check_reference_images, encode_references, join, split_joined)
 from .release_format import RELEASE_FILES, map_diffusers_module, release_modules
-from .tokens import GROUPS, REFERENCE_POINT_MAP, REFERENCE_RGB, TARGET_POINT_MAP, TARGET_RGB, TEXT
+from .groups import GROUPS, REFERENCE_POINT_MAP, REFERENCE_RGB, TARGET_POINT_MAP, TARGET_RGB, TEXT
 from .weights import convert_domain_embedder, load_adapter, load_domain_embedder, load_lora, validate_adapter
 
 __all__ = [

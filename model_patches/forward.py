@@ -20,8 +20,8 @@ from .cache import NO_CACHE, ReferenceCache
 from .errors import RefAny3DError, RefAny3DInputError
 from .modulation import REF_GUIDANCE, REF_TIMESTEP, modulation_vectors
 from .routing import routed_linear
-from .tokens import REF_COLUMN_SHIFT, TARGET_POINT_MAP, TARGET_RGB, image_tokens, layout_of, rope, \
-    sequence_ids, unpatchify
+from .groups import REF_COLUMN_SHIFT, TARGETS
+from .tokens import image_tokens, layout_of, rope, sequence_ids, unpatchify
 
 
 def refany3d_forward(flux, adapter, x_rgb: Tensor, x_point_map: Tensor, refs_rgb: Tensor, refs_point_map: Tensor,
@@ -31,7 +31,8 @@ def refany3d_forward(flux, adapter, x_rgb: Tensor, x_point_map: Tensor, refs_rgb
                      ref_guidance: float | None = REF_GUIDANCE, ref_column_shift: int = REF_COLUMN_SHIFT,
                      attention=group_attention, capture: dict | None = None,
                      checkpoint: bool = False) -> tuple[Tensor, Tensor]:
-    """The velocities of both targets, ``(v_rgb, v_point_map)``, each B×16×H×W in ``x_rgb``'s dtype.
+    """The velocities of the target groups (``groups.py``), ``(v_rgb, v_point_map)``, each B×16×H×W in
+    ``x_rgb``'s dtype.
 
     Inputs (ComfyUI layout, latents in the model's scale, i.e. after ``process_latent_in``):
 
@@ -65,10 +66,10 @@ def refany3d_forward(flux, adapter, x_rgb: Tensor, x_point_map: Tensor, refs_rgb
         key = (id(flux), id(adapter), dtype, str(device), int(ref_column_shift), ref_timestep, ref_guidance)
         plan = reference_cache.plan(refs_rgb, refs_point_map, pooled, [key + (f,) for f in flags],
                                     shape=cache_shape(flux, refs_rgb, dtype, device))
-    lay = layout_of(x_rgb, refs_rgb, context.shape[1], p, refs_in_sequence=plan.refs_in_sequence)
+    latents = dict(x_rgb=x_rgb, x_point_map=x_point_map, refs_rgb=refs_rgb, refs_point_map=refs_point_map)
+    lay = layout_of(latents, context.shape[1], p, refs_in_sequence=plan.refs_in_sequence)
 
-    img = routed_linear(flux.img_in, image_tokens(x_rgb, x_point_map, refs_rgb, refs_point_map, lay, p),
-                        lay.image_segments(), adapter, "img_in")
+    img = routed_linear(flux.img_in, image_tokens(latents, lay, p), lay.image_segments(), adapter, "img_in")
     txt = flux.txt_in(context.to(dtype))
     vecs = modulation_vectors(flux, adapter, timestep, guidance, pooled, img.dtype, ref_timestep, ref_guidance)
     pe = rope(flux, sequence_ids(lay, col_shift=ref_column_shift, device=device))
@@ -94,10 +95,10 @@ def refany3d_forward(flux, adapter, x_rgb: Tensor, x_point_map: Tensor, refs_rgb
     if capture is not None:
         capture.update({g: x[:, a:b] for g, a, b in lay.sequence_segments()})
 
-    n, (h, w) = lay.tgt, x_rgb.shape[-2:]
-    v_rgb = final_layer(flux, x[:, lay.txt:lay.txt + n], vecs[TARGET_RGB])
-    v_pm = final_layer(flux, x[:, lay.txt + n:lay.txt + 2 * n], vecs[TARGET_POINT_MAP])
-    return unpatchify(v_rgb, h, w, p), unpatchify(v_pm, h, w, p)
+    h, w = x_rgb.shape[-2:]
+    segments = {g: (a, b) for g, a, b in lay.sequence_segments()}
+    return tuple(unpatchify(final_layer(flux, x[:, slice(*segments[g.name])], vecs[g.name]), h, w, p)
+                 for g in TARGETS)
 
 
 def cache_shape(flux, refs_rgb: Tensor, dtype, device) -> dict:

@@ -1,7 +1,8 @@
 """Per-group modulation (docs/method.md §2): each token group drives adaLN with its own vector.
 
 Text and targets use Flux's ``time(t) + guidance(g) + vector(pooled)``; the references the same at
-t = 0 and guidance 1.0; every image group adds its domain embedding E(0) (RGB) or E(1) (point map).
+t = 0 and guidance 1.0; every image group adds its domain embedding E(0) (RGB) or E(1) (point map),
+as the table of groups (``groups.py``) says.
 Each block's modulation layer turns every group's vector into named shift / scale / gate values,
 as ComfyUI's ``Modulation`` does for one vector.
 """
@@ -13,12 +14,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .groups import TOKEN_GROUPS, REF_GUIDANCE, REF_TIMESTEP, REFERENCE_ROLE
 from .routing import routed_linear
-from .tokens import REFERENCE_POINT_MAP, REFERENCE_RGB, TARGET_POINT_MAP, TARGET_RGB, TEXT
 
-#: References are evaluated at t = 0 with Flux guidance 1.0 (§2).
-REF_TIMESTEP = 0.0
-REF_GUIDANCE = 1.0
+__all__ = ["REF_GUIDANCE", "REF_TIMESTEP", "GroupMod", "ModulationOut", "domain_embeddings", "flux_vector", "gated",
+           "group_modulation", "modulate", "modulation_vectors"]
 
 
 @dataclass
@@ -57,8 +57,9 @@ def domain_embeddings(adapter, dtype, device) -> Tensor:
 def modulation_vectors(flux, adapter, timestep: Tensor, guidance: Tensor | None, pooled: Tensor | None,
                        dtype, ref_timestep: float | None = REF_TIMESTEP,
                        ref_guidance: float | None = REF_GUIDANCE) -> dict[str, Tensor]:
-    """Each group's own modulation vector [B, D]: the references at t = ``ref_timestep`` and
-    g = ``ref_guidance`` (None: the targets' values), plus E(d) for the image groups."""
+    """Each group's own modulation vector [B, D] (:data:`~.groups.TOKEN_GROUPS`): the reference groups at
+    t = ``ref_timestep`` and g = ``ref_guidance`` (None: the targets' values), the others at the
+    sampler's t and g, plus E(d) for a group with a domain."""
     v_t = flux_vector(flux, timestep, guidance, pooled, dtype)
     t_ref = timestep if ref_timestep is None else torch.full_like(timestep, float(ref_timestep))
     if ref_guidance is None:
@@ -69,8 +70,11 @@ def modulation_vectors(flux, adapter, timestep: Tensor, guidance: Tensor | None,
         g_ref = torch.full(timestep.shape, float(ref_guidance), device=timestep.device, dtype=torch.float32)
     v_ref = flux_vector(flux, t_ref, g_ref, pooled, dtype)
     e = domain_embeddings(adapter, v_t.dtype, v_t.device)
-    return {TEXT: v_t, TARGET_RGB: v_t + e[0], TARGET_POINT_MAP: v_t + e[1],
-            REFERENCE_RGB: v_ref + e[0], REFERENCE_POINT_MAP: v_ref + e[1]}
+    vecs = {}
+    for g in TOKEN_GROUPS:
+        v = v_ref if g.role == REFERENCE_ROLE else v_t
+        vecs[g.name] = v if g.domain is None else v + e[g.domain]
+    return vecs
 
 
 def group_modulation(lin, vecs: dict[str, Tensor], groups: Sequence[str], adapter, path: str,

@@ -1,19 +1,19 @@
 """The two RefAny3D LoRAs, routed by token group (docs/method.md §3).
 
 The Reference-LoRA acts on the reference views' tokens, the Domain-LoRA on every point-map token
-(target and references); text and the target RGB see neither. Nothing is merged into the model:
-each adapted layer runs as ComfyUI's own module (base weight, casts, fp8, LoRAs ComfyUI patched
-onto the base model) and the routed low-rank deltas are added on each group's rows.
+(target and references); text and the target RGB see neither (the table in ``groups.py``). Nothing
+is merged into the model: each adapted layer runs as ComfyUI's own module (base weight, casts, fp8,
+LoRAs ComfyUI patched onto the base model) and the routed low-rank deltas are added on each group's
+rows.
 """
 from __future__ import annotations
 
 from torch import Tensor
 
-from .tokens import REFERENCE_POINT_MAP, REFERENCE_RGB, TARGET_POINT_MAP, TARGET_RGB, TEXT
+from .groups import TOKEN_GROUPS
 
-#: adapter names (keys of ``adapter.loras``) applied to each token group
-ROUTES = {TEXT: (), TARGET_RGB: (), TARGET_POINT_MAP: ("domain",),
-          REFERENCE_RGB: ("reference",), REFERENCE_POINT_MAP: ("reference", "domain")}
+#: adapter names (keys of ``adapter.loras``) applied to each token group (the table's ``loras``)
+ROUTES = {g.name: g.loras for g in TOKEN_GROUPS}
 
 
 def lora_delta(x: Tensor, down: Tensor, up: Tensor) -> Tensor:

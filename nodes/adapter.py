@@ -8,6 +8,7 @@ from comfy_api.latest import io
 
 from ..model_patches import RELEASE_FILES, load_adapter
 from . import folders
+from .errors import NodeInputError
 from .sockets import Adapter
 
 PREFERRED = {
@@ -46,15 +47,16 @@ def preferred(files: list[str], names: tuple[str, ...]) -> str | None:
 
 
 def resolve(filename: str, role: str) -> str:
-    """Full path of ``filename`` in models/refany3d/, or a FileNotFoundError naming file and folder."""
+    """Full path of ``filename`` in models/refany3d/, or a NodeInputError naming file and folder."""
     path = folder_paths.get_full_path(folders.REFANY3D_FOLDER, filename) if filename else None
     if path is None:
         dirs = refany3d_dirs()
         present = refany3d_files()
-        raise FileNotFoundError(
+        raise NodeInputError(
             f"RefAny3D {role} file '{filename}' not found in the refany3d model folder "
             f"({', '.join(dirs)}). Put the release files default.safetensors, coord.safetensors and "
-            f"domain_embedder.pth there. Files found: {', '.join(present) if present else 'none'}.")
+            f"domain_embedder.pth there (or choose one of the files found), then refresh the node. "
+            f"Files found: {', '.join(present) if present else 'none'}.")
     return path
 
 

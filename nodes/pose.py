@@ -15,6 +15,7 @@ from ..rendering.overlay import overlay
 from ..rendering.camera import camera_distance, target_camera
 from ..rendering.pose import read_pose, render_at
 from ..rendering.viewer import VIEWER_FRAMES, camera_to_load3d, load3d_to_camera
+from .errors import NodeInputError
 from .sockets import Asset, Camera, Pose
 
 log = logging.getLogger("RefAny3D")
@@ -73,9 +74,10 @@ def ranked(poses, sort_by: str, target) -> list[int]:
     if sort_by == "score":
         return sorted(range(len(poses)), key=lambda i: -score_of(poses[i]))
     if sort_by != "distance to target":
-        raise AssetError(f"unknown sort '{sort_by}' (use one of {', '.join(SORT_KEYS)})")
+        raise NodeInputError(f"unknown sort_by '{sort_by}' (use one of {', '.join(SORT_KEYS)})")
     if target is None:
-        raise AssetError("sorting by distance to target needs the target input (RefAny3D Target Camera's camera)")
+        raise NodeInputError("sort_by 'distance to target' needs the target input: connect the camera output of "
+                             "RefAny3D Target Camera, or sort by score")
 
     def key(i):
         if poses[i] is None:
@@ -225,14 +227,16 @@ class RefAny3DBestOf(io.ComfyNode):
                 sort_by="score") -> io.NodeOutput:
         n = images.shape[0]
         if point_maps.shape[0] != n:
-            raise AssetError(f"{n} images but {point_maps.shape[0]} point maps: they must be the same batch")
+            raise NodeInputError(f"{n} images but {point_maps.shape[0]} point maps: connect the images and the "
+                                 "point maps of the same generated batch")
         if pose is None:
             if asset is None:
-                raise AssetError("RefAny3D Best Of needs the scores: connect the pose output of RefAny3D Read Pose, "
-                                 "or the asset")
+                raise NodeInputError("RefAny3D Best Of needs the scores: connect the pose output of RefAny3D Read "
+                                     "Pose, or the asset (it then reads the poses itself)")
             pose = read_batch(point_maps, masks, asset, float(y_rotation))
         if len(pose) != n:
-            raise AssetError(f"{len(pose)} read poses for {n} images: use Read Pose on the same batch")
+            raise NodeInputError(f"{len(pose)} read poses for {n} images: connect the pose output of RefAny3D Read "
+                                 "Pose run on the same batch")
         h, w = point_maps.shape[1:3]
         masks = _batch_mask(masks, n, h, w)
         order = ranked(pose, sort_by, target)[:max(1, int(top_k))]

@@ -1,7 +1,7 @@
 """Training nodes (docs/method.md §6): a training set, its encoding, RefAny3D Train and the release-format save.
 
 The work is done by the plain library ``training/`` (datasets, encoding, the Trainer, checkpoints) on
-``model_patches.training`` (the trainable adapter, the loss); these nodes check inputs, run the loop with
+``model_patches.trainable`` (the trainable adapter, the loss); these nodes check inputs, run the loop with
 ComfyUI's progress bar, Cancel and previews, and place the files in models/refany3d/<name>/.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..model_patches import RefAny3DError, check_flux, check_transformer_options, load_adapter, validate_adapter
-from ..model_patches.training import frozen_view
+from ..model_patches.trainable import frozen_view
 from ..rendering import join_inside
 from ..training import RELEASE_DTYPES, TrainConfig, Trainer, datasets, option_table
 from ..training import checkpoint as ckpt
@@ -279,33 +279,6 @@ class RefAny3DEncodeTrainingData(io.ComfyNode):
 # training
 
 
-class ModelSpace:
-    """An encoded training set seen in the model's latent scale (``process_latent_in``) and compute dtype."""
-
-    LATENTS = ("x0_rgb", "x0_point_map", "refs_rgb", "refs_point_map")
-
-    def __init__(self, encoded, latent_in, dtype):
-        self.encoded, self.latent_in, self.dtype = encoded, latent_in, dtype
-
-    def __len__(self) -> int:
-        return len(self.encoded)
-
-    def _lat(self, x):
-        return (self.latent_in(x[None])[0] if x.ndim == 3 else self.latent_in(x)).to(self.dtype)
-
-    def __getitem__(self, i: int) -> dict:
-        s = dict(self.encoded[i])
-        for k, v in s.items():
-            if isinstance(v, torch.Tensor):
-                s[k] = self._lat(v) if k in self.LATENTS else v.to(self.dtype)
-        return s
-
-    def uncond(self):
-        u = self.encoded.uncond()
-        return type(u)(u.context.to(self.dtype), None if u.pooled is None else u.pooled.to(self.dtype),
-                       self._lat(u.black_reference))
-
-
 def compute_dtype(model) -> torch.dtype:
     base = model.model
     dtype = getattr(base, "manual_cast_dtype", None) or base.get_dtype()
@@ -326,7 +299,7 @@ def preview_images(flux, adapter, data, model, vae) -> torch.Tensor | None:
     if vae is None:
         return None
     from ..model_patches.modulation import REF_TIMESTEP
-    from ..model_patches.training import TRAIN_GUIDANCE, training_mode
+    from ..model_patches.trainable import TRAIN_GUIDANCE, training_mode
     s = data[0]
     dev = next(flux.parameters()).device
     g = torch.Generator().manual_seed(0)
@@ -451,7 +424,7 @@ class RefAny3DTrain(io.ComfyNode):
     @classmethod
     def execute(cls, model, encoded, name, preview_every=100, resume=False, adapter=None, vae=None, overwrite=False,
                 **settings) -> io.NodeOutput:
-        from ..model_patches.training import TrainableAdapter
+        from ..model_patches.trainable import TrainableAdapter
         node_id = cls.hidden.unique_id if cls.hidden else None
         out_dir = run_folder(name)
         state_dir = out_dir / TRAINING_STATE_DIR
@@ -471,7 +444,7 @@ class RefAny3DTrain(io.ComfyNode):
         if adapter is not None:
             validate_adapter(adapter, flux)
         with torch.inference_mode(False), frozen_view(flux):
-            data = ModelSpace(encoded, model.model.process_latent_in, compute_dtype(model))
+            data = encoded.in_model_space(model.model.process_latent_in, compute_dtype(model))
             if adapter is not None:
                 trainable = TrainableAdapter.from_adapter(adapter)
             else:
@@ -591,7 +564,7 @@ class RefAny3DSaveAdapter(io.ComfyNode):
 
     @classmethod
     def execute(cls, adapter, name, dtype="bf16", write_pth=False, overwrite=False) -> io.NodeOutput:
-        from ..model_patches.training import TrainableAdapter
+        from ..model_patches.trainable import TrainableAdapter
         folder = run_folder(name)
         torch_dtype = RELEASE_DTYPES[dtype]
         refuse_to_replace(folder, name, overwrite)

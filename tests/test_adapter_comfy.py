@@ -103,6 +103,7 @@ def test_missing_file_gives_a_clear_execution_error(private_comfy):
     assert result.status == "error"
     text = result.error_text()
     assert result.error["node_type"] == "RefAny3DLoadAdapter"
+    assert result.error["exception_type"].endswith("NodeInputError"), text  # the node's input, not a bare OSError
     assert "Reference-LoRA file 'gone/default.safetensors' not found in the refany3d model folder" in text, text
     assert str(private_comfy.models_dir / "refany3d") in text and f"{sub}/coord.safetensors" in text, text
 

@@ -2,8 +2,11 @@
 each as a test through the real server (or the real client), each checking three things: the message
 says what is wrong and what to do, the server keeps serving, and nothing is written half-way.
 
-To add a case: put it in the section of its area, use ``private`` (a server of its own, so expected
-tracebacks stay out of the shared server's log) and end with ``still_serving(server)``.
+The sections are by area, each titled by what it protects: the headless client, weights and latents,
+assets and views, node inputs in the UI, training on a shared server, the client against a hostile
+server, Read Pose, target camera and Best Of. To add a case: put it in the section of its area, use
+``private`` (a server of its own, so expected tracebacks stay out of the shared server's log) and end
+with ``still_serving(server)``.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ def still_serving(server) -> None:
     assert result.status == "success", result.error_text()
 
 
-# ============================================================================ client (cases 1, 2, 8)
+# ============================================================================ the headless client: sidecars, names, exit codes
 #
 # The headless client (tools/client.py) run as users run it, in a subprocess, against ``private``.
 # Each test checks the message and exit code, that nothing was sent, uploaded or written that should
@@ -102,7 +105,7 @@ def solid(colour, size=8) -> Image.Image:
     return Image.new("RGB", (size, size), colour)
 
 
-# --- case 1: an asset's sidecar files go with it
+# --- an asset's sidecar files go with it
 
 def test_client_obj_is_sent_with_its_mtl_and_texture(private, tmp_path):
     """An OBJ's .mtl and the texture it names are uploaded with it, into one folder, and the object
@@ -188,7 +191,7 @@ def test_client_refuses_missing_or_escaping_sidecars_before_sending_anything(pri
     still_serving(private)
 
 
-# --- case 2: no name collisions, on the server or in --out
+# --- no name collisions, on the server or in --out
 
 def test_client_two_concurrent_clients_with_same_named_assets_get_their_own_results(private, tmp_path):
     """Two clients started together, each with its own model.glb (red, blue): each run renders its
@@ -270,7 +273,7 @@ def test_client_never_overwrites_a_different_file_on_the_server(private, tmp_pat
     still_serving(private)
 
 
-# --- case 8: exit codes as documented, local inputs checked before anything is sent
+# --- exit codes as documented, local inputs checked before anything is sent
 
 def test_client_out_naming_a_file_is_refused_before_the_run(private, tmp_path):
     out = tmp_path / "results.png"
@@ -405,7 +408,7 @@ def test_client_upload_too_large_is_a_rejection_not_unreachable(small_uploads, t
 
 
 
-# ============================================================================ weights and latents (cases 3, 9)
+# ============================================================================ weights and latents: values, guidance, joined latents
 
 WL_SIZE = 64  # px of one generated image (latent 8×8 per half)
 
@@ -619,7 +622,7 @@ def test_split_is_silent_after_refany3d_sampling_and_warns_after_a_plain_resampl
     still_serving(private)
 
 
-# ============================================================================ assets and views (cases 4, 5, 6, 7)
+# ============================================================================ assets and views: sidecar freshness, textures, blank views, links
 
 
 def assets_graph(asset_file: str, views: int = 1, res: int = 32, **render) -> dict:
@@ -669,7 +672,7 @@ def assets_tint(rgb):
     return Image.new("RGB", (8, 8), rgb)
 
 
-def test_case4_a_replaced_or_later_uploaded_texture_or_mtl_is_seen_at_the_next_run(private, tmp_path):
+def test_a_replaced_or_later_uploaded_texture_or_mtl_is_seen_at_the_next_run(private, tmp_path):
     """Case 4: Load Asset's cache key covers the .mtl and the textures, not only the .obj."""
     from tools.assets_gen import box, write_obj
     server = private
@@ -702,7 +705,7 @@ def test_case4_a_replaced_or_later_uploaded_texture_or_mtl_is_seen_at_the_next_r
     still_serving(server)
 
 
-def test_case5_a_texture_the_mtl_names_but_is_missing_is_an_error_naming_file_and_folder(private):
+def test_a_texture_the_mtl_names_but_is_missing_is_an_error_naming_file_and_folder(private):
     """Case 5a: it rendered white on white (Kd 1 1 1, no texture) without a word."""
     from tools.assets_gen import box, write_obj
     server = private
@@ -717,7 +720,7 @@ def test_case5_a_texture_the_mtl_names_but_is_missing_is_an_error_naming_file_an
     still_serving(server)
 
 
-def test_case5_a_texture_over_the_decompression_bomb_limit_is_an_error_naming_size_and_limit(private):
+def test_a_texture_over_the_decompression_bomb_limit_is_an_error_naming_size_and_limit(private):
     """Case 5b: Pillow refused the texture inside trimesh, which dropped it: grey without a word."""
     from PIL import Image
     from tools.assets_gen import box, huge_png, write_obj
@@ -733,7 +736,7 @@ def test_case5_a_texture_over_the_decompression_bomb_limit_is_an_error_naming_si
     still_serving(server)
 
 
-def test_case5_a_gltf_texture_uri_outside_the_folder_is_an_error_naming_the_uri(private):
+def test_a_gltf_texture_uri_outside_the_folder_is_an_error_naming_the_uri(private):
     """Case 5c: trimesh refused the URI (right) and rendered grey (silently)."""
     import json
     from tools.assets_gen import GltfPart, marked_quad, marked_texture, write_gltf
@@ -752,7 +755,7 @@ def test_case5_a_gltf_texture_uri_outside_the_folder_is_an_error_naming_the_uri(
     still_serving(server)
 
 
-def test_case5_a_texture_without_uvs_renders_flat_with_a_warning_in_log_node_and_description(private):
+def test_a_texture_without_uvs_renders_flat_with_a_warning_in_log_node_and_description(private):
     """Case 5d: a texture the mesh cannot place (no UVs) still gives a useful render (shape, point map,
     flat colour), so it is a loud warning, not an error."""
     from tools.assets_gen import box, write_obj
@@ -772,7 +775,7 @@ def test_case5_a_texture_without_uvs_renders_flat_with_a_warning_in_log_node_and
     still_serving(server)
 
 
-def test_case6_blank_views_warn_by_name_and_all_blank_is_an_error(private):
+def test_blank_views_warn_by_name_and_all_blank_is_an_error(private):
     """Case 6: a flat card is seen edge-on at 0° and 180° (the 2-view release preset)."""
     from tools.assets_gen import GltfPart, flat_card, write_glb
     server = private
@@ -793,7 +796,7 @@ def test_case6_blank_views_warn_by_name_and_all_blank_is_an_error(private):
     still_serving(server)
 
 
-def test_case7_linked_files_and_linked_folders_in_input_work_names_leaving_it_do_not(private):
+def test_linked_files_and_linked_folders_in_input_work_names_leaving_it_do_not(private):
     """Case 7: a studio library linked into input/3d was listed, then refused at validation."""
     import os
     import re
@@ -837,7 +840,7 @@ def test_case7_linked_files_and_linked_folders_in_input_work_names_leaving_it_do
 
 
 def test_compressed_gltf_without_its_decoder_names_the_package_and_serves_on(small_uploads, tmp_path):
-    """Issue 18: a Draco, a meshopt and a KTX2-textured GLB on a server whose Python lacks DracoPy,
+    """A Draco, a meshopt and a KTX2-textured GLB on a server whose Python lacks DracoPy,
     meshopt and alktx2 (small_uploads blocks them): Load 3D Asset fails with an AssetError that names
     the package to install, nothing is written, and the next ordinary prompt on the same server succeeds."""
     from test_gltf_compressed import write_ktx2_twins, write_meshopt_twins, write_twins
@@ -853,7 +856,7 @@ def test_compressed_gltf_without_its_decoder_names_the_package_and_serves_on(sma
     still_serving(server)
 
 
-# ============================================================================ friction (case 10)
+# ============================================================================ node inputs in the UI: validation, tooltips, names, startup
 
 
 def fr_render_graph(asset, **inputs):
@@ -943,7 +946,7 @@ def test_startup_log_has_no_torchaudio_traceback_on_a_leg_with_torchaudio(privat
     still_serving(private)
 
 
-# ============================================================================ training on a shared server (issue 17)
+# ============================================================================ training on a shared server: paths, states, adapters kept
 #
 # The training nodes on ``private`` with the test-only tiny FLUX.1 and text encoder and a random TAESD VAE:
 # every path a user names stays inside input/ (links inside followed), a run never destroys good work (a
@@ -1249,7 +1252,38 @@ def test_tr_tampered_resume_states_and_a_truncated_shard(private):
     still_serving(server)
 
 
-# ============================================================================ client against a hostile server (issue 17)
+def tr_png_header(path: Path, width: int, height: int, colour_type: int) -> None:
+    """A PNG whose header (IHDR, PNG spec §11.2.2) says width × height, with a token IDAT: what Pillow reads
+    when it opens a file, without the gigabytes a real 80-Mpx picture would cost the test."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def test_tr_an_80_mpx_photo_and_nul_in_names_are_refused_by_name(private):
+    """An 80-Mpx photo is refused from its header, before anything is decoded (it took a server from 1.1 GB to
+    7.5 GB); a NUL in a run name or a dataset folder is named as such, not a bare 'embedded null byte'."""
+    from tools.comfy_http import PromptRejected
+    from tools.training_fixtures import write_folder_dataset
+    server = private
+    root = write_folder_dataset(server.input_dir / "tr_huge", samples=(("mug", "box"),), width=32, height=32)
+    tr_png_header(root / "mug" / "photo.png", 10000, 8000, 2)
+    tr_png_header(root / "mug" / "point_map.png", 10000, 8000, 6)
+    message = tr_failure(server, tr_graph(server, "tr_huge", "sample folders", "tr_huge"), "RefAny3DTrainingDataset")
+    assert "photo.png is 10000x8000 (80 Mpx); at most 40 Mpx are read" in message, message
+    with pytest.raises(PromptRejected, match="contains a NUL character"):  # Save Adapter shares the check
+        server.submit(tr_graph(server, "tr\x00run"))
+    message = tr_failure(server, tr_graph(server, "tr_nul", "sample folders", "tr_huge\x00"), "RefAny3DTrainingDataset")
+    assert "contains a NUL character" in message and "embedded null byte" not in message
+    still_serving(server)
+
+
+# ============================================================================ client against a hostile server: exit codes, nothing half-written
 #
 # The real client (tools/client.py, a subprocess) against a small server in this process that answers as
 # a broken proxy or a hostile server would: garbage instead of JSON, a /ws that answers 404, a /ws or a
@@ -1382,38 +1416,7 @@ def test_hc_overwrite_replaces_only_the_workflows_own_names(hostile, tmp_path):
                                                      "notes.txt"]
 
 
-def tr_png_header(path: Path, width: int, height: int, colour_type: int) -> None:
-    """A PNG whose header (IHDR, PNG spec §11.2.2) says width × height, with a token IDAT: what Pillow reads
-    when it opens a file, without the gigabytes a real 80-Mpx picture would cost the test."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-                     + chunk(b"IEND", b""))
-
-
-def test_tr_an_80_mpx_photo_and_nul_in_names_are_refused_by_name(private):
-    """An 80-Mpx photo is refused from its header, before anything is decoded (it took a server from 1.1 GB to
-    7.5 GB); a NUL in a run name or a dataset folder is named as such, not a bare 'embedded null byte'."""
-    from tools.comfy_http import PromptRejected
-    from tools.training_fixtures import write_folder_dataset
-    server = private
-    root = write_folder_dataset(server.input_dir / "tr_huge", samples=(("mug", "box"),), width=32, height=32)
-    tr_png_header(root / "mug" / "photo.png", 10000, 8000, 2)
-    tr_png_header(root / "mug" / "point_map.png", 10000, 8000, 6)
-    message = tr_failure(server, tr_graph(server, "tr_huge", "sample folders", "tr_huge"), "RefAny3DTrainingDataset")
-    assert "photo.png is 10000x8000 (80 Mpx); at most 40 Mpx are read" in message, message
-    with pytest.raises(PromptRejected, match="contains a NUL character"):  # Save Adapter shares the check
-        server.submit(tr_graph(server, "tr\x00run"))
-    message = tr_failure(server, tr_graph(server, "tr_nul", "sample folders", "tr_huge\x00"), "RefAny3DTrainingDataset")
-    assert "contains a NUL character" in message and "embedded null byte" not in message
-    still_serving(server)
-
-
-# ============================================================================ Read Pose (issue 17)
+# ============================================================================ Read Pose: masks per picture, OpenCV failures
 #
 # RefAny3D Read Pose took one mask for a batch of point maps without a word (that mask is right for one
 # picture at most), and a point map it could not solve ended in a raw OpenCV assertion.
@@ -1483,16 +1486,40 @@ def test_read_pose_failures_inside_opencv_are_the_packs_message(private, pose_fi
     still_serving(private)
 
 
-# ============================================================================ target camera (issue 19)
+# ============================================================================ target camera and Best Of: cameras and wiring
 #
-# A camera the pack cannot honour (an orthographic viewer camera, one looking away from the asset) and a
-# sort by distance with no target: each refused by name.
+# A camera the pack cannot honour (an orthographic viewer camera, one looking away from the asset), a
+# sort by distance with no target and Best Of's other wiring mistakes: each refused by name (the wiring
+# ones as the node's input errors, NodeInputError).
 
-def _failed(server, graph, node_type, *words) -> None:
+def _failed(server, graph, node_type, *words, exception: str | None = None) -> None:
     result = server.run(graph, timeout=300)
     assert result.status == "error" and result.error["node_type"] == node_type, result.error_text()
+    if exception is not None:
+        assert result.error["exception_type"].endswith(exception), result.error_text()
     for word in words:
         assert word in result.error["exception_message"], result.error["exception_message"]
+
+
+def test_best_of_wiring_mistakes_are_the_nodes_input_errors(private, pose_files):
+    """RefAny3D Best Of with no scores to rank by, with point maps of another batch, or sorted by distance
+    with no target: each a NodeInputError (the node's input, not the asset's) naming what to connect."""
+    box_, _ = pose_files
+    camera = {"asset": ["asset", 0], "width": 64, "height": 64, "yaw": 30.0, "pitch": 15.0, "fov": 45.0, "fill": 0.6,
+              "x": 0.0, "y": 0.0, "y_rotation": 0.0, "viewer_frame": "fitted"}
+    graph = {"asset": {"class_type": "RefAny3DLoadAsset", "inputs": {"asset_file": box_}},
+             "target": {"class_type": "RefAny3DTargetCamera", "inputs": camera},
+             "twice": {"class_type": "RepeatImageBatch", "inputs": {"image": ["target", 2], "amount": 2}},
+             "best": {"class_type": "RefAny3DBestOf",
+                      "inputs": {"images": ["target", 4], "point_maps": ["target", 2], "masks": ["target", 3],
+                                 "top_k": 1, "sort_by": "score"}},
+             "preview": {"class_type": "PreviewImage", "inputs": {"images": ["best", 0]}}}
+    _failed(private, graph, "RefAny3DBestOf", "needs the scores", "connect the pose output", exception="NodeInputError")
+    graph["best"]["inputs"] |= {"asset": ["asset", 0], "point_maps": ["twice", 0]}
+    _failed(private, graph, "RefAny3DBestOf", "1 images but 2 point maps", exception="NodeInputError")
+    graph["best"]["inputs"] |= {"point_maps": ["target", 2], "sort_by": "distance to target"}
+    _failed(private, graph, "RefAny3DBestOf", "needs the target input", exception="NodeInputError")
+    still_serving(private)
 
 
 def test_target_camera_refuses_what_it_cannot_honour(private, pose_files, tmp_path):

@@ -25,7 +25,7 @@ import torch
 
 from conftest import ROOT
 from model_patches import RefAny3DError
-from model_patches.training import TrainableAdapter, Unconditional
+from model_patches.trainable import TrainableAdapter, Unconditional
 from tools import tiny_models as tiny
 from training import EncodedDataset, TrainConfig, Trainer, encode_dataset, is_encoded
 

@@ -178,7 +178,7 @@ def test_training_mode_sets_comfyuis_flag_and_leaves_it_as_it_found_it():
     """The guarded use above: ComfyUI v0.3.75 has no flag (added for the step, removed after), v0.31 has one.
     (The flag is named through TRAINING_FLAG here too, or this test would be a hard use the scan counts.)"""
     import comfy.model_management as mm
-    from model_patches.training import TRAINING_FLAG, training_mode
+    from model_patches.trainable import TRAINING_FLAG, training_mode
 
     had, before = hasattr(mm, TRAINING_FLAG), getattr(mm, TRAINING_FLAG, None)
     with training_mode():

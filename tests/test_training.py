@@ -1,6 +1,6 @@
 """Training (issue 11, docs/method.md §6) on tiny random ComfyUI Flux models, in-process, float32, CPU.
 
-The adapter and loss of ``model_patches.training``, gradient checkpointing in ``refany3d_forward``,
+The adapter and loss of ``model_patches.trainable``, gradient checkpointing in ``refany3d_forward``,
 the trainer and its saving in ``training/``.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from model_patches import RefAny3DError, load_adapter, refany3d_forward
-from model_patches.training import TrainableAdapter, Unconditional, sample_seed, training_loss, training_mode
+from model_patches.trainable import TrainableAdapter, Unconditional, sample_seed, training_loss, training_mode
 from tools import tiny_models as tiny
 from tools.release_files import release_state_dicts
 from training import PRODIGY_MISSING, TrainConfig, Trainer, load_state, make_optimizer, save_release
@@ -137,7 +137,7 @@ def test_loss_draws_do_not_depend_on_batching(flux):
 
 def test_dropout_rates_and_independence():
     """p = 0.1 each, drawn independently from t and the noise (checked on the draws themselves)."""
-    from model_patches.training import P_DROP_PROMPT, P_DROP_REFERENCES
+    from model_patches.trainable import P_DROP_PROMPT, P_DROP_REFERENCES
     assert (P_DROP_PROMPT, P_DROP_REFERENCES) == (0.1, 0.1)
     n, both, prompt, refs = 4000, 0, 0, 0
     for i in range(n):
@@ -277,7 +277,7 @@ def test_missing_prodigyopt_is_a_clear_error(monkeypatch):
 def test_structural_zeros_are_exactly_zero_and_left_out_of_the_statistics():
     """docs/method.md §6: the Reference-LoRA on the last single block's to_q, proj_mlp and proj_out never
     learns; every other layer gets a gradient."""
-    from model_patches.training import learning_statistics, structural_zeros
+    from model_patches.trainable import learning_statistics, structural_zeros
     flux = make_flux(depth=1, depth_single=2)
     ad = trained_adapter(flux)
     _, g = grads(flux, ad, batch_of(samples(2, views=2), [0, 1]), checkpoint=False)

@@ -353,7 +353,7 @@ def test_inside_the_pack_training_uses_the_packs_own_libraries():
     pack = import_pack()
     nodes = importlib.import_module(f"{pack.__name__}.nodes.training")
     loop = importlib.import_module(f"{pack.__name__}.training.loop")
-    mp_training = importlib.import_module(f"{pack.__name__}.model_patches.training")
+    mp_training = importlib.import_module(f"{pack.__name__}.model_patches.trainable")
     assert loop.TrainableAdapter is mp_training.TrainableAdapter
     assert loop.RefAny3DError is importlib.import_module(f"{pack.__name__}.model_patches").RefAny3DError
     assert nodes.Trainer is loop.Trainer and nodes.frozen_view is mp_training.frozen_view
@@ -362,7 +362,7 @@ def test_inside_the_pack_training_uses_the_packs_own_libraries():
 
 
 def test_frozen_view_trains_on_inference_mode_weights_and_leaves_the_model_as_it_was():
-    from model_patches.training import TrainableAdapter, Unconditional, frozen_view, training_loss, training_mode
+    from model_patches.trainable import TrainableAdapter, Unconditional, frozen_view, training_loss, training_mode
     with torch.inference_mode():  # as ComfyUI's loaders run
         flux = tiny.build_flux_module(hidden_size=32, num_heads=2, context_in_dim=8, vec_in_dim=4, seed=0)
     before = {k: (p, p.requires_grad, p.detach().clone()) for k, p in flux.named_parameters()}

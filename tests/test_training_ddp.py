@@ -16,7 +16,7 @@ import safetensors.torch
 import torch
 
 from model_patches import RefAny3DError
-from model_patches.training import TrainableAdapter
+from model_patches.trainable import TrainableAdapter
 from tools import ddp_check
 from tools import tiny_models as tiny
 from training import TrainConfig, Trainer, load_state

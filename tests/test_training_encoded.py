@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from model_patches import RefAny3DError
-from model_patches.training import TrainableAdapter, Unconditional
+from model_patches.trainable import TrainableAdapter, Unconditional
 from training import EncodedDataset, EncodingCancelled, TrainConfig, Trainer, encode_dataset, is_encoded
 
 CTX, POOLED = 24, 12

@@ -28,7 +28,7 @@ def samples(n: int = 5, h: int = 2, w: int = 2, views: int = 1, txt: int = 3, se
 
 
 def uncond(txt: int = 3, h: int = 2, w: int = 2):
-    from model_patches.training import Unconditional
+    from model_patches.trainable import Unconditional
     g = torch.Generator().manual_seed(99)
     return Unconditional(context=torch.randn(txt, CTX, generator=g), pooled=torch.randn(POOLED, generator=g),
                          black_reference=torch.randn(16, h, w, generator=g))
@@ -36,7 +36,7 @@ def uncond(txt: int = 3, h: int = 2, w: int = 2):
 
 def make_trainer(batch: int, accumulation: int, rank: int = 0, world_size: int = 1, optimizer: str = "adamw",
                  lr: float | None = None):
-    from model_patches.training import TrainableAdapter
+    from model_patches.trainable import TrainableAdapter
     from tools import tiny_models as tiny
     from training import TrainConfig, Trainer
     flux = tiny.build_flux_module(hidden_size=D, num_heads=HEADS, depth=1, depth_single_blocks=1,

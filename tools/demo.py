@@ -182,7 +182,7 @@ def contact_sheet(rows: list[tuple[str, list[Path]]], path: Path, banner: str | 
     return path
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=PACK_ROOT / "demo_output", help="output folder (default demo_output/)")
@@ -193,8 +193,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--wiring-check", action="store_true", help="always run the tiny-model wiring check")
     p.add_argument("--timeout", type=float, default=7200)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     comfy_dir = default_comfy_dir()
     user_models = (args.models or comfy_dir / "models").resolve()
     out = args.out.resolve()
@@ -214,43 +217,14 @@ def main(argv=None) -> int:
     try:
         render = load_api(RENDER_WORKFLOW)
         files = run(server, render, "render-only workflow", args.timeout)
-        refs_rgb = files_by_prefix(render, files, "/rgb")
-        refs_pm = files_by_prefix(render, files, "/point_map")
-        rows = [("References: RGB (release views 0°, 42°, 84°, …)", refs_rgb),
-                ("References: point maps", refs_pm)]
-        banner = None
-
+        rows = [("References: RGB (release views 0°, 42°, 84°, …)", files_by_prefix(render, files, "/rgb")),
+                ("References: point maps", files_by_prefix(render, files, "/point_map"))]
         info = server.object_info()
         missing = missing_files(info)
         if not missing and not args.wiring_check:
-            full = load_api(FULL_WORKFLOW)
-            for node in full.values():
-                for _sub, cls, name, fname in REQUIRED:
-                    if node["class_type"] == cls:
-                        node["inputs"][name] = matching_value(info, cls, name, fname)
-                if node["class_type"] == "KSampler":
-                    node["inputs"].update(steps=args.steps, seed=args.seed)
-                if node["class_type"] == "CLIPTextEncode" and args.prompt:
-                    node["inputs"]["text"] = args.prompt
-            print("[demo] FLUX.1-dev and the RefAny3D files found: running the full generation", flush=True)
-            files = run(server, full, "full generation (asset to image)", args.timeout)
-            label = "Result"
+            full, files, label, banner = full_generation(server, info, args)
         else:
-            if missing:
-                print("[demo] The full generation needs these files, which are missing:", flush=True)
-                for sub, fname in missing:
-                    print(f"         {user_models / sub / fname}", flush=True)
-                print("       (FLUX.1-dev: flux1-dev.safetensors, ae.safetensors; text encoders clip_l and "
-                      "t5xxl_fp16; RefAny3D: default.safetensors, coord.safetensors, domain_embedder.pth from "
-                      "the RefAny3D release.)", flush=True)
-            print("[demo] Running the whole graph with a tiny RANDOM Flux as a WIRING CHECK "
-                  "(every node runs; the result is noise, not a picture)", flush=True)
-            provide_tiny_models(base / "models")
-            full = wiring_graph(load_api(FULL_WORKFLOW))
-            files = run(server, full, "wiring check (tiny random model)", args.timeout)
-            label = "Wiring check (tiny random model, not a picture)"
-            banner = "WIRING CHECK: tiny random Flux, not a picture. " + (
-                f"{len(missing)} model file(s) missing, see the log." if missing else "")
+            full, files, label, banner = wiring_check(server, missing, user_models, base, args.timeout)
         results = (files_by_prefix(full, files, "/image") + files_by_prefix(full, files, "/point_map")
                    + files_by_prefix(full, files, "/mask"))
         rows.append((f"{label}: image | point map | mask", results))
@@ -260,6 +234,42 @@ def main(argv=None) -> int:
     finally:
         server.stop()
     return 0
+
+
+def full_generation(server, info: dict, args) -> tuple[dict, dict, str, None]:
+    """The example workflow on the user's FLUX.1-dev and RefAny3D files: (graph, files, label, no banner)."""
+    full = load_api(FULL_WORKFLOW)
+    for node in full.values():
+        for _sub, cls, name, fname in REQUIRED:
+            if node["class_type"] == cls:
+                node["inputs"][name] = matching_value(info, cls, name, fname)
+        if node["class_type"] == "KSampler":
+            node["inputs"].update(steps=args.steps, seed=args.seed)
+        if node["class_type"] == "CLIPTextEncode" and args.prompt:
+            node["inputs"]["text"] = args.prompt
+    print("[demo] FLUX.1-dev and the RefAny3D files found: running the full generation", flush=True)
+    files = run(server, full, "full generation (asset to image)", args.timeout)
+    return full, files, "Result", None
+
+
+def wiring_check(server, missing: list, user_models: Path, base: Path, timeout: float) -> tuple[dict, dict, str, str]:
+    """The whole graph on a tiny random Flux, naming the model files that are missing:
+    (graph, files, label, banner)."""
+    if missing:
+        print("[demo] The full generation needs these files, which are missing:", flush=True)
+        for sub, fname in missing:
+            print(f"         {user_models / sub / fname}", flush=True)
+        print("       (FLUX.1-dev: flux1-dev.safetensors, ae.safetensors; text encoders clip_l and "
+              "t5xxl_fp16; RefAny3D: default.safetensors, coord.safetensors, domain_embedder.pth from "
+              "the RefAny3D release.)", flush=True)
+    print("[demo] Running the whole graph with a tiny RANDOM Flux as a WIRING CHECK "
+          "(every node runs; the result is noise, not a picture)", flush=True)
+    provide_tiny_models(base / "models")
+    full = wiring_graph(load_api(FULL_WORKFLOW))
+    files = run(server, full, "wiring check (tiny random model)", timeout)
+    banner = "WIRING CHECK: tiny random Flux, not a picture. " + (
+        f"{len(missing)} model file(s) missing, see the log." if missing else "")
+    return full, files, "Wiring check (tiny random model, not a picture)", banner
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """RefAny3D training (docs/method.md §6): a plain library on ``model_patches`` (never ``nodes``).
 
-The model math (trainable adapter, loss) lives in :mod:`model_patches.training`; here are the loop
+The model math (trainable adapter, loss) lives in :mod:`model_patches.trainable`; here are the loop
 (:mod:`training.loop`, one process or many under torchrun through :mod:`training.distributed`),
 saving (:mod:`training.checkpoint`), encoded datasets (:mod:`training.encoded`) and the command
 line (:mod:`training.cli`, ``python -m training``).

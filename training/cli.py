@@ -234,83 +234,107 @@ def refuse_to_replace_run(out: Path, resume, overwrite: bool) -> None:
 
 
 def run(opts: dict) -> int:
-    from . import checkpoint as ckpt
     from .distributed import init_distributed, teardown
     from .encoded import EncodedDataset
 
     data = EncodedDataset(opts["data"])  # a bad folder fails before the model is loaded
-    out = Path(opts["out"])
-    resume = opts["resume"]
-    if resume and resume != "latest" and not ckpt.state_dirs(resume) and not (Path(resume) / "state.json").is_file():
-        raise RefAny3DError(f"--resume {resume}: no training state there (a state-<step> folder or a folder of them)")
-    refuse_to_replace_run(out, resume, opts["overwrite"])
+    out, resume = Path(opts["out"]), opts["resume"]
+    _check_resume(resume, out, opts["overwrite"])
     use_comfyui(opts["comfyui"], cpu=True if opts["device"] == "cpu" else None)
     info = init_distributed(opts["device"])
     say = print if info.is_main else (lambda *a, **k: None)
     try:
-        from ._pack import TrainableAdapter
-
         from .loop import TrainConfig, Trainer, option_table
         patcher, flux = load_flux(opts["model"], opts["base_dtype"], info.device)
-        data.latent_in = patcher.model.process_latent_in
+        data = data.in_model_space(patcher.model.process_latent_in)
         config = TrainConfig(**{f.name: opts[f.name] for f in option_table() if f.name in opts})
-        if opts["adapter"]:
-            start = model_patches.load_adapter(*release_paths(opts["adapter"]))
-            model_patches.validate_adapter(start, flux)
-            adapter = TrainableAdapter.from_adapter(start)  # its own rank
-        else:
-            adapter = TrainableAdapter.for_flux(flux, rank=config.rank, seed=config.seed)
-        clock = [time.perf_counter()]
-        stop = {"asked": False}
-
-        def on_step(step: int, loss: float) -> None:
-            now = time.perf_counter()
-            stats = trainer.statistics or {}
-            learning = (f"  grad norm {stats['grad_norm']:.3g}  layers learning {stats['layers_with_gradient']}/"
-                        f"{stats['layers']} (+{stats['structural_zeros']} that never can)") if stats else ""
-            say(f"step {step}/{config.steps}  loss {loss:.6f}{learning}  {now - clock[0]:.2f} s", flush=True)
-            clock[0] = now
-
-        def on_signal(signum, frame):
-            if stop["asked"]:
-                raise KeyboardInterrupt
-            stop["asked"] = True
-            say("\nstopping after this step to save a resumable state (Ctrl-C again to quit without saving)",
-                file=sys.stderr, flush=True)
-
+        adapter = _starting_adapter(opts["adapter"], flux, config)
+        console = _Console(config, say)
         trainer = Trainer(flux, adapter, data, data.uncond(), config, out_dir=out, rank=info.rank,
-                          world_size=info.world_size, on_step=on_step, cancel=lambda: stop["asked"])
+                          world_size=info.world_size, on_step=console.on_step, cancel=lambda: console.asked)
+        console.trainer = trainer
         if resume:
-            source = out if resume == "latest" else Path(resume)
-            if resume == "latest" and not ckpt.state_dirs(out):
-                say(f"no state in {out} yet: starting a new run")
-            else:
-                trainer.load(source)
-                say(f"resumed at step {trainer.step} from {source}")
+            _resume(trainer, resume, out, say)
         n_params = sum(p.numel() for p in adapter.parameters())
         say(f"training {n_params:,} parameters (rank {adapter.rank}) on {data.describe()}; "
             f"{info.world_size} process(es) on {info.device}, {config.optimizer}, batch {config.batch_size}"
             f"×{info.world_size}×{config.accumulation}", flush=True)
-        # Ctrl-C (SIGINT; torchrun's SIGTERM to its workers): finish the step, save, exit 130
-        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            trainer.train()
-        except KeyboardInterrupt:
-            say(f"\ninterrupted mid-step: nothing saved; the last saved state in {out} stays resumable",
-                file=sys.stderr, flush=True)
-            return 130
-        finally:
-            for sig, old in handlers.items():
-                signal.signal(sig, old)
-        path = trainer.save_unsaved()
-        if stop["asked"]:
-            say(f"interrupted at step {trainer.step}: saved a resumable state in {path}; continue with "
-                f"--resume latest --out {out}", file=sys.stderr, flush=True)
-            return 130
-        say(f"done: step {trainer.step}; release files in {out / f'release-{trainer.step:08d}'}", flush=True)
-        return 0
+        return _train(trainer, console, out, say)
     finally:
         teardown()
+
+
+def _check_resume(resume: str | None, out: Path, overwrite: bool) -> None:
+    """``--resume`` names a state (or ``latest``), and a new run never lands on an old one."""
+    from . import checkpoint as ckpt
+    if resume and resume != "latest" and not ckpt.state_dirs(resume) and not (Path(resume) / "state.json").is_file():
+        raise RefAny3DError(f"--resume {resume}: no training state there (a state-<step> folder or a folder of them)")
+    refuse_to_replace_run(out, resume, overwrite)
+
+
+def _starting_adapter(release: str | None, flux, config):
+    """The adapter training starts from: ``--adapter``'s release files (at their own rank) or a new one."""
+    from ._pack import TrainableAdapter
+    if release:
+        start = model_patches.load_adapter(*release_paths(release))
+        model_patches.validate_adapter(start, flux)
+        return TrainableAdapter.from_adapter(start)
+    return TrainableAdapter.for_flux(flux, rank=config.rank, seed=config.seed)
+
+
+def _resume(trainer, resume: str, out: Path, say) -> None:
+    from . import checkpoint as ckpt
+    source = out if resume == "latest" else Path(resume)
+    if resume == "latest" and not ckpt.state_dirs(out):
+        say(f"no state in {out} yet: starting a new run")
+    else:
+        trainer.load(source)
+        say(f"resumed at step {trainer.step} from {source}")
+
+
+class _Console:
+    """The terminal's side of a run: a line per step, and Ctrl-C asking for a stop after the step."""
+
+    def __init__(self, config, say):
+        self.config, self.say, self.trainer, self.asked = config, say, None, False
+        self.clock = time.perf_counter()
+
+    def on_step(self, step: int, loss: float) -> None:
+        now = time.perf_counter()
+        stats = self.trainer.statistics or {}
+        learning = (f"  grad norm {stats['grad_norm']:.3g}  layers learning {stats['layers_with_gradient']}/"
+                    f"{stats['layers']} (+{stats['structural_zeros']} that never can)") if stats else ""
+        self.say(f"step {step}/{self.config.steps}  loss {loss:.6f}{learning}  {now - self.clock:.2f} s", flush=True)
+        self.clock = now
+
+    def on_signal(self, signum, frame):
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+        self.say("\nstopping after this step to save a resumable state (Ctrl-C again to quit without saving)",
+                 file=sys.stderr, flush=True)
+
+
+def _train(trainer, console: _Console, out: Path, say) -> int:
+    """Trains to the end or to a Ctrl-C; returns the exit code (0 done, 130 interrupted)."""
+    # Ctrl-C (SIGINT; torchrun's SIGTERM to its workers): finish the step, save, exit 130
+    handlers = {sig: signal.signal(sig, console.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        trainer.train()
+    except KeyboardInterrupt:
+        say(f"\ninterrupted mid-step: nothing saved; the last saved state in {out} stays resumable",
+            file=sys.stderr, flush=True)
+        return 130
+    finally:
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
+    path = trainer.save_unsaved()
+    if console.asked:
+        say(f"interrupted at step {trainer.step}: saved a resumable state in {path}; continue with "
+            f"--resume latest --out {out}", file=sys.stderr, flush=True)
+        return 130
+    say(f"done: step {trainer.step}; release files in {out / f'release-{trainer.step:08d}'}", flush=True)
+    return 0
 
 
 def main(argv=None) -> int:

@@ -17,6 +17,7 @@ reads it back as a sequence of training samples (contexts zero-padded to one com
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -118,97 +119,26 @@ def encode_dataset(dataset, encode_image: Callable[[torch.Tensor], torch.Tensor]
     holds anything else is refused."""
     folder = Path(folder)
     total = len(dataset)
-    if total == 0:
-        raise RefAny3DError(f"the dataset is empty ({_describe(dataset)}): nothing to encode")
-    if int(shard_size) < 1:
-        raise RefAny3DError(f"shard_size must be at least 1, got {shard_size}")
-    if folder.exists() and not folder.is_dir():
-        raise RefAny3DError(f"cannot encode into {folder}: it is a file")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / INFO_FILE).is_file():
-        raise RefAny3DError(f"cannot encode into {folder}: the folder holds other files and is not an encoded "
-                            "dataset; choose an empty or new folder")
+    _check_destination(dataset, folder, shard_size)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(folder, ".encoding")
     try:
         if progress is not None:
             progress(0, total)
-        shapes: dict | None = None
-        pooled_size: int | None | str = "unset"
-        channels, max_len = None, 0
-        records, shards, shard = [], [], {}
-
-        def flush():
-            name = f"shard-{len(shards):05d}.safetensors"
-            write_safetensors(shard, tmp / name)
-            shards.append({"file": name, "count": len({k.split(".")[0] for k in shard}),
-                           "bytes": (tmp / name).stat().st_size})
-            shard.clear()
-
+        sizes, shards = _SetSizes(), _ShardWriter(tmp, int(shard_size))
         for i in range(total):
             if cancel is not None and cancel():
                 raise EncodingCancelled(f"encoding cancelled after {i} of {total} samples; nothing was written")
-            sample = dataset[i]
-            label = _sample_label(i, sample)
-            image, pm = _image(sample, "image", label), _image(sample, "point_map", label)
-            refs_rgb, refs_pm = _image(sample, "refs_rgb", label), _image(sample, "refs_point_map", label)
-            if image.shape != pm.shape:
-                raise RefAny3DError(f"{label}: photo {_shape(image.shape[:2])} and point map {_shape(pm.shape[:2])} "
-                                    "differ in size")
-            if refs_rgb.ndim != 4 or refs_rgb.shape != refs_pm.shape:
-                raise RefAny3DError(f"{label}: reference views {_shape(refs_rgb.shape)} (RGB) and "
-                                    f"{_shape(refs_pm.shape)} (point map) must both be [N, r, r, 3]")
-            x0 = _encode_images(encode_image, torch.stack([image, pm]), f"{label}'s photo and point map")
-            refs = _encode_images(encode_image, torch.cat([refs_rgb, refs_pm]), f"{label}'s reference views")
-            n = refs_rgb.shape[0]
-            got = {"x0": list(x0.shape[1:]), "refs": [n, *refs.shape[1:]]}
-            if shapes is None:
-                shapes = got
-            elif got != shapes:
-                raise RefAny3DError(
-                    f"{label}: latents of shape {_shape(got['x0'])} with references {_shape(got['refs'])}, but the "
-                    f"samples before it have {_shape(shapes['x0'])} and {_shape(shapes['refs'])}: every sample of a "
-                    "training set must have the same photo size, number of views and view size")
-            prompt = str(sample.get("prompt", ""))
-            context, pooled = _encode_prompt(encode_text, prompt, label)
-            if channels is None:
-                channels = context.shape[1]
-            elif context.shape[1] != channels:
-                raise RefAny3DError(f"{label}: text context has {context.shape[1]} channels, earlier samples "
-                                    f"{channels}; use one text encoder for the whole set")
-            p = None if pooled is None else int(pooled.shape[0])
-            if pooled_size == "unset":
-                pooled_size = p
-            elif p != pooled_size:
-                raise RefAny3DError(f"{label}: pooled text vector {p}, earlier samples {pooled_size}; use one text "
-                                    "encoder for the whole set")
-            max_len = max(max_len, context.shape[0])
-            key = f"{i:06d}"
-            shard.update({f"{key}.x0_rgb": x0[0], f"{key}.x0_point_map": x0[1], f"{key}.refs_rgb": refs[:n],
-                          f"{key}.refs_point_map": refs[n:], f"{key}.context": context})
-            if pooled is not None:
-                shard[f"{key}.pooled"] = pooled
-            records.append({"name": str(sample.get("name", f"sample-{i}")), "prompt": prompt,
-                            "tokens": int(context.shape[0])})
-            if len(records) % int(shard_size) == 0:
-                flush()
+            tensors, record = _encode_sample(dataset[i], i, encode_image, encode_text, sizes)
+            shards.add(f"{i:06d}", tensors, record)
             if progress is not None:
                 progress(i + 1, total)
-        if shard:
-            flush()
-        # the dropouts' replacements: the empty prompt and a black reference view
-        context, pooled = _encode_prompt(encode_text, "", "the empty prompt")
-        if context.shape[1] != channels or (None if pooled is None else int(pooled.shape[0])) != pooled_size:
-            raise RefAny3DError("encode_text gave the empty prompt other shapes than the samples' prompts")
-        r_h, r_w = shapes["refs"][2] * 8, shapes["refs"][3] * 8
-        black = _encode_images(encode_image, torch.zeros(1, r_h, r_w, 3), "the black reference")[0]
-        uncond = {"context": context, "black_reference": black}
-        if pooled is not None:
-            uncond["pooled"] = pooled
-        write_safetensors(uncond, tmp / UNCOND_FILE)
+        shards.flush()
+        context_length = _write_uncond(tmp, encode_image, encode_text, sizes)
         info = {"format": FORMAT, "version": VERSION, "count": total,
-                "shapes": {**shapes, "context_channels": channels, "context_length": max(max_len, context.shape[0]),
-                           "pooled": pooled_size},
-                "shards": shards, "samples": records,
+                "shapes": {**sizes.shapes, "context_channels": sizes.channels,
+                           "context_length": max(sizes.max_len, context_length), "pooled": sizes.pooled},
+                "shards": shards.shards, "samples": shards.records,
                 "source": {"describe": _describe(dataset), "fingerprint": _fingerprint(dataset)}}
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
         os.chmod(tmp / INFO_FILE, file_mode())
@@ -217,6 +147,118 @@ def encode_dataset(dataset, encode_image: Callable[[torch.Tensor], torch.Tensor]
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return EncodedDataset(folder)
+
+
+def _check_destination(dataset, folder: Path, shard_size: int) -> None:
+    """Something to encode, and a folder that is new, empty or an encoding (never a file or other files)."""
+    if len(dataset) == 0:
+        raise RefAny3DError(f"the dataset is empty ({_describe(dataset)}): nothing to encode")
+    if int(shard_size) < 1:
+        raise RefAny3DError(f"shard_size must be at least 1, got {shard_size}")
+    if folder.exists() and not folder.is_dir():
+        raise RefAny3DError(f"cannot encode into {folder}: it is a file")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / INFO_FILE).is_file():
+        raise RefAny3DError(f"cannot encode into {folder}: the folder holds other files and is not an encoded "
+                            "dataset; choose an empty or new folder")
+
+
+class _SetSizes:
+    """The sizes every sample of a set must share (latents, views, text channels, pooled size), from the
+    first sample on, and the longest prompt."""
+
+    def __init__(self):
+        self.shapes: dict | None = None
+        self.pooled: int | None | str = "unset"
+        self.channels, self.max_len = None, 0
+
+    def check_latents(self, label: str, got: dict) -> None:
+        if self.shapes is None:
+            self.shapes = got
+        elif got != self.shapes:
+            raise RefAny3DError(
+                f"{label}: latents of shape {_shape(got['x0'])} with references {_shape(got['refs'])}, but the "
+                f"samples before it have {_shape(self.shapes['x0'])} and {_shape(self.shapes['refs'])}: every sample "
+                "of a training set must have the same photo size, number of views and view size")
+
+    def check_text(self, label: str, context: torch.Tensor, pooled: torch.Tensor | None) -> None:
+        if self.channels is None:
+            self.channels = context.shape[1]
+        elif context.shape[1] != self.channels:
+            raise RefAny3DError(f"{label}: text context has {context.shape[1]} channels, earlier samples "
+                                f"{self.channels}; use one text encoder for the whole set")
+        p = None if pooled is None else int(pooled.shape[0])
+        if self.pooled == "unset":
+            self.pooled = p
+        elif p != self.pooled:
+            raise RefAny3DError(f"{label}: pooled text vector {p}, earlier samples {self.pooled}; use one text "
+                                "encoder for the whole set")
+        self.max_len = max(self.max_len, context.shape[0])
+
+
+def _encode_sample(sample, i: int, encode_image, encode_text, sizes: _SetSizes) -> tuple[dict, dict]:
+    """One raw sample checked and encoded: its tensors under their field names, and its record for
+    ``encoded.json``."""
+    label = _sample_label(i, sample)
+    image, pm = _image(sample, "image", label), _image(sample, "point_map", label)
+    refs_rgb, refs_pm = _image(sample, "refs_rgb", label), _image(sample, "refs_point_map", label)
+    if image.shape != pm.shape:
+        raise RefAny3DError(f"{label}: photo {_shape(image.shape[:2])} and point map {_shape(pm.shape[:2])} "
+                            "differ in size")
+    if refs_rgb.ndim != 4 or refs_rgb.shape != refs_pm.shape:
+        raise RefAny3DError(f"{label}: reference views {_shape(refs_rgb.shape)} (RGB) and "
+                            f"{_shape(refs_pm.shape)} (point map) must both be [N, r, r, 3]")
+    x0 = _encode_images(encode_image, torch.stack([image, pm]), f"{label}'s photo and point map")
+    refs = _encode_images(encode_image, torch.cat([refs_rgb, refs_pm]), f"{label}'s reference views")
+    n = refs_rgb.shape[0]
+    sizes.check_latents(label, {"x0": list(x0.shape[1:]), "refs": [n, *refs.shape[1:]]})
+    prompt = str(sample.get("prompt", ""))
+    context, pooled = _encode_prompt(encode_text, prompt, label)
+    sizes.check_text(label, context, pooled)
+    tensors = {"x0_rgb": x0[0], "x0_point_map": x0[1], "refs_rgb": refs[:n], "refs_point_map": refs[n:],
+               "context": context}
+    if pooled is not None:
+        tensors["pooled"] = pooled
+    record = {"name": str(sample.get("name", f"sample-{i}")), "prompt": prompt, "tokens": int(context.shape[0])}
+    return tensors, record
+
+
+class _ShardWriter:
+    """Samples gathered ``size`` at a time into ``shard-<n>.safetensors`` files in ``folder``, with the
+    shards' and samples' records for ``encoded.json``."""
+
+    def __init__(self, folder: Path, size: int):
+        self.folder, self.size = folder, size
+        self.shards, self.records, self.shard = [], [], {}
+
+    def add(self, key: str, tensors: dict, record: dict) -> None:
+        self.shard.update({f"{key}.{k}": v for k, v in tensors.items()})
+        self.records.append(record)
+        if len(self.records) % self.size == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.shard:
+            return
+        name = f"shard-{len(self.shards):05d}.safetensors"
+        write_safetensors(self.shard, self.folder / name)
+        self.shards.append({"file": name, "count": len({k.split(".")[0] for k in self.shard}),
+                            "bytes": (self.folder / name).stat().st_size})
+        self.shard.clear()
+
+
+def _write_uncond(folder: Path, encode_image, encode_text, sizes: _SetSizes) -> int:
+    """The dropouts' replacements, the empty prompt and a black reference view, into ``uncond.safetensors``;
+    returns the empty prompt's length."""
+    context, pooled = _encode_prompt(encode_text, "", "the empty prompt")
+    if context.shape[1] != sizes.channels or (None if pooled is None else int(pooled.shape[0])) != sizes.pooled:
+        raise RefAny3DError("encode_text gave the empty prompt other shapes than the samples' prompts")
+    r_h, r_w = sizes.shapes["refs"][2] * 8, sizes.shapes["refs"][3] * 8
+    black = _encode_images(encode_image, torch.zeros(1, r_h, r_w, 3), "the black reference")[0]
+    uncond = {"context": context, "black_reference": black}
+    if pooled is not None:
+        uncond["pooled"] = pooled
+    write_safetensors(uncond, folder / UNCOND_FILE)
+    return int(context.shape[0])
 
 
 def write_safetensors(tensors: dict, path: Path) -> None:
@@ -314,13 +356,15 @@ class EncodedDataset(Sequence):
 
     ``ds[i]``: ``x0_rgb``, ``x0_point_map`` [16,h,w], ``refs_rgb``, ``refs_point_map`` [N,16,hr,wr],
     ``context`` [L,C] zero-padded to the common length L, ``pooled`` [P] (absent when the text encoder
-    gives none); float32 on the CPU; the latents go through ``latent_in`` (e.g. the model's
-    ``model.process_latent_in``) when given. ``uncond()``: the dropouts' replacements (same L, same
-    ``latent_in``). ``info``: count, shapes, the source's describe and fingerprint, names, prompts."""
+    gives none); on the CPU in ``dtype`` (float32 unless :meth:`in_model_space` says otherwise); the
+    latents go through ``latent_in`` (e.g. the model's ``model.process_latent_in``) when given.
+    ``uncond()``: the dropouts' replacements (same L, same ``latent_in`` and dtype). ``info``: count,
+    shapes, the source's describe and fingerprint, names, prompts."""
 
     def __init__(self, folder, latent_in: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.folder = Path(folder)
         self.latent_in = latent_in
+        self.dtype = torch.float32
         info_path = self.folder / INFO_FILE
         if not self.folder.is_dir():
             raise RefAny3DError(f"no encoded dataset at {self.folder}: the folder does not exist (encode a dataset "
@@ -422,19 +466,27 @@ class EncodedDataset(Sequence):
             raise RefAny3DError(f"encoded dataset {self.folder}: {path.name} cannot be read ({e}); "
                                 "re-encode the dataset") from None
 
+    def in_model_space(self, latent_in: Callable[[torch.Tensor], torch.Tensor], dtype=torch.float32) -> EncodedDataset:
+        """The same samples as a model trains on them: the latents in its scale (``latent_in``, its
+        ``process_latent_in``), every tensor in ``dtype`` (its compute dtype). The command line and the
+        Train node both see the encoded set through this; ``self`` is left as it is."""
+        view = copy.copy(self)
+        view.latent_in, view.dtype = latent_in, dtype
+        return view
+
     def _latent(self, t: torch.Tensor) -> torch.Tensor:
         if self.latent_in is None:
-            return t.float()
-        batched = t if t.ndim == 4 else t[None]
-        out = self.latent_in(batched).float()
+            return t.to(self.dtype)
+        batched = t.float() if t.ndim == 4 else t.float()[None]
+        out = self.latent_in(batched).to(self.dtype)
         return out if t.ndim == 4 else out[0]
 
     def _pad(self, context: torch.Tensor) -> torch.Tensor:
         if context.shape[0] == self.context_length:
-            return context.float()
+            return context.to(self.dtype)
         out = context.new_zeros(self.context_length, context.shape[1], dtype=torch.float32)
         out[:context.shape[0]] = context
-        return out
+        return out.to(self.dtype)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
@@ -452,10 +504,11 @@ class EncodedDataset(Sequence):
         out = {k: self._latent(raw[f"{key}.{k}"]) for k in _LATENT_KEYS}
         out["context"] = self._pad(raw[f"{key}.context"])
         if f"{key}.pooled" in raw:
-            out["pooled"] = raw[f"{key}.pooled"].float()
+            out["pooled"] = raw[f"{key}.pooled"].float().to(self.dtype)
         return out
 
     def uncond(self) -> Unconditional:
         raw = self._read(self.folder / UNCOND_FILE, ["context", "black_reference", "pooled"])
-        return Unconditional(context=self._pad(raw["context"]), pooled=raw.get("pooled"),
+        pooled = raw.get("pooled")
+        return Unconditional(context=self._pad(raw["context"]), pooled=None if pooled is None else pooled.to(self.dtype),
                              black_reference=self._latent(raw["black_reference"]))

@@ -1,7 +1,7 @@
 """The RefAny3D trainer (docs/method.md §6), one process or many under torchrun.
 
-:class:`Trainer` runs :func:`model_patches.training.training_loss` on a ComfyUI FLUX.1 with a
-:class:`~model_patches.training.TrainableAdapter`: AdamW, or Prodigy (the release's optimizer,
+:class:`Trainer` runs :func:`model_patches.trainable.training_loss` on a ComfyUI FLUX.1 with a
+:class:`~model_patches.trainable.TrainableAdapter`: AdamW, or Prodigy (the release's optimizer,
 from the optional ``prodigyopt`` package), gradient clipping, gradient accumulation, gradient
 checkpointing, a data order and every random draw keyed on the seed, a Cancel hook called between
 steps, and saving through :mod:`training.checkpoint`. Only the adapter is trained: the model's own
