@@ -43,11 +43,14 @@ from .errors import AssetError
 
 MIN_POINTS = 50          # correspondences the solver needs (far more than the 6 of a DLT: noise)
 SOLVE_POINTS = 400       # correspondences used by the RANSAC focal steps (a fixed random subset of the core)
-REFINE_POINTS = 3000     # correspondences used by the joint refinement (a fixed random subset)
+SEARCH_POINTS = 1000     # correspondences used by the focal search (a fixed random subset)
+REFINE_POINTS = 10000    # correspondences used by the last joint refinement (a fixed random subset)
 FOV_RANGE = (5.0, 120.0)  # vertical field of view searched, degrees
 FOCAL_STEPS = 10         # coarse focal steps; the joint refinement finds the focal between them
 RANSAC_ITERATIONS = 100
 REFINE_CANDIDATES = 2    # best focal steps refined
+POSE_ITERATIONS = 4      # Levenberg–Marquardt steps re-fitting the pose at each focal of the search
+FOCAL_TOLERANCE = 5e-3   # the focal search stops when its bracket is this narrow (log focal)
 #: inlier threshold = this share of the object's size in pixels (√ of its pixel count), at least MIN_THRESHOLD_PX
 INLIER_SHARE = 0.03
 MIN_THRESHOLD_PX = 1.5
@@ -59,6 +62,8 @@ EDGE_MARGIN_PX = 0.1
 NOISE_FLOOR = 1.0 / 255  # colour noise below this is treated as none (the input is solved as it is)
 #: median 3D error (in % of the asset's size) at which the geometry term of the score reaches 0
 ERROR_SCALE_PCT = 8.0
+#: median point-map colour difference (worst channel, 0..1) at which the colour term of the score reaches 0
+COLOUR_ERROR_SCALE = 0.15
 
 
 @dataclass
@@ -96,6 +101,7 @@ class PoseReadout:
     score: float = 0.0
     rerender: object = field(default=None, repr=False)  # Views of the asset at this camera (1 view)
     frame: tuple = field(default=None, repr=False)  # (centre [3], scale): rendering frame = (p - centre) * scale
+    colour_error: float = 1.0
     blend_px: int = 0  # measured width of the silhouette's blend with the background, left out of the solve
 
     def to_json(self) -> dict:
@@ -124,6 +130,7 @@ class PoseReadout:
             "pack": {"eye": [float(v) for v in self.camera.eye], "rotation": np.asarray(self.camera.rotation).tolist(),
                      "fov_deg": self.camera.fov, "frame_centre": centre.tolist(), "frame_scale": scale},
             "scores": {"score": self.score, "iou": self.iou, "median_error_pct": self.median_error_pct,
+                       "colour_error": self.colour_error,
                        "inlier_ratio": self.inlier_ratio, "reprojection_px": self.reprojection_px,
                        "points": self.points},
         }
@@ -131,21 +138,21 @@ class PoseReadout:
 
 def render_at(asset: Asset, camera: Camera, width: int, height: int, y_rotation: float = 0.0, device=None):
     """The asset rendered by the pack's renderer at ``camera`` (rendering frame, principal point at the
-    image centre) into a ``width`` × ``height`` picture: Views with one view (rgb, point_map, mask, depth)."""
-    from .raster import rasterize
-    from .views import Shader, Views
+    image centre) into a ``width`` × ``height`` picture: Views with one view (rgb, point_map, mask, depth).
+    Visibility is RefAny3D Render Views' (:func:`~rendering.views.visible_faces`: cut-outs of alphaMode
+    MASK materials peeled to what lies behind them), so the picture is the one Render Views draws."""
+    from .views import Shader, Views, visible_faces
     if width < 1 or height < 1:
         raise AssetError(f"render size must be positive, got {width}×{height}")
     device = torch.device(device) if device is not None else torch.device("cpu")
-    verts = asset.normalised_vertices()
-    cam_v = camera.to_camera(verts)
+    shader = Shader(asset, asset.normalised_vertices(), y_rotation, device)
+    cam_v = camera.to_camera(shader.verts.float())  # float32, as Render Views projects
     visible = (cam_v[:, 2] > NEAR) & (cam_v[:, 2] < FAR)
-    shader = Shader(asset, verts, y_rotation, device)
     n = width * height
     rgb, point_map = torch.ones(n, 3), torch.ones(n, 3)
     mask, depth = torch.zeros(n), torch.zeros(n)
     if bool(visible.all()):
-        face = rasterize(cam_v.float().to(device), shader.face_cols, camera.focal, width, height=height)
+        face = visible_faces(shader, camera, cam_v, width, height=height)
         pix = (face >= 0).nonzero().squeeze(1)
         if pix.numel():
             c, pm, t = shader.shade(pix, face[pix], camera, width, height)
@@ -241,136 +248,145 @@ def _denoised(cv2, pm: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, float
 
 class _Solver:
     """PnP with an unknown focal (principal point at the centre, square pixels) on one set of 2D-3D pairs.
-    All OpenCV failures become None (no camera from this attempt) so the caller can say what went wrong."""
+    A camera is (focal, rvec, tvec), world → OpenCV camera. Projections, losses and the Levenberg–Marquardt
+    steps are numpy on the pairs (cv2.projectPoints always computes its 15-column Jacobian: ten times
+    slower); OpenCV failures of the RANSAC start become None so the caller can say what went wrong."""
 
     def __init__(self, cv2, world, image, principal, focal_range, scale_px):
-        self.cv2, self.world, self.image, self.principal = cv2, world, image, principal
+        self.cv2, self.world, self.image, self.principal = cv2, world, image, np.asarray(principal, float)
         self.focal_range, self.c = focal_range, scale_px
+
+    def on(self, idx) -> "_Solver":
+        """The same solver on the pairs ``idx`` only (sliced once, not at every evaluation)."""
+        return _Solver(self.cv2, self.world[idx], self.image[idx], self.principal, self.focal_range, self.c)
 
     def k(self, f):
         return np.array([[f, 0, self.principal[0]], [0, f, self.principal[1]], [0, 0, 1]], dtype=np.float64)
 
-    def errors(self, cam, idx=slice(None)):
+    def _camera_points(self, cam):
         f, rvec, tvec = cam
-        proj, _ = self.cv2.projectPoints(self.world[idx], rvec, tvec, self.k(f), None)
-        return np.linalg.norm(proj.reshape(-1, 2) - self.image[idx], axis=1)
+        return self.world @ self.cv2.Rodrigues(np.asarray(rvec, float))[0].T + np.ravel(tvec)
 
-    def cost(self, cam, idx=slice(None)) -> float:
+    def residuals(self, cam) -> np.ndarray:
+        """[n, 2] projection minus pixel."""
+        pc = self._camera_points(cam)
+        return cam[0] * pc[:, :2] / pc[:, 2:] + self.principal - self.image
+
+    def errors(self, cam) -> np.ndarray:
+        return np.linalg.norm(self.residuals(cam), axis=1)
+
+    def cost(self, cam) -> float:
         """Mean Cauchy loss of the reprojection errors (scale ``c`` pixels): robust to wrong pixels."""
-        e = self.errors(cam, idx) / self.c
-        return float(np.mean(np.log1p(e * e)))
+        res = self.residuals(cam) / self.c
+        return float(np.mean(np.log1p((res * res).sum(1))))
 
-    def valid(self, cam, idx=slice(None)) -> bool:
+    def valid(self, cam) -> bool:
         """Focal inside the searched range, every point in front of the camera."""
-        f, rvec, tvec = cam
+        f = cam[0]
         if not (np.isfinite(f) and self.focal_range[0] / 1.05 <= f <= self.focal_range[1] * 1.05):
             return False
-        r = self.cv2.Rodrigues(rvec)[0]
-        return bool(((self.world[idx] @ r[2]) + float(np.ravel(tvec)[2]) > NEAR).all())
+        return bool((self._camera_points(cam)[:, 2] > NEAR).all())
 
-    def ransac(self, f, idx, threshold, seed):
+    def ransac(self, f, threshold, seed):
         self.cv2.setRNGSeed(seed)
         try:
             ok, rvec, tvec, inl = self.cv2.solvePnPRansac(
-                self.world[idx], self.image[idx], self.k(f), None, iterationsCount=RANSAC_ITERATIONS,
+                self.world, self.image, self.k(f), None, iterationsCount=RANSAC_ITERATIONS,
                 reprojectionError=threshold, confidence=0.999, flags=self.cv2.SOLVEPNP_SQPNP)
         except self.cv2.error:
             return None
         return (f, rvec.reshape(3), tvec.reshape(3)) if ok and inl is not None else None
 
-    def pose_at(self, f, cam, idx, threshold):
-        """The pose for focal ``f`` (least squares on the pairs within the threshold of ``cam``'s errors)."""
-        e = self.errors((f, cam[1], cam[2]), idx)
-        close = idx[e < max(3 * float(np.median(e)), threshold)]
-        if close.size < MIN_POINTS:
-            return (f, cam[1], cam[2])
-        try:
-            rvec, tvec = self.cv2.solvePnPRefineLM(self.world[close], self.image[close], self.k(f), None,
-                                                   cam[1].reshape(3, 1).copy(), cam[2].reshape(3, 1).copy())
-        except self.cv2.error:
-            return (f, cam[1], cam[2])
-        return (f, rvec.reshape(3), tvec.reshape(3))
-
-    def focal_search(self, cam, idx, threshold, span=1.6, tolerance=2e-3):
-        """Golden-section search of the focal (log scale, within ``span``× of ``cam``'s) for the lowest
-        robust loss, the pose re-fitted at each focal: the loss is very flat along focal-and-distance,
-        where a joint least-squares step stalls."""
-        lo, hi = math.log(cam[0] / span), math.log(cam[0] * span)
-        g = (math.sqrt(5) - 1) / 2
-        seen = {}
-
-        def loss(x):
-            if x not in seen:
-                near = min(seen.items(), key=lambda kv: abs(kv[0] - x))[1][1] if seen else cam
-                c = self.pose_at(math.exp(x), near, idx, threshold)
-                seen[x] = (self.cost(c, idx) if self.valid(c, idx) else math.inf, c)
-            return seen[x][0]
-
-        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-        while hi - lo > tolerance:
-            if loss(a) < loss(b):
-                hi, b = b, a
-                a = hi - g * (hi - lo)
-            else:
-                lo, a = a, b
-                b = lo + g * (hi - lo)
-        best = min(seen.values(), key=lambda v: v[0])
-        return best[1] if math.isfinite(best[0]) else cam
-
-    def refine(self, cam, idx, iterations=20):
-        """Focal, rotation and translation jointly: Levenberg–Marquardt on the Cauchy loss (iteratively
-        reweighted), starting from ``cam``; returns the better of start and result by that loss."""
-        cv2, world, image = self.cv2, self.world[idx], self.image[idx]
-        f, rvec, tvec = cam
-        p = np.concatenate([rvec, tvec, [math.log(f)]])
-        best = self.cost(cam, idx)
-        lam = 1e-3
+    def refine(self, cam, iterations=20, fit_focal=True):
+        """Levenberg–Marquardt on the Cauchy loss (iteratively reweighted Gauss–Newton) of rotation (a small
+        rotation applied in front), translation and, with ``fit_focal``, log focal, from ``cam``; returns
+        the better of start and result by that loss, and its loss."""
+        world, image = self.world, self.image
+        f, r, t = cam[0], self.cv2.Rodrigues(np.asarray(cam[1], float))[0], np.ravel(cam[2]).astype(float)
+        best, lam, n = self.cost(cam), 1e-3, 7 if fit_focal else 6
         for _ in range(iterations):
-            f = math.exp(p[6])
-            try:
-                proj, jac = cv2.projectPoints(world, p[:3], p[3:6], self.k(f), None)
-            except cv2.error:
-                break
-            res = (proj.reshape(-1, 2) - image)
-            e2 = (res ** 2).sum(1) / self.c ** 2
-            w = np.repeat(1.0 / (1.0 + e2), 2)
-            j = np.concatenate([jac[:, :6], (jac[:, 6] + jac[:, 7])[:, None] * f], axis=1)
-            a = (j * w[:, None]).T @ j
-            g = (j * w[:, None]).T @ res.reshape(-1)
+            rx = world @ r.T
+            pc = rx + t
+            iz = 1.0 / pc[:, 2]
+            xy = pc[:, :2] * iz[:, None]
+            res = f * xy + self.principal - image
+            w = 1.0 / (1.0 + (res * res).sum(1) / self.c ** 2)
+            # d(camera point)/d(small rotation ω) = ω × rx, d/dt = I; d(projection)/d(camera point) =
+            # f/z [[1, 0, -x], [0, 1, -y]]; d(projection)/d(log f) = f·(x, y)
+            px, py, pz = rx.T  # the rotated point
+            x, y, fz = xy[:, 0], xy[:, 1], f * iz
+            zero = np.zeros_like(x)
+            ju = np.stack([-x * py * fz, (pz + x * px) * fz, -py * fz, fz, zero, -x * fz, f * x], axis=1)
+            jv = np.stack([-(pz + y * py) * fz, y * px * fz, px * fz, zero, fz, -y * fz, f * y], axis=1)
+            j = np.concatenate([ju, jv])[:, :n]
+            jw = j * np.concatenate([w, w])[:, None]
+            a = jw.T @ j
+            g = jw.T @ np.concatenate([res[:, 0], res[:, 1]])
             improved = False
             for _ in range(6):
                 try:
                     step = np.linalg.solve(a + lam * np.diag(np.diag(a) + 1e-9), -g)
                 except np.linalg.LinAlgError:
                     break
-                q = p + step
-                trial = (math.exp(min(q[6], 30.0)), q[:3], q[3:6])
-                c = self.cost(trial, idx)
+                trial = (f * math.exp(min(step[6], 5.0)) if fit_focal else f,
+                         self.cv2.Rodrigues(self.cv2.Rodrigues(step[:3])[0] @ r)[0].reshape(3), t + step[3:6])
+                c = self.cost(trial)
                 if c < best:
-                    p, best, lam, improved = q, c, max(lam / 10, 1e-7), True
+                    f, r, t = trial[0], self.cv2.Rodrigues(trial[1])[0], trial[2]
+                    best, lam, improved = c, max(lam / 10, 1e-7), True
                     break
                 lam *= 10
             if not improved or np.abs(step).max() < 1e-9:
                 break
-        return (math.exp(p[6]), p[:3].copy(), p[3:6].copy()), best
+        return (f, self.cv2.Rodrigues(r)[0].reshape(3), t), best
+
+    def pose_at(self, f, cam):
+        """The pose for focal ``f``, refined from ``cam``'s on the robust loss."""
+        return self.refine((f, cam[1], cam[2]), iterations=POSE_ITERATIONS, fit_focal=False)[0]
+
+    def focal_search(self, cam, span=1.6, tolerance=FOCAL_TOLERANCE):
+        """Golden-section search of the focal (log scale, within ``span``× of ``cam``'s) for the lowest
+        robust loss, the pose re-fitted at each focal (from the nearest focal tried): the loss is very
+        flat along focal-and-distance, where a joint least-squares step stalls."""
+        tried = []  # (log focal, loss, camera)
+
+        def loss(x):
+            near = min(tried, key=lambda e: abs(e[0] - x))[2] if tried else cam
+            c = self.pose_at(math.exp(x), near)
+            tried.append((x, self.cost(c) if self.valid(c) else math.inf, c))
+            return tried[-1][1]
+
+        g = (math.sqrt(5) - 1) / 2
+        lo, hi = math.log(cam[0] / span), math.log(cam[0] * span)
+        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+        fa, fb = loss(a), loss(b)
+        while hi - lo > tolerance:
+            if fa < fb:
+                hi, b, fb = b, a, fa
+                a = hi - g * (hi - lo)
+                fa = loss(a)
+            else:
+                lo, a, fa = a, b, fb
+                b = lo + g * (hi - lo)
+                fb = loss(b)
+        best = min(tried, key=lambda e: e[1])
+        return best[2] if math.isfinite(best[1]) else cam
 
 
 def _subset(rng, idx: np.ndarray, n: int) -> np.ndarray:
     return idx if idx.size <= n else np.sort(rng.choice(idx, n, replace=False))
 
 
-def _polish(coarse: _Solver, fine: _Solver, cam, idx, threshold):
-    """Joint refinement on the denoised points, then the focal search and joint refinement on the points
-    as decoded; each step kept only when the camera stays valid and the robust loss falls. Returns
-    (camera, loss) or (None, inf) when the start itself is not valid."""
-    got, cost = coarse.refine(cam, idx)
-    if coarse.valid(got, idx) and cost < coarse.cost(cam, idx):
+def _polish(fine: _Solver, cam, search, final):
+    """The focal search on the pairs ``search``, then the joint refinement on the (more) pairs ``final``,
+    kept only when the camera stays valid and the robust loss falls. Returns (camera, loss) or
+    (None, inf) when no valid camera came out."""
+    cam = fine.on(search).focal_search(cam)
+    fine = fine.on(final)
+    got, cost = fine.refine(cam)
+    if fine.valid(got) and cost < fine.cost(cam):
         cam = got
-    cam = fine.focal_search(cam, idx, threshold)
-    got, cost = fine.refine(cam, idx)
-    if fine.valid(got, idx) and cost < fine.cost(cam, idx):
-        cam = got
-    return (cam, fine.cost(cam, idx)) if fine.valid(cam, idx) else (None, math.inf)
+    return (cam, fine.cost(cam)) if fine.valid(cam) else (None, math.inf)
 
 
 def read_pose(point_map, mask, asset: Asset, y_rotation: float = 0.0, seed: int = 0) -> PoseReadout:
@@ -419,7 +435,8 @@ def _read_pose(cv2, point_map, mask, asset: Asset, y_rotation: float, seed: int)
     # points as decoded carry the decoder's noise, which biases a least-squares focal long (errors in the
     # 3D points): where noise is measured, the denoised points are solved; exact input stays as it is
     denoised, noise = _denoised(cv2, pm, depth)
-    world = decode_points((denoised if noise > NOISE_FLOOR else pm)[rows, cols], frame, y_rotation)
+    colours = (denoised if noise > NOISE_FLOOR else pm)[rows, cols]
+    world = decode_points(colours, frame, y_rotation)
     coarse = _Solver(cv2, decode_points(denoised[rows, cols], frame, y_rotation), image, principal, focal_range,
                      threshold / 2)
     fine = _Solver(cv2, world, image, principal, focal_range, threshold / 2)
@@ -431,26 +448,30 @@ def _read_pose(cv2, point_map, mask, asset: Asset, y_rotation: float, seed: int)
     core = np.flatnonzero(ring >= core_depth)
     sub = core if core.size <= SOLVE_POINTS else rng.choice(core, SOLVE_POINTS, replace=False)
     # 2. coarse focal steps, RANSAC PnP at each, the best few by robust loss
-    candidates = []
+    candidates, steps = [], coarse.on(sub)
     for i, fov in enumerate(np.geomspace(*FOV_RANGE, FOCAL_STEPS)):
-        cam = coarse.ransac((h / 2) / math.tan(math.radians(fov) / 2), sub, threshold, seed + i)
-        if cam is not None and coarse.valid(cam, sub):
-            candidates.append((coarse.cost(cam, sub), i, cam))
+        cam = steps.ransac((h / 2) / math.tan(math.radians(fov) / 2), threshold, seed + i)
+        if cam is not None and steps.valid(cam):
+            candidates.append((steps.cost(cam), i, cam))
     if not candidates:
         raise AssetError("no camera explains this point map (no focal length gave a camera with the asset in front "
                          "of it): is it a point map of this asset, with the y_rotation the references used?")
     candidates.sort(key=lambda c: c[:2])
-    # 3. joint refinement of focal, rotation and translation from the best candidates, each step kept
-    # only when the camera is valid and the robust loss is lower
-    best = None
+    # 3. joint refinement of focal, rotation and translation from the best candidates (denoised points),
+    # then the focal search and a last joint refinement from the best of them (points as decoded); each
+    # step kept only when the camera is valid and the robust loss is lower
+    search = _subset(rng, core, SEARCH_POINTS)
+    starts, refined = coarse.on(search), []
     for _, _, cam in candidates[:REFINE_CANDIDATES]:
-        cam, cost = _polish(coarse, fine, cam, _subset(rng, core, REFINE_POINTS), threshold)
-        if cam is not None and (best is None or cost < best[1]):
-            best = (cam, cost)
-    if best is None:
+        got, cost = starts.refine(cam)
+        if starts.valid(got) and cost < starts.cost(cam):
+            cam = got
+        if starts.valid(cam):
+            refined.append((starts.cost(cam), len(refined), cam))
+    cam = _polish(fine, min(refined)[2], search, _subset(rng, core, REFINE_POINTS))[0] if refined else None
+    if cam is None:
         raise AssetError("no camera explains this point map (every camera found puts part of the asset behind it): "
                          "is it a point map of this asset, with the y_rotation the references used?")
-    cam = best[0]
     # 4. the edge, measured: the rings of the silhouette whose reprojection error exceeds the deep
     # pixels' are the blend with the background; the camera is solved again without them
     err = fine.errors(cam)
@@ -465,7 +486,7 @@ def _read_pose(cv2, point_map, mask, asset: Asset, y_rotation: float, seed: int)
     if used.size < MIN_POINTS:
         used = core
     elif not np.array_equal(used, core):
-        got, _ = _polish(coarse, fine, cam, _subset(rng, used, REFINE_POINTS), threshold)
+        got, _ = _polish(fine, cam, _subset(rng, used, SEARCH_POINTS), _subset(rng, used, REFINE_POINTS))
         if got is not None:
             cam = got
     err = fine.errors(cam)
@@ -480,13 +501,15 @@ def _read_pose(cv2, point_map, mask, asset: Asset, y_rotation: float, seed: int)
     out = PoseReadout(camera, w, h, float(f), principal, r_cv, t_cv, int(rows.size), float(inliers.mean()),
                       float(np.median(err[used][inliers])) if inliers.any() else float("inf"),
                       frame=(frame.centre, frame.scale), blend_px=blend)
-    score_against_render(cv2, out, asset, frame, inside, rows[used], cols[used], world[used], y_rotation)
+    score_against_render(cv2, out, asset, frame, inside, rows[used], cols[used], world[used], y_rotation,
+                         colours[used])
     return out
 
 
 def score_against_render(cv2, out: PoseReadout, asset: Asset, frame: AssetFrame, mask: np.ndarray, rows, cols, world: np.ndarray,
-                         y_rotation: float) -> None:
-    """Fills ``out.rerender``, ``iou``, ``median_error_pct`` and ``score`` (see :class:`PoseReadout`)."""
+                         y_rotation: float, colours: np.ndarray) -> None:
+    """Fills ``out.rerender``, ``iou``, ``median_error_pct``, ``colour_error`` and ``score`` (see
+    :class:`PoseReadout`); ``rows``/``cols``/``world``/``colours``: the pixels used, their points and colours."""
     try:
         views = render_at(asset, out.camera, out.width, out.height, y_rotation=y_rotation)
     except AssetError:
@@ -501,6 +524,9 @@ def score_against_render(cv2, out: PoseReadout, asset: Asset, frame: AssetFrame,
     out.iou = float(both.sum() / either.sum()) if either.any() else 0.0
     seen = rendered[rows, cols]
     if seen.any():
-        there = decode_points(views.point_map[0].numpy().astype(np.float64)[rows[seen], cols[seen]], frame, y_rotation)
+        drawn = views.point_map[0].numpy().astype(np.float64)[rows[seen], cols[seen]]
+        there = decode_points(drawn, frame, y_rotation)
         out.median_error_pct = float(np.median(np.linalg.norm(there - world[seen], axis=1)) / frame.size * 100)
-    out.score = out.iou ** 2 * max(0.0, 1.0 - out.median_error_pct / ERROR_SCALE_PCT)
+        out.colour_error = float(np.median(np.abs(drawn - colours[seen]).max(axis=1)))
+    out.score = (out.iou ** 2 * max(0.0, 1.0 - out.median_error_pct / ERROR_SCALE_PCT)
+                 * max(0.0, 1.0 - out.colour_error / COLOUR_ERROR_SCALE))

@@ -199,6 +199,34 @@ def test_bad_input_gets_clear_errors(assets):
         read_pose(pm * 255, mask, asset)
 
 
+def test_render_at_draws_cut_outs_as_render_views_does(tmp_path):
+    """alphaMode MASK (glTF 2.0 §3.9.4: a fragment is drawn where alpha ≥ alphaCutoff): a card with holes
+    in front of a box. render_at at Render Views' cameras gives Render Views' pictures exactly, and the
+    holes matter (the same card made OPAQUE draws other pixels)."""
+    from test_gltf_spec import rgba_texture
+    from tools.gltf_build import GltfBuilder
+    card_v = np.array([[-0.9, -0.7, 0.3], [0.9, -0.7, 0.3], [0.9, 0.7, 0.3], [-0.9, 0.7, 0.3]], float)
+    card_f, card_uv = np.array([[0, 1, 2], [0, 2, 3]]), np.array([[0, 1], [1, 1], [1, 0], [0, 0]], float)
+    bv, bf, _ = box((0.6, 0.6, 0.6), center=(0, 0, -0.5))
+    shapes = {}
+    for mode in ("MASK", "OPAQUE"):
+        g = GltfBuilder()
+        card = g.material(pbrMetallicRoughness={"baseColorTexture": {"index": g.texture(rgba_texture(32, 11, holes=True))}},
+                          alphaMode=mode, alphaCutoff=0.4, doubleSided=True)
+        g.node(mesh=g.mesh([g.triangles(card_v, card_f, card, TEXCOORD_0=card_uv)]))
+        g.node(mesh=g.mesh([g.triangles(bv, bf, g.material(pbrMetallicRoughness={"baseColorFactor": [0.2, 0.4, 1, 1]}))]))
+        g.glb(tmp_path / f"{mode}.glb")
+        shapes[mode] = rendering.load_asset(tmp_path / f"{mode}.glb")
+    assert shapes["MASK"].has_cut_outs and not shapes["OPAQUE"].has_cut_outs
+    views = rendering.render_views(shapes["MASK"], num_views=3, preset="even", resolution=64, pitch=15.0)
+    for i, cam in enumerate(views.cameras):
+        got = render_at(shapes["MASK"], cam, 64, 64)
+        for name in ("rgb", "point_map", "mask", "depth"):
+            torch.testing.assert_close(getattr(got, name)[0], getattr(views, name)[i], rtol=0, atol=0)
+    opaque = render_at(shapes["OPAQUE"], views.cameras[0], 64, 64)
+    assert (opaque.point_map[0] - views.point_map[0]).abs().amax(-1).gt(0.05).sum() > 50
+
+
 def test_json_camera_in_opencv_and_gltf_conventions(assets):
     """The JSON projects asset points with OpenCV's model onto the pixels the renderer put them, and
     its glTF camera_to_world places the camera at the same spot looking the same way."""
