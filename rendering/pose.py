@@ -224,20 +224,21 @@ def _depth_in_mask(cv2, inside: np.ndarray) -> np.ndarray:
     return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
 
 
-def _denoised(cv2, pm: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, float]:
-    """The point map with the decoder's colour noise and scattered wrong pixels averaged away, where a
-    5×5 window lies inside the object (elsewhere as it is). Wrong pixels are those further from the
-    5×5 median than 3× the measured noise; the mean of the others over the window is unbiased on a
-    locally linear point map (a median alone is pulled towards mid-grey by the wrong pixels). Returns
-    the point map and the measured noise (robust standard deviation of a colour, 0..1)."""
-    inner = depth >= 3
+def _denoised(cv2, pm: np.ndarray, depth: np.ndarray, blend: int = 0) -> tuple[np.ndarray, float]:
+    """The point map with the decoder's colour noise and scattered wrong pixels averaged away where a 5×5
+    window lies inside the object beyond the silhouette's ``blend`` band (elsewhere as it is). Wrong
+    pixels are those further from the 5×5 median than 3× the measured noise; the mean of the others over
+    the window is unbiased on a locally linear point map (a median alone is pulled towards mid-grey by
+    the wrong pixels; a window reaching into the blend, towards the background's white). Returns the
+    point map and the measured noise (robust standard deviation of a colour, 0..1)."""
+    inner = depth >= blend + 3  # the whole 5×5 window (2√2 pixels) lies beyond the blend band
     if not inner.any():
         return pm, 0.0
     img = pm.astype(np.float32)
     median = cv2.medianBlur(img, 5)
     dev = np.abs(img - median).max(axis=-1)
     sigma = 1.4826 * float(np.median(dev[inner]))
-    good = ((dev <= 3 * max(sigma, NOISE_FLOOR)) & (depth > 0)).astype(np.float32)
+    good = ((dev <= 3 * max(sigma, NOISE_FLOOR)) & (depth > blend)).astype(np.float32)
     weight = cv2.boxFilter(good, -1, (5, 5), normalize=False)
     mean = cv2.boxFilter(img * good[..., None], -1, (5, 5), normalize=False) / np.maximum(weight, 1)[..., None]
     keep = inner & (weight >= 5)
@@ -486,6 +487,10 @@ def _read_pose(cv2, point_map, mask, asset: Asset, y_rotation: float, seed: int)
     if used.size < MIN_POINTS:
         used = core
     elif not np.array_equal(used, core):
+        if noise > NOISE_FLOOR and blend:  # the denoising windows, kept out of the blend band
+            colours = _denoised(cv2, pm, depth, blend)[0][rows, cols]
+            world = decode_points(colours, frame, y_rotation)
+            fine = _Solver(cv2, world, image, principal, focal_range, threshold / 2)
         got, _ = _polish(fine, cam, _subset(rng, used, SEARCH_POINTS), _subset(rng, used, REFINE_POINTS))
         if got is not None:
             cam = got
