@@ -7,21 +7,24 @@ VAE decodes it is not exact (a silhouette blended into the white background over
 colour noise, scattered wrong pixels), so:
 
 1. clean: the colour noise is measured (robust deviation from a 5×5 median); where there is some,
-   wrong pixels (beyond 3× the noise) are dropped and the rest averaged over 5×5 pixels, which keeps
-   a locally linear point map as it is; noise-free input is used as it is. Decode: colour → asset
+   wrong pixels (beyond 3× the noise) are dropped and the rest averaged over 3×3 pixels, each mean
+   placed at the centroid of the pixels it averaged (exact on a locally linear point map); noise-free
+   input is used as it is. Decode: colour → asset
    point → rendering frame (docs/method.md §1.3), after undoing the references' ``y_rotation`` (§1.8);
 2. focal steps: the focal length is unknown (a generated photo is not taken with the reference
    camera): RANSAC PnP (``cv2.solvePnPRansac``, SQPnP) at a few log-spaced focal lengths on the deep
    pixels (away from the silhouette), the principal point at the image centre; the inlier threshold is
    a share of the object's size in pixels, not of the picture's;
-3. refinement: from the best steps, a golden-section search of the focal (the pose re-fitted at each)
-   and a joint Levenberg–Marquardt refinement of focal, rotation and translation with a Cauchy loss;
-   each result is kept only when it is valid (focal in the searched range, every point in front of the
+3. refinement: the best steps refined jointly (focal, rotation, translation: Levenberg–Marquardt on a
+   Cauchy loss, in numpy with the analytic Jacobian), then, from the best of them, a golden-section
+   search of the focal (the pose re-fitted at each) and a last joint refinement on more points; each
+   result is kept only when it is valid (focal in the searched range, every point in front of the
    camera) and lowers the robust loss;
 4. the edge, measured: the silhouette's rings (1, 2, … pixels in) whose reprojection error exceeds the
-   deep pixels' are the blend with the background; they are left out and the camera solved again;
-5. check: the asset is re-rendered at that camera (:func:`render_at`) and compared with the mask (the
-   measured blend band left out) and the point map.
+   deep pixels' are the blend with the background; they are left out (also of the denoising windows)
+   and the camera solved again;
+5. check: the asset is re-rendered at that camera (:func:`render_at`, Render Views' own drawing) and
+   compared with the mask (the measured blend band left out), the point map's 3D points and its colours.
 
 The camera comes back in the pack's conventions (:class:`~rendering.camera.Camera`: rendering frame,
 x right, y up, z forward, vertical fov, principal point at the image centre, square pixels) and as a
@@ -80,11 +83,14 @@ class PoseReadout:
     silhouette's blend with the background (left out of the solve and of the IoU); ``iou``: mask of
     the picture vs mask of the asset re-rendered at the camera, outside that band;
     ``median_error_pct``: median 3D distance between the point each (cleaned) pixel claims and the
-    point the re-render shows there, in % of the asset's bounding-box diagonal; ``score`` = iou² ×
-    max(0, 1 − median_error_pct / 8), in [0, 1]: 1 means the
-    picture shows exactly this asset's geometry from one camera. (The inlier ratio is reported but left
-    out of the score: it falls with the noise of a decoded point map while a wrong asset can keep it
-    high; silhouette overlap and 3D error separate the two.)
+    point the re-render shows there, in % of the asset's bounding-box diagonal; ``colour_error``: median
+    over those pixels of the largest per-channel difference of the point-map colours (0..1: each axis
+    in units of the asset's extent along it, so a thin asset's thin axis counts as much as the others);
+    ``score`` = iou² × max(0, 1 − median_error_pct / 8) × max(0, 1 − colour_error / 0.15), in [0, 1]: 1
+    means the picture shows exactly this asset's geometry from one camera. (The inlier ratio is reported
+    but left out of the score: it falls with the noise of a decoded point map while a wrong asset can keep
+    it high. The colour term catches another asset whose silhouette and 3D points happen to fit, e.g. a
+    sphere's point map read as a flat plate: every decoded point lies within the plate's thin box.)
     """
     camera: Camera
     width: int
@@ -224,34 +230,45 @@ def _depth_in_mask(cv2, inside: np.ndarray) -> np.ndarray:
     return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
 
 
-def _denoised(cv2, pm: np.ndarray, depth: np.ndarray, blend: int = 0) -> tuple[np.ndarray, float]:
-    """The point map with the decoder's colour noise and scattered wrong pixels averaged away where a 5×5
-    window lies inside the object beyond the silhouette's ``blend`` band (elsewhere as it is). Wrong
-    pixels are those further from the 5×5 median than 3× the measured noise; the mean of the others over
-    the window is unbiased on a locally linear point map (a median alone is pulled towards mid-grey by
-    the wrong pixels; a window reaching into the blend, towards the background's white). Returns the
-    point map and the measured noise (robust standard deviation of a colour, 0..1)."""
-    inner = depth >= blend + 3  # the whole 5×5 window (2√2 pixels) lies beyond the blend band
+def _denoised(cv2, pm: np.ndarray, depth: np.ndarray, blend: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
+    """The point map with the decoder's colour noise and scattered wrong pixels averaged away over 3×3
+    windows, using only the object's pixels beyond the silhouette's ``blend`` band. Wrong pixels are those
+    further from the 5×5 median than 3× the measured noise. The mean of the others is the point map at
+    their centroid (exactly so where the point map is locally linear; a small window keeps the bias of
+    its curvature small), which moves off the window's centre where the window reaches the blend band,
+    the background or wrong pixels: so each mean comes with its position. (A median alone is pulled
+    towards mid-grey by the wrong pixels; a window reaching into the blend, towards the background's
+    white.) Returns the point map, the position shift [H, W, 2] ((x, y) pixels, 0 where left as it is:
+    too few good pixels around) and the measured noise (robust standard deviation of a colour, 0..1)."""
+    h, w = depth.shape
+    inner = depth >= blend + 1 + 2 * math.sqrt(2)  # the whole 5×5 median window lies beyond the blend band
+    shift = np.zeros((h, w, 2), np.float32)
     if not inner.any():
-        return pm, 0.0
+        return pm, shift, 0.0
     img = pm.astype(np.float32)
     median = cv2.medianBlur(img, 5)
     dev = np.abs(img - median).max(axis=-1)
     sigma = 1.4826 * float(np.median(dev[inner]))
-    good = ((dev <= 3 * max(sigma, NOISE_FLOOR)) & (depth > blend)).astype(np.float32)
-    weight = cv2.boxFilter(good, -1, (5, 5), normalize=False)
-    mean = cv2.boxFilter(img * good[..., None], -1, (5, 5), normalize=False) / np.maximum(weight, 1)[..., None]
-    keep = inner & (weight >= 5)
+    good = ((dev <= 3 * max(sigma, NOISE_FLOOR)) & (depth >= blend + 1)).astype(np.float32)
+    grid = np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), axis=-1)
+
+    def window_sum(x):
+        return cv2.boxFilter(x, -1, (3, 3), normalize=False, borderType=cv2.BORDER_REFLECT)
+
+    weight = window_sum(good)
+    keep = (depth >= blend + 1) & (weight >= 3)
     out = pm.copy()
-    out[keep] = mean[keep]
-    return out, sigma
+    out[keep] = (window_sum(img * good[..., None]) / np.maximum(weight, 1)[..., None])[keep]
+    shift[keep] = (window_sum(grid * good[..., None]) / np.maximum(weight, 1)[..., None] - grid)[keep]
+    return out, shift, sigma
 
 
 class _Solver:
     """PnP with an unknown focal (principal point at the centre, square pixels) on one set of 2D-3D pairs.
     A camera is (focal, rvec, tvec), world → OpenCV camera. Projections, losses and the Levenberg–Marquardt
-    steps are numpy on the pairs (cv2.projectPoints always computes its 15-column Jacobian: ten times
-    slower); OpenCV failures of the RANSAC start become None so the caller can say what went wrong."""
+    steps are numpy on the pairs (the Python binding of cv2.projectPoints always computes its Jacobian:
+    ten times slower); OpenCV failures of the RANSAC start become None so the caller can say what went
+    wrong."""
 
     def __init__(self, cv2, world, image, principal, focal_range, scale_px):
         self.cv2, self.world, self.image, self.principal = cv2, world, image, np.asarray(principal, float)
@@ -435,12 +452,12 @@ def _read_pose(cv2, point_map, mask, asset: Asset, y_rotation: float, seed: int)
     focal_range = tuple((h / 2) / math.tan(math.radians(v) / 2) for v in FOV_RANGE[::-1])
     # points as decoded carry the decoder's noise, which biases a least-squares focal long (errors in the
     # 3D points): where noise is measured, the denoised points are solved; exact input stays as it is
-    denoised, noise = _denoised(cv2, pm, depth)
+    denoised, shift, noise = _denoised(cv2, pm, depth)
     colours = (denoised if noise > NOISE_FLOOR else pm)[rows, cols]
     world = decode_points(colours, frame, y_rotation)
-    coarse = _Solver(cv2, decode_points(denoised[rows, cols], frame, y_rotation), image, principal, focal_range,
-                     threshold / 2)
-    fine = _Solver(cv2, world, image, principal, focal_range, threshold / 2)
+    coarse = _Solver(cv2, decode_points(denoised[rows, cols], frame, y_rotation), image + shift[rows, cols],
+                     principal, focal_range, threshold / 2)
+    fine = coarse if noise > NOISE_FLOOR else _Solver(cv2, world, image, principal, focal_range, threshold / 2)
     rng = np.random.default_rng(seed)
 
     # 1. the deep core: pixels far enough from the silhouette to be free of the blend with the background
@@ -483,14 +500,15 @@ def _read_pose(cv2, point_map, mask, asset: Asset, y_rotation: float, seed: int)
         ring_d = (ring >= d) & (ring < d + 1)
         if ring_d.sum() >= 5 and float(np.median(err[ring_d])) > EDGE_FACTOR * reference + EDGE_MARGIN_PX:
             blend = d
-    used = np.flatnonzero(ring > blend)
+    used = np.flatnonzero(ring >= blend + 1)  # rings [d, d + 1) up to the blend's left out
     if used.size < MIN_POINTS:
         used = core
     elif not np.array_equal(used, core):
         if noise > NOISE_FLOOR and blend:  # the denoising windows, kept out of the blend band
-            colours = _denoised(cv2, pm, depth, blend)[0][rows, cols]
+            denoised, shift, _ = _denoised(cv2, pm, depth, blend)
+            colours = denoised[rows, cols]
             world = decode_points(colours, frame, y_rotation)
-            fine = _Solver(cv2, world, image, principal, focal_range, threshold / 2)
+            fine = _Solver(cv2, world, image + shift[rows, cols], principal, focal_range, threshold / 2)
         got, _ = _polish(fine, cam, _subset(rng, used, SEARCH_POINTS), _subset(rng, used, REFINE_POINTS))
         if got is not None:
             cam = got
@@ -523,8 +541,8 @@ def score_against_render(cv2, out: PoseReadout, asset: Asset, frame: AssetFrame,
     rendered = views.mask[0].numpy() > 0.5
     both, either = rendered & mask, rendered | mask
     if out.blend_px:  # the measured blend band around the re-rendered silhouette is left out of the overlap
-        near_in = rendered & (_depth_in_mask(cv2, rendered) <= out.blend_px)
-        band = near_in | (~rendered & (_depth_in_mask(cv2, ~rendered) <= out.blend_px))
+        near_in = rendered & (_depth_in_mask(cv2, rendered) < out.blend_px + 1)
+        band = near_in | (~rendered & (_depth_in_mask(cv2, ~rendered) < out.blend_px + 1))
         both, either = both & ~band, either & ~band
     out.iou = float(both.sum() / either.sum()) if either.any() else 0.0
     seen = rendered[rows, cols]
