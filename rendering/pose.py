@@ -419,12 +419,8 @@ def read_pose(point_map, mask, asset: Asset, y_rotation: float = 0.0, seed: int 
                          "the references used?") from None
 
 
-def _read_pose(cv2, point_map, mask, asset: Asset, y_rotation: float, seed: int) -> PoseReadout:
-    """The camera that best explains ``point_map`` ([H, W, 3] colours in [0, 1]) over ``mask`` ([H, W],
-    object where > 0.5), for ``asset``; ``y_rotation``: the point-map rotation the references used.
-    Returns a :class:`PoseReadout` with the re-render and the scores. A point map of another asset
-    is not an error: it gets a low score. Bad input (shapes, too few object pixels, no camera at all)
-    raises AssetError."""
+def _checked_input(point_map, mask) -> tuple[np.ndarray, np.ndarray]:
+    """The point map ([H, W, 3] float64) and its object pixels ([H, W] bool), or AssetError for bad input."""
     pm = _as_array(point_map, "the point map", 3)
     m = _as_array(mask, "the mask", 2)
     if pm.shape[-1] < 3:
@@ -441,58 +437,43 @@ def _read_pose(cv2, point_map, mask, asset: Asset, y_rotation: float, seed: int)
     if inside.sum() < MIN_POINTS:
         raise AssetError(f"the mask covers {int(inside.sum())} object pixel(s); reading the camera needs at least "
                          f"{MIN_POINTS}: is the object in the picture, and is the mask the point map's?")
-    depth = _depth_in_mask(cv2, inside)
-    rows, cols = np.nonzero(inside)
-    ring = depth[rows, cols]
-    frame = AssetFrame.of(asset)
-    image = np.stack([cols, rows], axis=1).astype(np.float64)  # OpenCV (x, y), pixel centres at integers
-    principal = ((w - 1) / 2, (h - 1) / 2)
-    size_px = math.sqrt(rows.size)  # the object's size in pixels: thresholds scale with it
-    threshold = max(MIN_THRESHOLD_PX, INLIER_SHARE * size_px)
-    focal_range = tuple((h / 2) / math.tan(math.radians(v) / 2) for v in FOV_RANGE[::-1])
-    # points as decoded carry the decoder's noise, which biases a least-squares focal long (errors in the
-    # 3D points): where noise is measured, the denoised points are solved; exact input stays as it is
-    denoised, shift, noise = _denoised(cv2, pm, depth)
-    colours = (denoised if noise > NOISE_FLOOR else pm)[rows, cols]
-    world = decode_points(colours, frame, y_rotation)
-    coarse = _Solver(cv2, decode_points(denoised[rows, cols], frame, y_rotation), image + shift[rows, cols],
-                     principal, focal_range, threshold / 2)
-    fine = coarse if noise > NOISE_FLOOR else _Solver(cv2, world, image, principal, focal_range, threshold / 2)
-    rng = np.random.default_rng(seed)
+    return pm, inside
 
-    # 1. the deep core: pixels far enough from the silhouette to be free of the blend with the background
-    core_depth = next((d for d in range(MAX_BLEND_PX + 1, 1, -1)
-                       if (ring >= d).sum() >= max(MIN_POINTS, rows.size // 3)), 1)
-    core = np.flatnonzero(ring >= core_depth)
-    sub = core if core.size <= SOLVE_POINTS else rng.choice(core, SOLVE_POINTS, replace=False)
-    # 2. coarse focal steps, RANSAC PnP at each, the best few by robust loss
-    candidates, steps = [], coarse.on(sub)
+
+def _focal_steps(steps: _Solver, height: int, threshold: float, seed: int) -> list:
+    """RANSAC PnP at FOCAL_STEPS log-spaced focal lengths: the valid cameras, best (lowest robust loss) first."""
+    candidates = []
     for i, fov in enumerate(np.geomspace(*FOV_RANGE, FOCAL_STEPS)):
-        cam = steps.ransac((h / 2) / math.tan(math.radians(fov) / 2), threshold, seed + i)
+        cam = steps.ransac((height / 2) / math.tan(math.radians(fov) / 2), threshold, seed + i)
         if cam is not None and steps.valid(cam):
             candidates.append((steps.cost(cam), i, cam))
     if not candidates:
         raise AssetError("no camera explains this point map (no focal length gave a camera with the asset in front "
                          "of it): is it a point map of this asset, with the y_rotation the references used?")
-    candidates.sort(key=lambda c: c[:2])
-    # 3. joint refinement of focal, rotation and translation from the best candidates (denoised points),
-    # then the focal search and a last joint refinement from the best of them (points as decoded); each
-    # step kept only when the camera is valid and the robust loss is lower
-    search = _subset(rng, core, SEARCH_POINTS)
-    starts, refined = coarse.on(search), []
-    for _, _, cam in candidates[:REFINE_CANDIDATES]:
+    return [c[2] for c in sorted(candidates, key=lambda c: c[:2])]
+
+
+def _best_refined(starts: _Solver, fine: _Solver, candidates: list, search, final):
+    """The best candidates refined jointly (``starts``: the denoised points), then the focal search and a
+    last joint refinement from the best of them (``fine``); each step kept only when the camera is valid
+    and the robust loss is lower."""
+    refined = []
+    for cam in candidates[:REFINE_CANDIDATES]:
         got, cost = starts.refine(cam)
         if starts.valid(got) and cost < starts.cost(cam):
             cam = got
         if starts.valid(cam):
             refined.append((starts.cost(cam), len(refined), cam))
-    cam = _polish(fine, min(refined)[2], search, _subset(rng, core, REFINE_POINTS))[0] if refined else None
+    cam = _polish(fine, min(refined)[2], search, final)[0] if refined else None
     if cam is None:
         raise AssetError("no camera explains this point map (every camera found puts part of the asset behind it): "
                          "is it a point map of this asset, with the y_rotation the references used?")
-    # 4. the edge, measured: the rings of the silhouette whose reprojection error exceeds the deep
-    # pixels' are the blend with the background; the camera is solved again without them
-    err = fine.errors(cam)
+    return cam
+
+
+def _blend_width(err: np.ndarray, ring: np.ndarray, core: np.ndarray) -> int:
+    """The silhouette's blend with the background, measured: the deepest ring [d, d + 1) pixels in (up to
+    MAX_BLEND_PX) whose median reprojection error exceeds the deep pixels'; 0 when none does."""
     deep = ring >= MAX_BLEND_PX + 1
     reference = float(np.median(err[deep if deep.sum() >= MIN_POINTS else core]))
     blend = 0
@@ -500,31 +481,78 @@ def _read_pose(cv2, point_map, mask, asset: Asset, y_rotation: float, seed: int)
         ring_d = (ring >= d) & (ring < d + 1)
         if ring_d.sum() >= 5 and float(np.median(err[ring_d])) > EDGE_FACTOR * reference + EDGE_MARGIN_PX:
             blend = d
-    used = np.flatnonzero(ring >= blend + 1)  # rings [d, d + 1) up to the blend's left out
-    if used.size < MIN_POINTS:
-        used = core
-    elif not np.array_equal(used, core):
-        if noise > NOISE_FLOOR and blend:  # the denoising windows, kept out of the blend band
-            denoised, shift, _ = _denoised(cv2, pm, depth, blend)
-            colours = denoised[rows, cols]
-            world = decode_points(colours, frame, y_rotation)
-            fine = _Solver(cv2, world, image + shift[rows, cols], principal, focal_range, threshold / 2)
-        got, _ = _polish(fine, cam, _subset(rng, used, SEARCH_POINTS), _subset(rng, used, REFINE_POINTS))
-        if got is not None:
-            cam = got
-    err = fine.errors(cam)
+    return blend
+
+
+def _readout(cv2, cam, err: np.ndarray, threshold: float, w: int, h: int, points: int, frame: AssetFrame,
+             blend: int) -> PoseReadout:
+    """The PoseReadout of an OpenCV camera (focal, rvec, tvec), its inlier scores from the errors ``err``
+    of the pixels used (the re-render scores still to come)."""
     f, rvec, tvec = cam
-    inliers = err[used] < threshold
-    r_cv = cv2.Rodrigues(rvec)[0]
+    inliers = err < threshold
+    r_cv = cv2.Rodrigues(np.asarray(rvec, float))[0]
     t_cv = np.asarray(tvec, float).reshape(3)
     rotation = np.diag([1.0, -1.0, 1.0]) @ r_cv  # rows right, up, forward
     eye = -r_cv.T @ t_cv
     camera = Camera(eye=torch.tensor(eye, dtype=torch.float64), rotation=torch.tensor(rotation, dtype=torch.float64),
                     fov=math.degrees(2 * math.atan((h / 2) / f)))
-    out = PoseReadout(camera, w, h, float(f), principal, r_cv, t_cv, int(rows.size), float(inliers.mean()),
-                      float(np.median(err[used][inliers])) if inliers.any() else float("inf"),
-                      frame=(frame.centre, frame.scale), blend_px=blend)
-    score_against_render(cv2, out, asset, frame, inside, rows[used], cols[used], world[used], y_rotation,
+    return PoseReadout(camera, w, h, float(f), ((w - 1) / 2, (h - 1) / 2), r_cv, t_cv, points,
+                       float(inliers.mean()), float(np.median(err[inliers])) if inliers.any() else float("inf"),
+                       frame=(frame.centre, frame.scale), blend_px=blend)
+
+
+def _read_pose(cv2, point_map, mask, asset: Asset, y_rotation: float, seed: int) -> PoseReadout:
+    """The camera that best explains ``point_map`` ([H, W, 3] colours in [0, 1]) over ``mask`` ([H, W],
+    object where > 0.5), for ``asset``; ``y_rotation``: the point-map rotation the references used.
+    Returns a :class:`PoseReadout` with the re-render and the scores. A point map of another asset
+    is not an error: it gets a low score. Bad input (shapes, too few object pixels, no camera at all)
+    raises AssetError."""
+    pm, inside = _checked_input(point_map, mask)
+    h, w = inside.shape
+    depth = _depth_in_mask(cv2, inside)
+    rows, cols = np.nonzero(inside)
+    ring = depth[rows, cols]
+    frame = AssetFrame.of(asset)
+    image = np.stack([cols, rows], axis=1).astype(np.float64)  # OpenCV (x, y), pixel centres at integers
+    threshold = max(MIN_THRESHOLD_PX, INLIER_SHARE * math.sqrt(rows.size))  # scaled to the object's size in pixels
+
+    def solver(colours, shift):
+        focal_range = tuple((h / 2) / math.tan(math.radians(v) / 2) for v in FOV_RANGE[::-1])
+        return _Solver(cv2, decode_points(colours, frame, y_rotation), image + shift[rows, cols],
+                       ((w - 1) / 2, (h - 1) / 2), focal_range, threshold / 2)
+
+    # points as decoded carry the decoder's noise, which biases a least-squares focal (errors in the 3D
+    # points): where noise is measured, the denoised points are solved; exact input stays as it is
+    denoised, shift, noise = _denoised(cv2, pm, depth)
+    noisy = noise > NOISE_FLOOR
+    colours = (denoised if noisy else pm)[rows, cols]
+    coarse = solver(denoised[rows, cols], shift)
+    fine = coarse if noisy else solver(colours, np.zeros_like(shift))
+    rng = np.random.default_rng(seed)
+    # 1. the deep core: pixels far enough from the silhouette to be free of the blend with the background
+    core_depth = next((d for d in range(MAX_BLEND_PX + 1, 1, -1)
+                       if (ring >= d).sum() >= max(MIN_POINTS, rows.size // 3)), 1)
+    core = np.flatnonzero(ring >= core_depth)
+    # 2. coarse focal steps; 3. joint refinement, focal search and last refinement from the best of them
+    candidates = _focal_steps(coarse.on(_subset(rng, core, SOLVE_POINTS)), h, threshold, seed)
+    search = _subset(rng, core, SEARCH_POINTS)
+    cam = _best_refined(coarse.on(search), fine, candidates, search, _subset(rng, core, REFINE_POINTS))
+    # 4. the edge, measured, left out (of the solve and of the denoising windows), the camera solved again
+    blend = _blend_width(fine.errors(cam), ring, core)
+    used = np.flatnonzero(ring >= blend + 1)  # rings [d, d + 1) up to the blend's left out
+    if used.size < MIN_POINTS:
+        used = core
+    elif not np.array_equal(used, core):
+        if noisy and blend:
+            denoised, shift, _ = _denoised(cv2, pm, depth, blend)
+            colours = denoised[rows, cols]
+            fine = solver(colours, shift)
+        got, _ = _polish(fine, cam, _subset(rng, used, SEARCH_POINTS), _subset(rng, used, REFINE_POINTS))
+        if got is not None:
+            cam = got
+    # 5. the scores
+    out = _readout(cv2, cam, fine.on(used).errors(cam), threshold, w, h, int(rows.size), frame, blend)
+    score_against_render(cv2, out, asset, frame, inside, rows[used], cols[used], fine.world[used], y_rotation,
                          colours[used])
     return out
 
