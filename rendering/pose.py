@@ -47,7 +47,7 @@ from .errors import AssetError
 MIN_POINTS = 50          # correspondences the solver needs (far more than the 6 of a DLT: noise)
 SOLVE_POINTS = 400       # correspondences used by the RANSAC focal steps (a fixed random subset of the core)
 SEARCH_POINTS = 1000     # correspondences used by the focal search (a fixed random subset)
-REFINE_POINTS = 10000    # correspondences used by the last joint refinement (a fixed random subset)
+REFINE_POINTS = 4000     # correspondences used by the last joint refinement (a fixed random subset)
 FOV_RANGE = (5.0, 120.0)  # vertical field of view searched, degrees
 FOCAL_STEPS = 10         # coarse focal steps; the joint refinement finds the focal between them
 RANSAC_ITERATIONS = 100
@@ -351,10 +351,10 @@ class _Solver:
                 c = self.cost(trial)
                 if c < best:
                     f, r, t = trial[0], self.cv2.Rodrigues(trial[1])[0], trial[2]
-                    best, lam, improved = c, max(lam / 10, 1e-7), True
+                    converged, best, lam, improved = best - c < 1e-6 * best, c, max(lam / 10, 1e-7), True
                     break
                 lam *= 10
-            if not improved or np.abs(step).max() < 1e-9:
+            if not improved or converged:
                 break
         return (f, self.cv2.Rodrigues(r)[0].reshape(3), t), best
 
