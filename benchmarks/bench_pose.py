@@ -9,7 +9,8 @@ reads with the asset behind the camera, the lowest score of a right-asset read (
 found the camera: rotation < 2°) and the highest of a wrong-asset read (each point map read against
 the next asset of the list). Timing: wall time per 512² picture, the two read-outs alternating.
 
-Run: .legs/v0.31.0/venv/bin/python -m benchmarks.bench_pose [--per-asset 10] [--repeats 5]
+Run: .legs/v0.31.0/venv/bin/python -m benchmarks.bench_pose [--per-asset 10] [--repeats 5] [--threads N]
+[--timing-only]
 """
 from __future__ import annotations
 
@@ -95,15 +96,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-asset", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); on a machine "
+                    "shared with other work, 1 keeps the renderer's threads from waiting on each other")
+    ap.add_argument("--timing-only", action="store_true", help="skip the accuracy table")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     assets = pose_assets(tempfile.mkdtemp())
-    cases = decoder_like_cases(assets, args.per_asset)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(cases)} decoder-like point maps")
-    table = accuracy(cases, assets)
-    keys = list(table["before"])
-    print(f"{'':28s}{'before':>12s}{'after':>12s}")
-    for k in keys:
-        print(f"{k:28s}" + "".join(f"{table[s][k]:12.3f}" for s in ("before", "after")))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if not args.timing_only:
+        cases = decoder_like_cases(assets, args.per_asset)
+        table = accuracy(cases, assets)
+        print(f"{len(cases)} decoder-like point maps\n{'':28s}{'before':>12s}{'after':>12s}")
+        for k in table["before"]:
+            print(f"{k:28s}" + "".join(f"{table[s][k]:12.3f}" for s in ("before", "after")))
     print(f"timing on 512², median of {args.repeats}:")
     for row in timing(args.repeats, assets["textured"]):
         print(" ", row)
