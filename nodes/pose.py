@@ -132,12 +132,13 @@ class RefAny3DReadPose(io.ComfyNode):
                                 tooltip="The re-rendered silhouette (outline and tint) over each picture."),
                 io.Float.Output(display_name="score", is_output_list=True,
                                 tooltip="Per image, in 0..1: (mask IoU)² × (1 − median 3D error / 8 % of the asset's "
-                                        "size), the silhouette's measured blend left out. Measured on decoder-like "
-                                        "point maps (soft silhouettes 1–3 px, noise 4/255, 10 % wrong pixels, 5 "
-                                        "shapes covering 1–50 % of the frame): reads that found the camera scored "
-                                        "0.83–0.96 (20 maps); reads against another asset mostly below 0.45, at "
-                                        "most 0.70 (40 maps). So: 0.8 or more, this asset's geometry; below 0.5, "
-                                        "another shape or a wrong y_rotation; between, a doubtful read."),
+                                        "size) × (1 − median point-map colour difference / 0.15), the silhouette's "
+                                        "measured blend left out. Measured on 40 decoder-like point maps (soft "
+                                        "silhouettes 1–3 px, noise 4/255, 10 % wrong pixels, 5 shapes covering 1–50 % "
+                                        "of the frame): reads that found the camera scored 0.82–0.90; the same maps "
+                                        "read against another asset at most 0.27. So: 0.75 or more, this asset's "
+                                        "geometry; below 0.5, another shape or a wrong y_rotation; between, a "
+                                        "doubtful read."),
                 io.Load3DCamera.Output(display_name="camera_info", is_output_list=True,
                                        tooltip="Per image, the read camera as a Load 3D camera: core's Preview 3D "
                                                "shows the asset from the picture's viewpoint (same asset file)."),

@@ -7,21 +7,24 @@ VAE decodes it is not exact (a silhouette blended into the white background over
 colour noise, scattered wrong pixels), so:
 
 1. clean: the colour noise is measured (robust deviation from a 5×5 median); where there is some,
-   wrong pixels (beyond 3× the noise) are dropped and the rest averaged over 5×5 pixels, which keeps
-   a locally linear point map as it is; noise-free input is used as it is. Decode: colour → asset
+   wrong pixels (beyond 3× the noise) are dropped and the rest averaged over 3×3 pixels, each mean
+   placed at the centroid of the pixels it averaged (exact on a locally linear point map); noise-free
+   input is used as it is. Decode: colour → asset
    point → rendering frame (docs/method.md §1.3), after undoing the references' ``y_rotation`` (§1.8);
 2. focal steps: the focal length is unknown (a generated photo is not taken with the reference
    camera): RANSAC PnP (``cv2.solvePnPRansac``, SQPnP) at a few log-spaced focal lengths on the deep
    pixels (away from the silhouette), the principal point at the image centre; the inlier threshold is
    a share of the object's size in pixels, not of the picture's;
-3. refinement: from the best steps, a golden-section search of the focal (the pose re-fitted at each)
-   and a joint Levenberg–Marquardt refinement of focal, rotation and translation with a Cauchy loss;
-   each result is kept only when it is valid (focal in the searched range, every point in front of the
+3. refinement: the best steps refined jointly (focal, rotation, translation: Levenberg–Marquardt on a
+   Cauchy loss, in numpy with the analytic Jacobian), then, from the best of them, a golden-section
+   search of the focal (the pose re-fitted at each) and a last joint refinement on more points; each
+   result is kept only when it is valid (focal in the searched range, every point in front of the
    camera) and lowers the robust loss;
 4. the edge, measured: the silhouette's rings (1, 2, … pixels in) whose reprojection error exceeds the
-   deep pixels' are the blend with the background; they are left out and the camera solved again;
-5. check: the asset is re-rendered at that camera (:func:`render_at`) and compared with the mask (the
-   measured blend band left out) and the point map.
+   deep pixels' are the blend with the background; they are left out (also of the denoising windows)
+   and the camera solved again;
+5. check: the asset is re-rendered at that camera (:func:`render_at`, Render Views' own drawing) and
+   compared with the mask (the measured blend band left out), the point map's 3D points and its colours.
 
 The camera comes back in the pack's conventions (:class:`~rendering.camera.Camera`: rendering frame,
 x right, y up, z forward, vertical fov, principal point at the image centre, square pixels) and as a
@@ -43,11 +46,14 @@ from .errors import AssetError
 
 MIN_POINTS = 50          # correspondences the solver needs (far more than the 6 of a DLT: noise)
 SOLVE_POINTS = 400       # correspondences used by the RANSAC focal steps (a fixed random subset of the core)
-REFINE_POINTS = 3000     # correspondences used by the joint refinement (a fixed random subset)
+SEARCH_POINTS = 1000     # correspondences used by the focal search (a fixed random subset)
+REFINE_POINTS = 4000     # correspondences used by the last joint refinement (a fixed random subset)
 FOV_RANGE = (5.0, 120.0)  # vertical field of view searched, degrees
-FOCAL_STEPS = 10         # coarse focal steps; the joint refinement finds the focal between them
-RANSAC_ITERATIONS = 100
+FOCAL_STEPS = 7          # coarse focal steps; the joint refinement finds the focal between them
+RANSAC_ITERATIONS = 60
 REFINE_CANDIDATES = 2    # best focal steps refined
+POSE_ITERATIONS = 4      # Levenberg–Marquardt steps re-fitting the pose at each focal of the search
+FOCAL_TOLERANCE = 5e-3   # the focal search stops when its bracket is this narrow (log focal)
 #: inlier threshold = this share of the object's size in pixels (√ of its pixel count), at least MIN_THRESHOLD_PX
 INLIER_SHARE = 0.03
 MIN_THRESHOLD_PX = 1.5
@@ -59,6 +65,8 @@ EDGE_MARGIN_PX = 0.1
 NOISE_FLOOR = 1.0 / 255  # colour noise below this is treated as none (the input is solved as it is)
 #: median 3D error (in % of the asset's size) at which the geometry term of the score reaches 0
 ERROR_SCALE_PCT = 8.0
+#: median point-map colour difference (worst channel, 0..1) at which the colour term of the score reaches 0
+COLOUR_ERROR_SCALE = 0.15
 
 
 @dataclass
@@ -75,11 +83,14 @@ class PoseReadout:
     silhouette's blend with the background (left out of the solve and of the IoU); ``iou``: mask of
     the picture vs mask of the asset re-rendered at the camera, outside that band;
     ``median_error_pct``: median 3D distance between the point each (cleaned) pixel claims and the
-    point the re-render shows there, in % of the asset's bounding-box diagonal; ``score`` = iou² ×
-    max(0, 1 − median_error_pct / 8), in [0, 1]: 1 means the
-    picture shows exactly this asset's geometry from one camera. (The inlier ratio is reported but left
-    out of the score: it falls with the noise of a decoded point map while a wrong asset can keep it
-    high; silhouette overlap and 3D error separate the two.)
+    point the re-render shows there, in % of the asset's bounding-box diagonal; ``colour_error``: median
+    over those pixels of the largest per-channel difference of the point-map colours (0..1: each axis
+    in units of the asset's extent along it, so a thin asset's thin axis counts as much as the others);
+    ``score`` = iou² × max(0, 1 − median_error_pct / 8) × max(0, 1 − colour_error / 0.15), in [0, 1]: 1
+    means the picture shows exactly this asset's geometry from one camera. (The inlier ratio is reported
+    but left out of the score: it falls with the noise of a decoded point map while a wrong asset can keep
+    it high. The colour term catches another asset whose silhouette and 3D points happen to fit, e.g. a
+    sphere's point map read as a flat plate: every decoded point lies within the plate's thin box.)
     """
     camera: Camera
     width: int
@@ -96,6 +107,7 @@ class PoseReadout:
     score: float = 0.0
     rerender: object = field(default=None, repr=False)  # Views of the asset at this camera (1 view)
     frame: tuple = field(default=None, repr=False)  # (centre [3], scale): rendering frame = (p - centre) * scale
+    colour_error: float = 1.0
     blend_px: int = 0  # measured width of the silhouette's blend with the background, left out of the solve
 
     def to_json(self) -> dict:
@@ -124,6 +136,7 @@ class PoseReadout:
             "pack": {"eye": [float(v) for v in self.camera.eye], "rotation": np.asarray(self.camera.rotation).tolist(),
                      "fov_deg": self.camera.fov, "frame_centre": centre.tolist(), "frame_scale": scale},
             "scores": {"score": self.score, "iou": self.iou, "median_error_pct": self.median_error_pct,
+                       "colour_error": self.colour_error,
                        "inlier_ratio": self.inlier_ratio, "reprojection_px": self.reprojection_px,
                        "points": self.points},
         }
@@ -131,21 +144,21 @@ class PoseReadout:
 
 def render_at(asset: Asset, camera: Camera, width: int, height: int, y_rotation: float = 0.0, device=None):
     """The asset rendered by the pack's renderer at ``camera`` (rendering frame, principal point at the
-    image centre) into a ``width`` × ``height`` picture: Views with one view (rgb, point_map, mask, depth)."""
-    from .raster import rasterize
-    from .views import Shader, Views
+    image centre) into a ``width`` × ``height`` picture: Views with one view (rgb, point_map, mask, depth).
+    Visibility is RefAny3D Render Views' (:func:`~rendering.views.visible_faces`: cut-outs of alphaMode
+    MASK materials peeled to what lies behind them), so the picture is the one Render Views draws."""
+    from .views import Shader, Views, visible_faces
     if width < 1 or height < 1:
         raise AssetError(f"render size must be positive, got {width}×{height}")
     device = torch.device(device) if device is not None else torch.device("cpu")
-    verts = asset.normalised_vertices()
-    cam_v = camera.to_camera(verts)
+    shader = Shader(asset, asset.normalised_vertices(), y_rotation, device)
+    cam_v = camera.to_camera(shader.verts.float())  # float32, as Render Views projects
     visible = (cam_v[:, 2] > NEAR) & (cam_v[:, 2] < FAR)
-    shader = Shader(asset, verts, y_rotation, device)
     n = width * height
     rgb, point_map = torch.ones(n, 3), torch.ones(n, 3)
     mask, depth = torch.zeros(n), torch.zeros(n)
     if bool(visible.all()):
-        face = rasterize(cam_v.float().to(device), shader.face_cols, camera.focal, width, height=height)
+        face = visible_faces(shader, camera, cam_v, width, height=height)
         pix = (face >= 0).nonzero().squeeze(1)
         if pix.numel():
             c, pm, t = shader.shade(pix, face[pix], camera, width, height)
@@ -217,160 +230,181 @@ def _depth_in_mask(cv2, inside: np.ndarray) -> np.ndarray:
     return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
 
 
-def _denoised(cv2, pm: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, float]:
-    """The point map with the decoder's colour noise and scattered wrong pixels averaged away, where a
-    5×5 window lies inside the object (elsewhere as it is). Wrong pixels are those further from the
-    5×5 median than 3× the measured noise; the mean of the others over the window is unbiased on a
-    locally linear point map (a median alone is pulled towards mid-grey by the wrong pixels). Returns
-    the point map and the measured noise (robust standard deviation of a colour, 0..1)."""
-    inner = depth >= 3
+def _denoised(cv2, pm: np.ndarray, depth: np.ndarray, blend: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
+    """The point map with the decoder's colour noise and scattered wrong pixels averaged away over 3×3
+    windows, using only the object's pixels beyond the silhouette's ``blend`` band. Wrong pixels are those
+    further from the 5×5 median than 3× the measured noise. The mean of the others is the point map at
+    their centroid (exactly so where the point map is locally linear; a small window keeps the bias of
+    its curvature small), which moves off the window's centre where the window reaches the blend band,
+    the background or wrong pixels: so each mean comes with its position. (A median alone is pulled
+    towards mid-grey by the wrong pixels; a window reaching into the blend, towards the background's
+    white.) Returns the point map, the position shift [H, W, 2] ((x, y) pixels, 0 where left as it is:
+    too few good pixels around) and the measured noise (robust standard deviation of a colour, 0..1)."""
+    h, w = depth.shape
+    inner = depth >= blend + 1 + 2 * math.sqrt(2)  # the whole 5×5 median window lies beyond the blend band
+    shift = np.zeros((h, w, 2), np.float32)
     if not inner.any():
-        return pm, 0.0
+        return pm, shift, 0.0
     img = pm.astype(np.float32)
     median = cv2.medianBlur(img, 5)
     dev = np.abs(img - median).max(axis=-1)
     sigma = 1.4826 * float(np.median(dev[inner]))
-    good = ((dev <= 3 * max(sigma, NOISE_FLOOR)) & (depth > 0)).astype(np.float32)
-    weight = cv2.boxFilter(good, -1, (5, 5), normalize=False)
-    mean = cv2.boxFilter(img * good[..., None], -1, (5, 5), normalize=False) / np.maximum(weight, 1)[..., None]
-    keep = inner & (weight >= 5)
+    good = ((dev <= 3 * max(sigma, NOISE_FLOOR)) & (depth >= blend + 1)).astype(np.float32)
+    grid = np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), axis=-1)
+
+    def window_sum(x):
+        return cv2.boxFilter(x, -1, (3, 3), normalize=False, borderType=cv2.BORDER_REFLECT)
+
+    weight = window_sum(good)
+    keep = (depth >= blend + 1) & (weight >= 3)
     out = pm.copy()
-    out[keep] = mean[keep]
-    return out, sigma
+    out[keep] = (window_sum(img * good[..., None]) / np.maximum(weight, 1)[..., None])[keep]
+    shift[keep] = (window_sum(grid * good[..., None]) / np.maximum(weight, 1)[..., None] - grid)[keep]
+    return out, shift, sigma
 
 
 class _Solver:
     """PnP with an unknown focal (principal point at the centre, square pixels) on one set of 2D-3D pairs.
-    All OpenCV failures become None (no camera from this attempt) so the caller can say what went wrong."""
+    A camera is (focal, rvec, tvec), world → OpenCV camera. Projections, losses and the Levenberg–Marquardt
+    steps are numpy on the pairs (the Python binding of cv2.projectPoints always computes its Jacobian:
+    ten times slower); OpenCV failures of the RANSAC start become None so the caller can say what went
+    wrong."""
 
     def __init__(self, cv2, world, image, principal, focal_range, scale_px):
-        self.cv2, self.world, self.image, self.principal = cv2, world, image, principal
+        self.cv2, self.world, self.image, self.principal = cv2, world, image, np.asarray(principal, float)
         self.focal_range, self.c = focal_range, scale_px
+
+    def on(self, idx) -> "_Solver":
+        """The same solver on the pairs ``idx`` only (sliced once, not at every evaluation)."""
+        return _Solver(self.cv2, self.world[idx], self.image[idx], self.principal, self.focal_range, self.c)
 
     def k(self, f):
         return np.array([[f, 0, self.principal[0]], [0, f, self.principal[1]], [0, 0, 1]], dtype=np.float64)
 
-    def errors(self, cam, idx=slice(None)):
+    def _camera_points(self, cam):
         f, rvec, tvec = cam
-        proj, _ = self.cv2.projectPoints(self.world[idx], rvec, tvec, self.k(f), None)
-        return np.linalg.norm(proj.reshape(-1, 2) - self.image[idx], axis=1)
+        return self.world @ self.cv2.Rodrigues(np.asarray(rvec, float))[0].T + np.ravel(tvec)
 
-    def cost(self, cam, idx=slice(None)) -> float:
+    def residuals(self, cam) -> np.ndarray:
+        """[n, 2] projection minus pixel."""
+        pc = self._camera_points(cam)
+        return cam[0] * pc[:, :2] / pc[:, 2:] + self.principal - self.image
+
+    def errors(self, cam) -> np.ndarray:
+        return np.linalg.norm(self.residuals(cam), axis=1)
+
+    def cost(self, cam) -> float:
         """Mean Cauchy loss of the reprojection errors (scale ``c`` pixels): robust to wrong pixels."""
-        e = self.errors(cam, idx) / self.c
-        return float(np.mean(np.log1p(e * e)))
+        res = self.residuals(cam) / self.c
+        return float(np.mean(np.log1p((res * res).sum(1))))
 
-    def valid(self, cam, idx=slice(None)) -> bool:
+    def valid(self, cam) -> bool:
         """Focal inside the searched range, every point in front of the camera."""
-        f, rvec, tvec = cam
+        f = cam[0]
         if not (np.isfinite(f) and self.focal_range[0] / 1.05 <= f <= self.focal_range[1] * 1.05):
             return False
-        r = self.cv2.Rodrigues(rvec)[0]
-        return bool(((self.world[idx] @ r[2]) + float(np.ravel(tvec)[2]) > NEAR).all())
+        return bool((self._camera_points(cam)[:, 2] > NEAR).all())
 
-    def ransac(self, f, idx, threshold, seed):
+    def ransac(self, f, threshold, seed):
         self.cv2.setRNGSeed(seed)
         try:
             ok, rvec, tvec, inl = self.cv2.solvePnPRansac(
-                self.world[idx], self.image[idx], self.k(f), None, iterationsCount=RANSAC_ITERATIONS,
+                self.world, self.image, self.k(f), None, iterationsCount=RANSAC_ITERATIONS,
                 reprojectionError=threshold, confidence=0.999, flags=self.cv2.SOLVEPNP_SQPNP)
         except self.cv2.error:
             return None
         return (f, rvec.reshape(3), tvec.reshape(3)) if ok and inl is not None else None
 
-    def pose_at(self, f, cam, idx, threshold):
-        """The pose for focal ``f`` (least squares on the pairs within the threshold of ``cam``'s errors)."""
-        e = self.errors((f, cam[1], cam[2]), idx)
-        close = idx[e < max(3 * float(np.median(e)), threshold)]
-        if close.size < MIN_POINTS:
-            return (f, cam[1], cam[2])
-        try:
-            rvec, tvec = self.cv2.solvePnPRefineLM(self.world[close], self.image[close], self.k(f), None,
-                                                   cam[1].reshape(3, 1).copy(), cam[2].reshape(3, 1).copy())
-        except self.cv2.error:
-            return (f, cam[1], cam[2])
-        return (f, rvec.reshape(3), tvec.reshape(3))
-
-    def focal_search(self, cam, idx, threshold, span=1.6, tolerance=2e-3):
-        """Golden-section search of the focal (log scale, within ``span``× of ``cam``'s) for the lowest
-        robust loss, the pose re-fitted at each focal: the loss is very flat along focal-and-distance,
-        where a joint least-squares step stalls."""
-        lo, hi = math.log(cam[0] / span), math.log(cam[0] * span)
-        g = (math.sqrt(5) - 1) / 2
-        seen = {}
-
-        def loss(x):
-            if x not in seen:
-                near = min(seen.items(), key=lambda kv: abs(kv[0] - x))[1][1] if seen else cam
-                c = self.pose_at(math.exp(x), near, idx, threshold)
-                seen[x] = (self.cost(c, idx) if self.valid(c, idx) else math.inf, c)
-            return seen[x][0]
-
-        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-        while hi - lo > tolerance:
-            if loss(a) < loss(b):
-                hi, b = b, a
-                a = hi - g * (hi - lo)
-            else:
-                lo, a = a, b
-                b = lo + g * (hi - lo)
-        best = min(seen.values(), key=lambda v: v[0])
-        return best[1] if math.isfinite(best[0]) else cam
-
-    def refine(self, cam, idx, iterations=20):
-        """Focal, rotation and translation jointly: Levenberg–Marquardt on the Cauchy loss (iteratively
-        reweighted), starting from ``cam``; returns the better of start and result by that loss."""
-        cv2, world, image = self.cv2, self.world[idx], self.image[idx]
-        f, rvec, tvec = cam
-        p = np.concatenate([rvec, tvec, [math.log(f)]])
-        best = self.cost(cam, idx)
-        lam = 1e-3
+    def refine(self, cam, iterations=20, fit_focal=True):
+        """Levenberg–Marquardt on the Cauchy loss (iteratively reweighted Gauss–Newton) of rotation (a small
+        rotation applied in front), translation and, with ``fit_focal``, log focal, from ``cam``; returns
+        the better of start and result by that loss, and its loss."""
+        world, image = self.world, self.image
+        f, r, t = cam[0], self.cv2.Rodrigues(np.asarray(cam[1], float))[0], np.ravel(cam[2]).astype(float)
+        best, lam, n = self.cost(cam), 1e-3, 7 if fit_focal else 6
         for _ in range(iterations):
-            f = math.exp(p[6])
-            try:
-                proj, jac = cv2.projectPoints(world, p[:3], p[3:6], self.k(f), None)
-            except cv2.error:
-                break
-            res = (proj.reshape(-1, 2) - image)
-            e2 = (res ** 2).sum(1) / self.c ** 2
-            w = np.repeat(1.0 / (1.0 + e2), 2)
-            j = np.concatenate([jac[:, :6], (jac[:, 6] + jac[:, 7])[:, None] * f], axis=1)
-            a = (j * w[:, None]).T @ j
-            g = (j * w[:, None]).T @ res.reshape(-1)
+            rx = world @ r.T
+            pc = rx + t
+            iz = 1.0 / pc[:, 2]
+            xy = pc[:, :2] * iz[:, None]
+            res = f * xy + self.principal - image
+            w = 1.0 / (1.0 + (res * res).sum(1) / self.c ** 2)
+            # d(camera point)/d(small rotation ω) = ω × rx, d/dt = I; d(projection)/d(camera point) =
+            # f/z [[1, 0, -x], [0, 1, -y]]; d(projection)/d(log f) = f·(x, y)
+            px, py, pz = rx.T  # the rotated point
+            x, y, fz = xy[:, 0], xy[:, 1], f * iz
+            zero = np.zeros_like(x)
+            ju = np.stack([-x * py * fz, (pz + x * px) * fz, -py * fz, fz, zero, -x * fz, f * x], axis=1)
+            jv = np.stack([-(pz + y * py) * fz, y * px * fz, px * fz, zero, fz, -y * fz, f * y], axis=1)
+            j = np.concatenate([ju, jv])[:, :n]
+            jw = j * np.concatenate([w, w])[:, None]
+            a = jw.T @ j
+            g = jw.T @ np.concatenate([res[:, 0], res[:, 1]])
             improved = False
             for _ in range(6):
                 try:
                     step = np.linalg.solve(a + lam * np.diag(np.diag(a) + 1e-9), -g)
                 except np.linalg.LinAlgError:
                     break
-                q = p + step
-                trial = (math.exp(min(q[6], 30.0)), q[:3], q[3:6])
-                c = self.cost(trial, idx)
+                trial = (f * math.exp(min(step[6], 5.0)) if fit_focal else f,
+                         self.cv2.Rodrigues(self.cv2.Rodrigues(step[:3])[0] @ r)[0].reshape(3), t + step[3:6])
+                c = self.cost(trial)
                 if c < best:
-                    p, best, lam, improved = q, c, max(lam / 10, 1e-7), True
+                    f, r, t = trial[0], self.cv2.Rodrigues(trial[1])[0], trial[2]
+                    converged, best, lam, improved = best - c < 1e-6 * best, c, max(lam / 10, 1e-7), True
                     break
                 lam *= 10
-            if not improved or np.abs(step).max() < 1e-9:
+            if not improved or converged:
                 break
-        return (math.exp(p[6]), p[:3].copy(), p[3:6].copy()), best
+        return (f, self.cv2.Rodrigues(r)[0].reshape(3), t), best
+
+    def pose_at(self, f, cam):
+        """The pose for focal ``f``, refined from ``cam``'s on the robust loss."""
+        return self.refine((f, cam[1], cam[2]), iterations=POSE_ITERATIONS, fit_focal=False)[0]
+
+    def focal_search(self, cam, span=1.6, tolerance=FOCAL_TOLERANCE):
+        """Golden-section search of the focal (log scale, within ``span``× of ``cam``'s) for the lowest
+        robust loss, the pose re-fitted at each focal (from the nearest focal tried): the loss is very
+        flat along focal-and-distance, where a joint least-squares step stalls."""
+        tried = []  # (log focal, loss, camera)
+
+        def loss(x):
+            near = min(tried, key=lambda e: abs(e[0] - x))[2] if tried else cam
+            c = self.pose_at(math.exp(x), near)
+            tried.append((x, self.cost(c) if self.valid(c) else math.inf, c))
+            return tried[-1][1]
+
+        g = (math.sqrt(5) - 1) / 2
+        lo, hi = math.log(cam[0] / span), math.log(cam[0] * span)
+        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+        fa, fb = loss(a), loss(b)
+        while hi - lo > tolerance:
+            if fa < fb:
+                hi, b, fb = b, a, fa
+                a = hi - g * (hi - lo)
+                fa = loss(a)
+            else:
+                lo, a, fa = a, b, fb
+                b = lo + g * (hi - lo)
+                fb = loss(b)
+        best = min(tried, key=lambda e: e[1])
+        return best[2] if math.isfinite(best[1]) else cam
 
 
 def _subset(rng, idx: np.ndarray, n: int) -> np.ndarray:
     return idx if idx.size <= n else np.sort(rng.choice(idx, n, replace=False))
 
 
-def _polish(coarse: _Solver, fine: _Solver, cam, idx, threshold):
-    """Joint refinement on the denoised points, then the focal search and joint refinement on the points
-    as decoded; each step kept only when the camera stays valid and the robust loss falls. Returns
-    (camera, loss) or (None, inf) when the start itself is not valid."""
-    got, cost = coarse.refine(cam, idx)
-    if coarse.valid(got, idx) and cost < coarse.cost(cam, idx):
+def _polish(fine: _Solver, cam, search, final):
+    """The focal search on the pairs ``search``, then the joint refinement on the (more) pairs ``final``,
+    kept only when the camera stays valid and the robust loss falls. Returns (camera, loss) or
+    (None, inf) when no valid camera came out."""
+    cam = fine.on(search).focal_search(cam)
+    fine = fine.on(final)
+    got, cost = fine.refine(cam)
+    if fine.valid(got) and cost < fine.cost(cam):
         cam = got
-    cam = fine.focal_search(cam, idx, threshold)
-    got, cost = fine.refine(cam, idx)
-    if fine.valid(got, idx) and cost < fine.cost(cam, idx):
-        cam = got
-    return (cam, fine.cost(cam, idx)) if fine.valid(cam, idx) else (None, math.inf)
+    return (cam, fine.cost(cam)) if fine.valid(cam) else (None, math.inf)
 
 
 def read_pose(point_map, mask, asset: Asset, y_rotation: float = 0.0, seed: int = 0) -> PoseReadout:
@@ -385,12 +419,8 @@ def read_pose(point_map, mask, asset: Asset, y_rotation: float = 0.0, seed: int 
                          "the references used?") from None
 
 
-def _read_pose(cv2, point_map, mask, asset: Asset, y_rotation: float, seed: int) -> PoseReadout:
-    """The camera that best explains ``point_map`` ([H, W, 3] colours in [0, 1]) over ``mask`` ([H, W],
-    object where > 0.5), for ``asset``; ``y_rotation``: the point-map rotation the references used.
-    Returns a :class:`PoseReadout` with the re-render and the scores. A point map of another asset
-    is not an error: it gets a low score. Bad input (shapes, too few object pixels, no camera at all)
-    raises AssetError."""
+def _checked_input(point_map, mask) -> tuple[np.ndarray, np.ndarray]:
+    """The point map ([H, W, 3] float64) and its object pixels ([H, W] bool), or AssetError for bad input."""
     pm = _as_array(point_map, "the point map", 3)
     m = _as_array(mask, "the mask", 2)
     if pm.shape[-1] < 3:
@@ -407,53 +437,43 @@ def _read_pose(cv2, point_map, mask, asset: Asset, y_rotation: float, seed: int)
     if inside.sum() < MIN_POINTS:
         raise AssetError(f"the mask covers {int(inside.sum())} object pixel(s); reading the camera needs at least "
                          f"{MIN_POINTS}: is the object in the picture, and is the mask the point map's?")
-    depth = _depth_in_mask(cv2, inside)
-    rows, cols = np.nonzero(inside)
-    ring = depth[rows, cols]
-    frame = AssetFrame.of(asset)
-    image = np.stack([cols, rows], axis=1).astype(np.float64)  # OpenCV (x, y), pixel centres at integers
-    principal = ((w - 1) / 2, (h - 1) / 2)
-    size_px = math.sqrt(rows.size)  # the object's size in pixels: thresholds scale with it
-    threshold = max(MIN_THRESHOLD_PX, INLIER_SHARE * size_px)
-    focal_range = tuple((h / 2) / math.tan(math.radians(v) / 2) for v in FOV_RANGE[::-1])
-    # points as decoded carry the decoder's noise, which biases a least-squares focal long (errors in the
-    # 3D points): where noise is measured, the denoised points are solved; exact input stays as it is
-    denoised, noise = _denoised(cv2, pm, depth)
-    world = decode_points((denoised if noise > NOISE_FLOOR else pm)[rows, cols], frame, y_rotation)
-    coarse = _Solver(cv2, decode_points(denoised[rows, cols], frame, y_rotation), image, principal, focal_range,
-                     threshold / 2)
-    fine = _Solver(cv2, world, image, principal, focal_range, threshold / 2)
-    rng = np.random.default_rng(seed)
+    return pm, inside
 
-    # 1. the deep core: pixels far enough from the silhouette to be free of the blend with the background
-    core_depth = next((d for d in range(MAX_BLEND_PX + 1, 1, -1)
-                       if (ring >= d).sum() >= max(MIN_POINTS, rows.size // 3)), 1)
-    core = np.flatnonzero(ring >= core_depth)
-    sub = core if core.size <= SOLVE_POINTS else rng.choice(core, SOLVE_POINTS, replace=False)
-    # 2. coarse focal steps, RANSAC PnP at each, the best few by robust loss
+
+def _focal_steps(steps: _Solver, height: int, threshold: float, seed: int) -> list:
+    """RANSAC PnP at FOCAL_STEPS log-spaced focal lengths: the valid cameras, best (lowest robust loss) first."""
     candidates = []
     for i, fov in enumerate(np.geomspace(*FOV_RANGE, FOCAL_STEPS)):
-        cam = coarse.ransac((h / 2) / math.tan(math.radians(fov) / 2), sub, threshold, seed + i)
-        if cam is not None and coarse.valid(cam, sub):
-            candidates.append((coarse.cost(cam, sub), i, cam))
+        cam = steps.ransac((height / 2) / math.tan(math.radians(fov) / 2), threshold, seed + i)
+        if cam is not None and steps.valid(cam):
+            candidates.append((steps.cost(cam), i, cam))
     if not candidates:
         raise AssetError("no camera explains this point map (no focal length gave a camera with the asset in front "
                          "of it): is it a point map of this asset, with the y_rotation the references used?")
-    candidates.sort(key=lambda c: c[:2])
-    # 3. joint refinement of focal, rotation and translation from the best candidates, each step kept
-    # only when the camera is valid and the robust loss is lower
-    best = None
-    for _, _, cam in candidates[:REFINE_CANDIDATES]:
-        cam, cost = _polish(coarse, fine, cam, _subset(rng, core, REFINE_POINTS), threshold)
-        if cam is not None and (best is None or cost < best[1]):
-            best = (cam, cost)
-    if best is None:
+    return [c[2] for c in sorted(candidates, key=lambda c: c[:2])]
+
+
+def _best_refined(starts: _Solver, fine: _Solver, candidates: list, search, final):
+    """The best candidates refined jointly (``starts``: the denoised points), then the focal search and a
+    last joint refinement from the best of them (``fine``); each step kept only when the camera is valid
+    and the robust loss is lower."""
+    refined = []
+    for cam in candidates[:REFINE_CANDIDATES]:
+        got, cost = starts.refine(cam)
+        if starts.valid(got) and cost < starts.cost(cam):
+            cam = got
+        if starts.valid(cam):
+            refined.append((starts.cost(cam), len(refined), cam))
+    cam = _polish(fine, min(refined)[2], search, final)[0] if refined else None
+    if cam is None:
         raise AssetError("no camera explains this point map (every camera found puts part of the asset behind it): "
                          "is it a point map of this asset, with the y_rotation the references used?")
-    cam = best[0]
-    # 4. the edge, measured: the rings of the silhouette whose reprojection error exceeds the deep
-    # pixels' are the blend with the background; the camera is solved again without them
-    err = fine.errors(cam)
+    return cam
+
+
+def _blend_width(err: np.ndarray, ring: np.ndarray, core: np.ndarray) -> int:
+    """The silhouette's blend with the background, measured: the deepest ring [d, d + 1) pixels in (up to
+    MAX_BLEND_PX) whose median reprojection error exceeds the deep pixels'; 0 when none does."""
     deep = ring >= MAX_BLEND_PX + 1
     reference = float(np.median(err[deep if deep.sum() >= MIN_POINTS else core]))
     blend = 0
@@ -461,32 +481,86 @@ def _read_pose(cv2, point_map, mask, asset: Asset, y_rotation: float, seed: int)
         ring_d = (ring >= d) & (ring < d + 1)
         if ring_d.sum() >= 5 and float(np.median(err[ring_d])) > EDGE_FACTOR * reference + EDGE_MARGIN_PX:
             blend = d
-    used = np.flatnonzero(ring > blend)
-    if used.size < MIN_POINTS:
-        used = core
-    elif not np.array_equal(used, core):
-        got, _ = _polish(coarse, fine, cam, _subset(rng, used, REFINE_POINTS), threshold)
-        if got is not None:
-            cam = got
-    err = fine.errors(cam)
+    return blend
+
+
+def _readout(cv2, cam, err: np.ndarray, threshold: float, w: int, h: int, points: int, frame: AssetFrame,
+             blend: int) -> PoseReadout:
+    """The PoseReadout of an OpenCV camera (focal, rvec, tvec), its inlier scores from the errors ``err``
+    of the pixels used (the re-render scores still to come)."""
     f, rvec, tvec = cam
-    inliers = err[used] < threshold
-    r_cv = cv2.Rodrigues(rvec)[0]
+    inliers = err < threshold
+    r_cv = cv2.Rodrigues(np.asarray(rvec, float))[0]
     t_cv = np.asarray(tvec, float).reshape(3)
     rotation = np.diag([1.0, -1.0, 1.0]) @ r_cv  # rows right, up, forward
     eye = -r_cv.T @ t_cv
     camera = Camera(eye=torch.tensor(eye, dtype=torch.float64), rotation=torch.tensor(rotation, dtype=torch.float64),
                     fov=math.degrees(2 * math.atan((h / 2) / f)))
-    out = PoseReadout(camera, w, h, float(f), principal, r_cv, t_cv, int(rows.size), float(inliers.mean()),
-                      float(np.median(err[used][inliers])) if inliers.any() else float("inf"),
-                      frame=(frame.centre, frame.scale), blend_px=blend)
-    score_against_render(cv2, out, asset, frame, inside, rows[used], cols[used], world[used], y_rotation)
+    return PoseReadout(camera, w, h, float(f), ((w - 1) / 2, (h - 1) / 2), r_cv, t_cv, points,
+                       float(inliers.mean()), float(np.median(err[inliers])) if inliers.any() else float("inf"),
+                       frame=(frame.centre, frame.scale), blend_px=blend)
+
+
+def _read_pose(cv2, point_map, mask, asset: Asset, y_rotation: float, seed: int) -> PoseReadout:
+    """The camera that best explains ``point_map`` ([H, W, 3] colours in [0, 1]) over ``mask`` ([H, W],
+    object where > 0.5), for ``asset``; ``y_rotation``: the point-map rotation the references used.
+    Returns a :class:`PoseReadout` with the re-render and the scores. A point map of another asset
+    is not an error: it gets a low score. Bad input (shapes, too few object pixels, no camera at all)
+    raises AssetError."""
+    pm, inside = _checked_input(point_map, mask)
+    h, w = inside.shape
+    depth = _depth_in_mask(cv2, inside)
+    rows, cols = np.nonzero(inside)
+    ring = depth[rows, cols]
+    frame = AssetFrame.of(asset)
+    image = np.stack([cols, rows], axis=1).astype(np.float64)  # OpenCV (x, y), pixel centres at integers
+    threshold = max(MIN_THRESHOLD_PX, INLIER_SHARE * math.sqrt(rows.size))  # scaled to the object's size in pixels
+
+    def solver(colours, shift):
+        focal_range = tuple((h / 2) / math.tan(math.radians(v) / 2) for v in FOV_RANGE[::-1])
+        return _Solver(cv2, decode_points(colours, frame, y_rotation), image + shift[rows, cols],
+                       ((w - 1) / 2, (h - 1) / 2), focal_range, threshold / 2)
+
+    # points as decoded carry the decoder's noise, which biases a least-squares focal (errors in the 3D
+    # points): where noise is measured, the denoised points are solved; exact input stays as it is
+    denoised, shift, noise = _denoised(cv2, pm, depth)
+    noisy = noise > NOISE_FLOOR
+    colours = (denoised if noisy else pm)[rows, cols]
+    coarse = solver(denoised[rows, cols], shift)
+    fine = coarse if noisy else solver(colours, np.zeros_like(shift))
+    rng = np.random.default_rng(seed)
+    # 1. the deep core: pixels far enough from the silhouette to be free of the blend with the background
+    core_depth = next((d for d in range(MAX_BLEND_PX + 1, 1, -1)
+                       if (ring >= d).sum() >= max(MIN_POINTS, rows.size // 3)), 1)
+    core = np.flatnonzero(ring >= core_depth)
+    # 2. coarse focal steps; 3. joint refinement, focal search and last refinement from the best of them
+    candidates = _focal_steps(coarse.on(_subset(rng, core, SOLVE_POINTS)), h, threshold, seed)
+    search = _subset(rng, core, SEARCH_POINTS)
+    cam = _best_refined(coarse.on(search), fine, candidates, search, _subset(rng, core, REFINE_POINTS))
+    # 4. the edge, measured, left out (of the solve and of the denoising windows), the camera solved again
+    blend = _blend_width(fine.errors(cam), ring, core)
+    used = np.flatnonzero(ring >= blend + 1)  # rings [d, d + 1) up to the blend's left out
+    if used.size < MIN_POINTS:
+        used = core
+    elif not np.array_equal(used, core):
+        if noisy and blend:
+            denoised, shift, _ = _denoised(cv2, pm, depth, blend)
+            colours = denoised[rows, cols]
+            fine = solver(colours, shift)
+        got, _ = _polish(fine, cam, _subset(rng, used, SEARCH_POINTS), _subset(rng, used, REFINE_POINTS))
+        if got is not None:
+            cam = got
+    # 5. the scores
+    out = _readout(cv2, cam, fine.on(used).errors(cam), threshold, w, h, int(rows.size), frame, blend)
+    score_against_render(cv2, out, asset, frame, inside, rows[used], cols[used], fine.world[used], y_rotation,
+                         colours[used])
     return out
 
 
 def score_against_render(cv2, out: PoseReadout, asset: Asset, frame: AssetFrame, mask: np.ndarray, rows, cols, world: np.ndarray,
-                         y_rotation: float) -> None:
-    """Fills ``out.rerender``, ``iou``, ``median_error_pct`` and ``score`` (see :class:`PoseReadout`)."""
+                         y_rotation: float, colours: np.ndarray) -> None:
+    """Fills ``out.rerender``, ``iou``, ``median_error_pct``, ``colour_error`` and ``score`` (see
+    :class:`PoseReadout`); ``rows``/``cols``/``world``/``colours``: the pixels used, their points and colours."""
     try:
         views = render_at(asset, out.camera, out.width, out.height, y_rotation=y_rotation)
     except AssetError:
@@ -495,12 +569,15 @@ def score_against_render(cv2, out: PoseReadout, asset: Asset, frame: AssetFrame,
     rendered = views.mask[0].numpy() > 0.5
     both, either = rendered & mask, rendered | mask
     if out.blend_px:  # the measured blend band around the re-rendered silhouette is left out of the overlap
-        near_in = rendered & (_depth_in_mask(cv2, rendered) <= out.blend_px)
-        band = near_in | (~rendered & (_depth_in_mask(cv2, ~rendered) <= out.blend_px))
+        near_in = rendered & (_depth_in_mask(cv2, rendered) < out.blend_px + 1)
+        band = near_in | (~rendered & (_depth_in_mask(cv2, ~rendered) < out.blend_px + 1))
         both, either = both & ~band, either & ~band
     out.iou = float(both.sum() / either.sum()) if either.any() else 0.0
     seen = rendered[rows, cols]
     if seen.any():
-        there = decode_points(views.point_map[0].numpy().astype(np.float64)[rows[seen], cols[seen]], frame, y_rotation)
+        drawn = views.point_map[0].numpy().astype(np.float64)[rows[seen], cols[seen]]
+        there = decode_points(drawn, frame, y_rotation)
         out.median_error_pct = float(np.median(np.linalg.norm(there - world[seen], axis=1)) / frame.size * 100)
-    out.score = out.iou ** 2 * max(0.0, 1.0 - out.median_error_pct / ERROR_SCALE_PCT)
+        out.colour_error = float(np.median(np.abs(drawn - colours[seen]).max(axis=1)))
+    out.score = (out.iou ** 2 * max(0.0, 1.0 - out.median_error_pct / ERROR_SCALE_PCT)
+                 * max(0.0, 1.0 - out.colour_error / COLOUR_ERROR_SCALE))

@@ -15,7 +15,8 @@ from rendering import AssetError, read_pose, render_at
 from rendering.camera import look_at
 
 W, H = 256, 192  # not square: the principal point and both axes are exercised
-SCORE_SAME, SCORE_OTHER = 0.8, 0.5  # Read Pose's tooltip: ≥ 0.8 this asset, < 0.5 another shape
+SCORE_SAME, SCORE_OTHER = 0.75, 0.5  # Read Pose's tooltip: ≥ 0.75 this asset, < 0.5 another shape
+DECODER_MAPS_PER_ASSET = 8  # decoder-like point maps per test shape (5 shapes); benchmarks/bench_pose.py reads more
 
 
 @pytest.fixture(scope="module")
@@ -100,39 +101,45 @@ def test_noise_blur_and_outliers_leave_the_rotation_within_two_degrees(assets):
 def decoder_reads(tmp_path_factory):
     """Decoder-like point maps (tools/pose_cases.py: soft silhouettes 1–3 px, colour noise 4/255, 10 %
     wrong pixels, objects covering 1–50 % of rectangular pictures, off-centre and cut by the frame) of a
-    sphere, a plate, a multi-part scene, a textured ellipsoid and a low-poly solid, 4 each; each read
-    with its own asset and with the next asset of the list."""
+    sphere, a plate, a multi-part scene, a textured ellipsoid and a low-poly solid, DECODER_MAPS_PER_ASSET
+    each; each read with its own asset, with the next asset of the list, and as rendered (exact)."""
     from tools.pose_cases import decoder_like_cases, pose_assets
     shapes = pose_assets(tmp_path_factory.mktemp("decoder-like"))
     names = list(shapes)
     reads = []
-    for case in decoder_like_cases(shapes, per_asset=4, seed=0):
+    for case in decoder_like_cases(shapes, per_asset=DECODER_MAPS_PER_ASSET, seed=0):
         other = shapes[names[(names.index(case.asset) + 1) % len(names)]]
         reads.append((case, read_pose(case.point_map, case.mask, shapes[case.asset]),
-                      read_pose(case.point_map, case.mask, other)))
+                      read_pose(case.point_map, case.mask, other),
+                      read_pose(case.exact_point_map, case.exact_mask, shapes[case.asset])))
     return reads
 
 
+def focal_error(case, read) -> float:
+    return abs(read.focal_px / ((case.height / 2) / math.tan(math.radians(case.camera.fov) / 2)) - 1)
+
+
 def test_decoder_like_point_maps_give_the_rotation_and_focal(decoder_reads):
-    """Rotation < 2° on every object covering ≥ 5 % of the picture and on ≥ 80 % of all (the misses are
-    objects of 1–2 %: a few hundred pixels of blended silhouette, the focal barely observable); focal
-    < 5 % on ≥ 80 % of the objects covering ≥ 5 %; never a camera with the asset behind it."""
-    rot = np.array([rotation_error_deg(c.camera, r.camera) for c, r, _ in decoder_reads])
-    big = np.array([c.coverage >= 0.05 for c, _, _ in decoder_reads])
-    focal = np.array([abs(r.focal_px / ((c.height / 2) / math.tan(math.radians(c.camera.fov) / 2)) - 1)
-                      for c, r, _ in decoder_reads])
+    """The issue's bars: rotation < 2° on ≥ 95 % of the point maps, focal < 5 % on ≥ 90 % of the objects
+    covering ≥ 5 % of the picture, never a camera with the asset behind it (right or wrong asset); the
+    same pictures as rendered read exactly (rotation < 0.1°, focal < 0.5 %)."""
+    rot = np.array([rotation_error_deg(c.camera, r.camera) for c, r, _, _ in decoder_reads])
+    big = np.array([c.coverage >= 0.05 for c, _, _, _ in decoder_reads])
+    focal = np.array([focal_error(c, r) for c, r, _, _ in decoder_reads])
     assert big.sum() >= 10 and (~big).sum() >= 5  # both small and large objects are in the set
-    assert (rot[big] < 2.0).all() and np.mean(rot < 2.0) >= 0.8, rot
-    assert np.mean(focal[big] < 0.05) >= 0.8, focal[big]
-    for _, right, wrong in decoder_reads:  # the asset's centre in front of the camera, right or wrong asset
-        assert float(right.translation_cv[2]) > 0 and float(wrong.translation_cv[2]) > 0
+    assert np.mean(rot < 2.0) >= 0.95, rot
+    assert np.mean(focal[big] < 0.05) >= 0.9, focal[big]
+    for case, right, wrong, exact in decoder_reads:  # the asset in front of the camera, right or wrong asset
+        for read in (right, wrong, exact):
+            assert (read.camera.to_camera(torch.zeros(1, 3, dtype=torch.float64))[0, 2] > 0), case.asset
+        assert rotation_error_deg(case.camera, exact.camera) < 0.1 and focal_error(case, exact) < 0.005, case.asset
 
 
 def test_a_point_map_of_another_asset_scores_below_every_right_read(decoder_reads):
     """Every read of another asset scores below every read that found the camera (rotation < 2°), with the
-    tooltip's thresholds in between: ≥ 0.8 this asset, < 0.5 another shape."""
-    right = [r.score for c, r, _ in decoder_reads if rotation_error_deg(c.camera, r.camera) < 2.0]
-    wrong = [w.score for _, _, w in decoder_reads]
+    tooltip's thresholds in between (SCORE_SAME or more: this asset; below SCORE_OTHER: another shape)."""
+    right = [r.score for c, r, _, _ in decoder_reads if rotation_error_deg(c.camera, r.camera) < 2.0]
+    wrong = [w.score for _, _, w, _ in decoder_reads]
     assert min(right) >= SCORE_SAME > SCORE_OTHER > max(wrong), (sorted(right)[:3], sorted(wrong)[-3:])
 
 
@@ -197,6 +204,34 @@ def test_bad_input_gets_clear_errors(assets):
         read_pose(torch.full_like(pm, float("nan")), mask, asset)
     with pytest.raises(AssetError, match="must lie in 0..1"):
         read_pose(pm * 255, mask, asset)
+
+
+def test_render_at_draws_cut_outs_as_render_views_does(tmp_path):
+    """alphaMode MASK (glTF 2.0 §3.9.4: a fragment is drawn where alpha ≥ alphaCutoff): a card with holes
+    in front of a box. render_at at Render Views' cameras gives Render Views' pictures exactly, and the
+    holes matter (the same card made OPAQUE draws other pixels)."""
+    from test_gltf_spec import rgba_texture
+    from tools.gltf_build import GltfBuilder
+    card_v = np.array([[-0.9, -0.7, 0.3], [0.9, -0.7, 0.3], [0.9, 0.7, 0.3], [-0.9, 0.7, 0.3]], float)
+    card_f, card_uv = np.array([[0, 1, 2], [0, 2, 3]]), np.array([[0, 1], [1, 1], [1, 0], [0, 0]], float)
+    bv, bf, _ = box((0.6, 0.6, 0.6), center=(0, 0, -0.5))
+    shapes = {}
+    for mode in ("MASK", "OPAQUE"):
+        g = GltfBuilder()
+        card = g.material(pbrMetallicRoughness={"baseColorTexture": {"index": g.texture(rgba_texture(32, 11, holes=True))}},
+                          alphaMode=mode, alphaCutoff=0.4, doubleSided=True)
+        g.node(mesh=g.mesh([g.triangles(card_v, card_f, card, TEXCOORD_0=card_uv)]))
+        g.node(mesh=g.mesh([g.triangles(bv, bf, g.material(pbrMetallicRoughness={"baseColorFactor": [0.2, 0.4, 1, 1]}))]))
+        g.glb(tmp_path / f"{mode}.glb")
+        shapes[mode] = rendering.load_asset(tmp_path / f"{mode}.glb")
+    assert shapes["MASK"].has_cut_outs and not shapes["OPAQUE"].has_cut_outs
+    views = rendering.render_views(shapes["MASK"], num_views=3, preset="even", resolution=64, pitch=15.0)
+    for i, cam in enumerate(views.cameras):
+        got = render_at(shapes["MASK"], cam, 64, 64)
+        for name in ("rgb", "point_map", "mask", "depth"):
+            torch.testing.assert_close(getattr(got, name)[0], getattr(views, name)[i], rtol=0, atol=0)
+    opaque = render_at(shapes["OPAQUE"], views.cameras[0], 64, 64)
+    assert (opaque.point_map[0] - views.point_map[0]).abs().amax(-1).gt(0.05).sum() > 50
 
 
 def test_json_camera_in_opencv_and_gltf_conventions(assets):
