@@ -13,7 +13,8 @@
   fixture, directly or through another fixture, or a module that boots its own ``ComfyServer``);
   ``frontend`` for the browser tests (a ``frontend`` fixture); ``fuzz`` for property-based tests
   (hypothesis); ``slow`` for a module in ``SLOW_MODULES`` (training subprocesses on a 3072-wide model,
-  torchrun, the demo) or a test marked so by hand. ``make test-fast`` runs what none of them marks.
+  torchrun, the demo), a test in ``SLOW_TESTS``
+  or a test marked so by hand. ``make test-fast`` runs what none of them marks.
 """
 from __future__ import annotations
 
@@ -42,6 +43,26 @@ def comfy(tmp_path_factory):
 
 #: modules whose tests each start heavy subprocesses (a 3072-wide FLUX.1 file, torchrun, the demo, a fuzz child)
 SLOW_MODULES = {"test_training_cli", "test_training_ddp", "test_demo", "test_gpu_check"}
+#: single tests (every parameter) that took 9 s or more in a whole-suite run on 2 busy cores, or 3 s or more
+#: on quiet ones; out of
+#: ``make test-fast`` so the inner loop stays under two minutes
+SLOW_TESTS = {
+    "test_pose": {"test_decoder_like_point_maps_give_the_rotation_and_focal",
+                  "test_exact_point_maps_give_back_the_camera",
+                  "test_noise_blur_and_outliers_leave_the_rotation_within_two_degrees",
+                  "test_a_point_map_of_another_asset_scores_below_every_right_read"},  # the 40-map fixture
+    "test_training": {"test_overfits_one_sample", "test_both_optimizers_learn", "test_resume_equals_straight_run"},
+    "test_render_inputs": {"test_two_million_faces_render_within_memory_budget"},
+    "test_registry": {"test_comfy_import_guard_counts_only_references_this_comfyui_has"},
+    "test_weights": {"test_converter_cli", "test_flux_checkpoint_loads_through_comfyui"},
+    "test_usd_assets": {"test_usd_missing_texture_and_missing_library_are_named"},
+    "test_gltf_spec": {"test_morph_targets_at_default_weights"},
+    "test_gltf_compressed": {"test_draco_without_its_decoder_names_the_package",
+                             "test_meshopt_without_its_decoder_names_the_package_or_reads_the_fallback",
+                             "test_ktx2_without_its_decoder_names_the_package_or_reads_the_fallback"},
+    "test_fbx_assets": {"test_fbx_missing_texture_and_missing_library_are_named"},
+    "test_transformer_patch": {"test_ksampler_equals_hand_written_euler_with_image_guidance"},
+}
 
 
 def tiers_of(item) -> set[str]:
@@ -57,7 +78,7 @@ def tiers_of(item) -> set[str]:
         tiers |= {"frontend", "server"}
     if "hypothesis" in module_vars or name.startswith("test_fuzz_"):
         tiers.add("fuzz")
-    if name in SLOW_MODULES:
+    if name in SLOW_MODULES or getattr(item, "originalname", item.name) in SLOW_TESTS.get(name, ()):
         tiers.add("slow")
     return tiers
 
