@@ -18,6 +18,9 @@
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -40,6 +43,21 @@ def comfy(tmp_path_factory):
     yield server
     server.stop()
 
+
+
+def load_without(module: str, path, then: str = "") -> subprocess.CompletedProcess:
+    """``rendering.load_asset(path)`` in a fresh Python where ``module`` cannot be imported, as if its package
+    were not installed: prints ``REFUSED <message>`` for an AssetError, then runs the lines ``then``."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules[{module!r}] = None  # importing it raises ImportError
+        import rendering
+        try:
+            rendering.load_asset({str(path)!r})
+        except rendering.AssetError as e:
+            print("REFUSED", e)
+    """) + textwrap.dedent(then)
+    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 #: modules whose tests each start heavy subprocesses (a 3072-wide FLUX.1 file, torchrun, the demo, a fuzz child)
 SLOW_MODULES = {"test_training_cli", "test_training_ddp", "test_demo", "test_gpu_check"}

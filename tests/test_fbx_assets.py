@@ -3,16 +3,14 @@ like its glTF twin (mask IoU >= 0.995, mean colour difference <= 3/255), its tex
 file beside it; without ufbx the message names the package."""
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import numpy as np
 from tools.assets_gen import box, smooth_texture
 from tools.gltf_build import GltfBuilder
 
 import rendering
+
+from conftest import load_without
 
 def fbx_ascii(v, polys, uv, uv_index, diffuse=(0.2, 0.5, 0.8), texture=None):
     """An FBX 7.4 ASCII document: one mesh (polygons), one material, optionally a texture file."""
@@ -148,15 +146,5 @@ def test_fbx_missing_texture_and_missing_library_are_named(tmp_path):
         raise AssertionError("a missing texture must be refused")
     except rendering.AssetError as e:
         assert "gone.png" in str(e)
-    script = textwrap.dedent(f"""
-        import sys
-        sys.modules["ufbx"] = None  # as if ufbx were not installed
-        import rendering
-        try:
-            rendering.load_asset({str(path)!r})
-        except rendering.AssetError as e:
-            print("REFUSED", e)
-    """)
-    out = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
-                         capture_output=True, text=True, timeout=120)
+    out = load_without("ufbx", path)
     assert "REFUSED" in out.stdout and "pip install ufbx" in out.stdout, (out.stdout, out.stderr)

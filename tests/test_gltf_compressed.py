@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import struct
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +19,8 @@ from tools.gltf_build import GltfBuilder
 import rendering
 from rendering.gltf_compressed import decode_compressed_primitives
 from rendering.gltf_document import GltfDocument
+
+from conftest import load_without
 
 DRACO_POSITION, DRACO_COLOR, DRACO_TEX_COORD = 0, 2, 3  # draco::GeometryAttribute::Type
 
@@ -84,17 +83,7 @@ def test_draco_renders_like_its_uncompressed_twin(tmp_path):
 
 def test_draco_without_its_decoder_names_the_package(tmp_path):
     _, draco = write_twins(tmp_path)
-    script = textwrap.dedent(f"""
-        import sys
-        sys.modules["DracoPy"] = None  # as if it were not installed: importing it raises ImportError
-        import rendering
-        try:
-            rendering.load_asset({str(draco)!r})
-        except rendering.AssetError as e:
-            print("REFUSED", e)
-    """)
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    out = load_without("DracoPy", draco)
     assert out.returncode == 0, out.stderr
     assert "REFUSED" in out.stdout and "pip install DracoPy" in out.stdout, out.stdout
     assert "zero size" not in out.stdout and "blank" not in out.stdout
@@ -255,20 +244,11 @@ def rewrite_json(source: Path, target: Path, change) -> Path:
 def test_meshopt_without_its_decoder_names_the_package_or_reads_the_fallback(tmp_path):
     plain, required, _ = write_meshopt_twins(tmp_path, quantized=False)
     _, with_fallback, _ = write_meshopt_twins(tmp_path, quantized=False, fallback=True, name="fallback")
-    script = textwrap.dedent(f"""
-        import sys
-        sys.modules["meshopt"] = None  # as if it were not installed: importing it raises ImportError
-        import rendering
-        try:
-            rendering.load_asset({str(required)!r})
-        except rendering.AssetError as e:
-            print("REFUSED", e)
+    out = load_without("meshopt", required, then=f"""
         a, b = rendering.load_asset({str(plain)!r}), rendering.load_asset({str(with_fallback)!r})
         same = a.vertices.shape == b.vertices.shape and bool((a.vertices - b.vertices).abs().max() < 1e-3)
         print("FALLBACK", same, b.warnings)
     """)
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "REFUSED" in out.stdout and "pip install meshopt" in out.stdout and "3.11" in out.stdout, out.stdout
     assert "EXT_meshopt_compression" in out.stdout
@@ -319,19 +299,10 @@ def test_ktx2_texture_renders_like_its_png_twin(tmp_path):
 def test_ktx2_without_its_decoder_names_the_package_or_reads_the_fallback(tmp_path):
     _, required = write_ktx2_twins(tmp_path)
     _, with_fallback = write_ktx2_twins(tmp_path, fallback=True)
-    script = textwrap.dedent(f"""
-        import sys
-        sys.modules["alktx2"] = None  # as if it were not installed: importing it raises ImportError
-        import rendering
-        try:
-            rendering.load_asset({str(required)!r})
-        except rendering.AssetError as e:
-            print("REFUSED", e)
+    out = load_without("alktx2", required, then=f"""
         asset = rendering.load_asset({str(with_fallback)!r})
         print("FALLBACK", len(asset.textures), asset.warnings)
     """)
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "REFUSED" in out.stdout and "pip install alktx2" in out.stdout and "PNG or JPEG" in out.stdout, out.stdout
     assert "FALLBACK 1 []" in out.stdout, out.stdout

@@ -3,9 +3,6 @@ twin: mask IoU >= 0.995, mean colour difference <= 3/255; the USDZ's texture is 
 archive. Without usd-core the message names the package."""
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +10,8 @@ from tools.assets_gen import box, smooth_texture
 from tools.gltf_build import GltfBuilder
 
 import rendering
+
+from conftest import load_without
 
 
 def scene():
@@ -117,15 +116,5 @@ def test_usd_missing_texture_and_missing_library_are_named(tmp_path):
         raise AssertionError("a missing texture must be refused")
     except rendering.AssetError as e:
         assert "gone.png" in str(e)
-    script = textwrap.dedent(f"""
-        import sys
-        sys.modules["pxr"] = None  # as if usd-core were not installed
-        import rendering
-        try:
-            rendering.load_asset({str(path)!r})
-        except rendering.AssetError as e:
-            print("REFUSED", e)
-    """)
-    out = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
-                         capture_output=True, text=True, timeout=120)
+    out = load_without("pxr", path)
     assert "REFUSED" in out.stdout and "pip install usd-core" in out.stdout, (out.stdout, out.stderr)

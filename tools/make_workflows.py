@@ -13,6 +13,7 @@ Needs Debian's chromium (/usr/bin/chromium, or CHROMIUM=path) and the playwright
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -661,71 +662,68 @@ def thumbnail(screenshot_png: bytes, name: str, inputs: dict) -> bytes:
     return buf.getvalue()
 
 
-def build(out_dir: Path, names=None) -> list[Path]:
+@contextlib.contextmanager
+def frontend_session():
+    """(server, page, example inputs): a ComfyUI server with the example inputs and placeholder models in a
+    temporary folder, and the frontend open in headless chromium; all of it gone afterwards."""
     from .comfy_server import ComfyServer
     from playwright.sync_api import sync_playwright
 
-    out_dir = Path(out_dir)
-    (out_dir / "api").mkdir(parents=True, exist_ok=True)
-    written = []
     with tempfile.TemporaryDirectory(prefix="refany3d-workflows-") as tmp:
-        base = Path(tmp) / "comfy"
-        inputs = write_example_inputs(base / "input")
-        write_placeholder_models(base / "models")
-        with ComfyServer(base) as server, sync_playwright() as pw:
-            ctx, page, console = open_frontend(pw, server.url, str(Path(tmp) / "chromium"))
-            object_info = server.client._json("GET", "/object_info")[1]
-            try:
-                for name in names or WORKFLOWS:
-                    page.reload()  # a fresh page: no previews left over from the previous graph
-                    page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph && "
-                                           "LiteGraph.registered_node_types['KSampler']", timeout=120_000)
-                    g = WORKFLOWS[name]()
-                    spec = {"nodes": [dict(n, widgets=({"text": n["widgets"]["text"]} if n["type"] == "Note" else n["widgets"]))
-                                      for n in g.nodes], "links": g.links, "groups": g.groups}
-                    for n in spec["nodes"]:
-                        n["size"] = n["size"] or None
-                    result = page.evaluate(BUILD_JS, spec)
-                    wf, api = result["workflow"], result["api"]
-                    wf["extra"] = {"ds": {"scale": 0.6, "offset": [400, 380]}}
-                    wf = workflow_meta.with_metadata(wf)  # download links, cnr_id/ver
-                    (out_dir / f"{name}.json").write_text(workflow_meta.dumps(wf))
-                    api = workflow_meta.declared_inputs_only(api, object_info)  # no frontend-only widgets
-                    (out_dir / "api" / f"{name}.json").write_text(json.dumps(api, indent=2) + "\n")
-                    page.evaluate(FIT_JS)
-                    shot = page.locator("canvas#graph-canvas").screenshot()
-                    (out_dir / f"{name}.jpg").write_bytes(thumbnail(shot, name, inputs))
-                    written += [out_dir / f"{name}.json", out_dir / "api" / f"{name}.json", out_dir / f"{name}.jpg"]
-                    print(f"{name}: {len(wf['nodes'])} nodes, {len(api)} API nodes")
-            finally:
-                ctx.close()
-    return written
-
-
-def thumbnails(out_dir: Path, names=None) -> list[Path]:
-    """Only the .jpg thumbnails again, each from its committed UI workflow as the frontend shows it."""
-    from .comfy_server import ComfyServer
-    from playwright.sync_api import sync_playwright
-
-    out_dir = Path(out_dir)
-    written = []
-    with tempfile.TemporaryDirectory(prefix="refany3d-thumbnails-") as tmp:
         base = Path(tmp) / "comfy"
         inputs = write_example_inputs(base / "input")
         write_placeholder_models(base / "models")
         with ComfyServer(base) as server, sync_playwright() as pw:
             ctx, page, _console = open_frontend(pw, server.url, str(Path(tmp) / "chromium"))
             try:
-                for name in names or WORKFLOWS:
-                    wf = json.loads((out_dir / f"{name}.json").read_text())
-                    page.evaluate("async ([wf, name]) => { await app.loadGraphData(wf, true, true, name); }", [wf, name])
-                    page.evaluate(FIT_JS)
-                    shot = page.locator("canvas#graph-canvas").screenshot()
-                    (out_dir / f"{name}.jpg").write_bytes(thumbnail(shot, name, inputs))
-                    written.append(out_dir / f"{name}.jpg")
-                    print(f"{name}.jpg")
+                yield server, page, inputs
             finally:
                 ctx.close()
+
+
+def build(out_dir: Path, names=None) -> list[Path]:
+    out_dir = Path(out_dir)
+    (out_dir / "api").mkdir(parents=True, exist_ok=True)
+    written = []
+    with frontend_session() as (server, page, inputs):
+        object_info = server.client._json("GET", "/object_info")[1]
+        for name in names or WORKFLOWS:
+            page.reload()  # a fresh page: no previews left over from the previous graph
+            page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph && "
+                                   "LiteGraph.registered_node_types['KSampler']", timeout=120_000)
+            g = WORKFLOWS[name]()
+            spec = {"nodes": [dict(n, widgets=({"text": n["widgets"]["text"]} if n["type"] == "Note" else n["widgets"]))
+                              for n in g.nodes], "links": g.links, "groups": g.groups}
+            for n in spec["nodes"]:
+                n["size"] = n["size"] or None
+            result = page.evaluate(BUILD_JS, spec)
+            wf, api = result["workflow"], result["api"]
+            wf["extra"] = {"ds": {"scale": 0.6, "offset": [400, 380]}}
+            wf = workflow_meta.with_metadata(wf)  # download links, cnr_id/ver
+            (out_dir / f"{name}.json").write_text(workflow_meta.dumps(wf))
+            api = workflow_meta.declared_inputs_only(api, object_info)  # no frontend-only widgets
+            (out_dir / "api" / f"{name}.json").write_text(json.dumps(api, indent=2) + "\n")
+            page.evaluate(FIT_JS)
+            shot = page.locator("canvas#graph-canvas").screenshot()
+            (out_dir / f"{name}.jpg").write_bytes(thumbnail(shot, name, inputs))
+            written += [out_dir / f"{name}.json", out_dir / "api" / f"{name}.json", out_dir / f"{name}.jpg"]
+            print(f"{name}: {len(wf['nodes'])} nodes, {len(api)} API nodes")
+    return written
+
+
+def thumbnails(out_dir: Path, names=None) -> list[Path]:
+    """Only the .jpg thumbnails again, each from its committed UI workflow as the frontend shows it."""
+    out_dir = Path(out_dir)
+    written = []
+    with frontend_session() as (_server, page, inputs):
+        for name in names or WORKFLOWS:
+            wf = json.loads((out_dir / f"{name}.json").read_text())
+            page.evaluate("async ([wf, name]) => { await app.loadGraphData(wf, true, true, name); }", [wf, name])
+            page.evaluate(FIT_JS)
+            shot = page.locator("canvas#graph-canvas").screenshot()
+            (out_dir / f"{name}.jpg").write_bytes(thumbnail(shot, name, inputs))
+            written.append(out_dir / f"{name}.jpg")
+            print(f"{name}.jpg")
     return written
 
 
