@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -55,6 +56,9 @@ def main(argv=None) -> None:
     p.add_argument("--accumulation", type=int, default=2)
     p.add_argument("--optimizer", default="adamw")
     p.add_argument("--lr", type=float, default=None, help="default: the optimizer's (AdamW 1e-4)")
+    p.add_argument("--late", type=float, default=0.0,
+                   help="seconds rank 0 waits before leaving the process group, so the other ranks leave first "
+                        "(the order in which a DDP still alive at teardown made gloo abort the process)")
     args = p.parse_args(argv)
     from tools.comfy_env import use_comfy
     use_comfy(cpu=True)
@@ -62,6 +66,7 @@ def main(argv=None) -> None:
 
     from training.distributed import init_distributed, teardown
     info = init_distributed(device="cpu")
+    trainer = None
     try:
         trainer = make_trainer(args.batch, args.accumulation, info.rank, info.world_size, args.optimizer, args.lr)
         seen = [trainer.indices(s, m) for s in range(args.steps) for m in range(args.accumulation)]
@@ -80,6 +85,10 @@ def main(argv=None) -> None:
             (args.out / "result.json").write_text(json.dumps({"losses": trainer.losses, "world_size": info.world_size,
                                                               "indices": gathered, "backend": info.backend}))
     finally:
+        if info.is_main and args.late > 0:
+            time.sleep(args.late)
+        if trainer is not None:
+            trainer.close()
         teardown()
 
 

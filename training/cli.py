@@ -243,6 +243,7 @@ def run(opts: dict) -> int:
     use_comfyui(opts["comfyui"], cpu=True if opts["device"] == "cpu" else None)
     info = init_distributed(opts["device"])
     say = print if info.is_main else (lambda *a, **k: None)
+    trainer = None
     try:
         from .loop import TrainConfig, Trainer, option_table
         patcher, flux = load_flux(opts["model"], opts["base_dtype"], info.device)
@@ -261,6 +262,8 @@ def run(opts: dict) -> int:
             f"×{info.world_size}×{config.accumulation}", flush=True)
         return _train(trainer, console, out, say)
     finally:
+        if trainer is not None:
+            trainer.close()
         teardown()
 
 

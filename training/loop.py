@@ -367,6 +367,17 @@ class Trainer:
             self.train_step()
         return self.losses[start:]
 
+    def close(self) -> None:
+        """Lets go of ``DistributedDataParallel`` before the process group is left (call it before
+        :func:`training.distributed.teardown`). Its reducer holds the group's communication state: left
+        alive past ``destroy_process_group`` it is freed at exit, and gloo (PyTorch 2.14) then aborts the
+        process ("terminate called without an active exception") whenever the ranks leave at different
+        moments. Single-process trainers have nothing to let go of."""
+        if self.ddp is not None:
+            self.ddp = None
+            import gc
+            gc.collect()  # the reducer is freed now, not at some later collection
+
     # ---- saving and resuming
 
     def save(self, out_dir=None, sync: bool = True) -> Path:
