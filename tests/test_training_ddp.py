@@ -42,6 +42,7 @@ def test_two_processes_equal_one_with_the_doubled_batch(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     result = json.loads((tmp_path / "ddp" / "result.json").read_text())
     assert result["world_size"] == 2 and result["backend"] == "gloo"
+    assert result["closed_refuses"] is True  # after Trainer.close() a rank cannot train on unsynchronised
     ddp_tensors = safetensors.torch.load_file(str(tmp_path / "ddp" / "adapter.safetensors"))
 
     threads = torch.get_num_threads()

@@ -64,6 +64,7 @@ def main(argv=None) -> None:
     use_comfy(cpu=True)
     import safetensors.torch
 
+    from model_patches import RefAny3DError
     from training.distributed import init_distributed, teardown
     info = init_distributed(device="cpu")
     trainer = None
@@ -81,9 +82,18 @@ def main(argv=None) -> None:
             torch.distributed.all_gather_object(gathered, seen)
         else:
             gathered = [seen]
+        trainer.close()
+        closed_refuses = None  # a closed multi-process trainer must refuse to train on (it would not sync)
+        if info.world_size > 1:
+            try:
+                trainer.train_step()
+                closed_refuses = False
+            except RefAny3DError:
+                closed_refuses = True
         if info.is_main:
             (args.out / "result.json").write_text(json.dumps({"losses": trainer.losses, "world_size": info.world_size,
-                                                              "indices": gathered, "backend": info.backend}))
+                                                              "indices": gathered, "backend": info.backend,
+                                                              "closed_refuses": closed_refuses}))
     finally:
         if info.is_main and args.late > 0:
             time.sleep(args.late)

@@ -262,6 +262,8 @@ class Trainer:
     def train_step(self) -> float:
         """One optimizer step (``accumulation`` micro-batches); returns its mean loss (over all ranks)."""
         cfg = self.config
+        if self.world_size > 1 and self.ddp is None:
+            raise RefAny3DError("this trainer was closed (its DistributedDataParallel let go): it cannot train on")
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         noise_step = 0 if cfg.fixed_noise else self.step
@@ -369,10 +371,11 @@ class Trainer:
 
     def close(self) -> None:
         """Lets go of ``DistributedDataParallel`` before the process group is left (call it before
-        :func:`training.distributed.teardown`). Its reducer holds the group's communication state: left
-        alive past ``destroy_process_group`` it is freed at exit, and gloo (PyTorch 2.14) then aborts the
-        process ("terminate called without an active exception") whenever the ranks leave at different
-        moments. Single-process trainers have nothing to let go of."""
+        :func:`training.distributed.teardown`); a closed multi-process trainer trains no more. The DDP
+        reducer holds the group's communication state: left alive past ``destroy_process_group`` it is
+        freed at interpreter exit, where gloo (seen with PyTorch 2.14) can abort the process ("terminate
+        called without an active exception") when the ranks leave at different moments. Single-process
+        trainers have nothing to let go of."""
         if self.ddp is not None:
             self.ddp = None
             import gc
