@@ -180,6 +180,14 @@ release; 1.0 halves the work and follows the references less."""
 PROMPT = "a product photo of the box on a wooden desk next to a window, soft daylight"
 
 
+def link_read_pose(g: Graph, out: dict, asset: int, pose: int) -> None:
+    """Read Pose's inputs: the generated point map, mask and picture (``out`` of generation_section) and the asset."""
+    g.link(out["point_map"], "IMAGE", pose, "point_map")
+    g.link(out["mask"], "MASK", pose, "mask")
+    g.link(asset, "asset", pose, "asset")
+    g.link(out["image"], "IMAGE", pose, "photo")
+
+
 def asset_to_image() -> Graph:
     g = Graph()
     views = reference_section(g)
@@ -295,10 +303,7 @@ def best_seed() -> Graph:
                     filename_prefix="RefAny3D_best_seed/best")
     s_over = g.node("SaveImage", (x + 440, 480), size=[400, 380], title="Save overlays (read camera)",
                     filename_prefix="RefAny3D_best_seed/overlay")
-    g.link(out["point_map"], "IMAGE", pose, "point_map")
-    g.link(out["mask"], "MASK", pose, "mask")
-    g.link(views - 1, "asset", pose, "asset")
-    g.link(out["image"], "IMAGE", pose, "photo")
+    link_read_pose(g, out, views - 1, pose)
     g.link(out["image"], "IMAGE", best, "images")
     g.link(out["point_map"], "IMAGE", best, "point_maps")
     g.link(out["mask"], "MASK", best, "masks")
@@ -352,10 +357,7 @@ def camera_control() -> Graph:
     pose = g.node("RefAny3DReadPose", (x + 20, 50), size=[400, 260], y_rotation=0.0, viewer_frame="fitted")
     s_over = g.node("SaveImage", (x + 440, 50), size=[400, 400], title="Save overlay (read camera)",
                     filename_prefix="RefAny3D_camera/overlay")
-    g.link(out["point_map"], "IMAGE", pose, "point_map")
-    g.link(out["mask"], "MASK", pose, "mask")
-    g.link(asset, "asset", pose, "asset")
-    g.link(out["image"], "IMAGE", pose, "photo")
+    link_read_pose(g, out, asset, pose)
     g.link(target, "camera", pose, "target")
     g.link(pose, "overlay", s_over, "images")
     g.note((0, -330), [860, 300], "RefAny3D · choose the camera (experimental)\n\n"
